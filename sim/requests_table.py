@@ -1,0 +1,65 @@
+"""The workload as data: one column per request attribute, in arrival order.
+
+A `RequestTable` is what every workload source (synthetic generators, trace replays) produces and
+what the engine consumes.  It is columnar (numpy arrays) so that 100k-request workloads cost
+megabytes, not hundreds of Python objects per request.
+
+Prompt content and prefix sharing: the first tokens of a prompt may be described by *segments*,
+runs of ``(segment_id, num_tokens)``.  Two prompts whose segment lists agree on their first k runs
+hold identical tokens over those runs (a shared system prompt, a Mooncake 512-token hash block, an
+earlier turn of the same conversation).  Tokens past the listed segments are unique to the request.
+Segment ids are plain ints so block hashes never depend on Python's string-hash randomisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Segments = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class RequestTable:
+    """Requests sorted by arrival time.  Invariants (checked by `check()`):
+    arrays share one length; arrival_s is non-decreasing and finite unless closed-loop sends are
+    decided by the engine; prompt_tokens >= 1; output_tokens >= 1; n >= 1; segment lengths sum to at
+    most the prompt length."""
+
+    arrival_s: np.ndarray            # float64, seconds since the start of the run
+    prompt_tokens: np.ndarray        # int64, prompt length in tokens
+    output_tokens: np.ndarray        # int64, tokens to generate (ignore_eos: exactly this many)
+    n: np.ndarray | None = None      # int64 parallel samples per request (vLLM SamplingParams.n); None = all 1
+    segments: list[Segments] | None = None  # per request shared-content runs; None = all prompts unique
+    max_concurrency: int | None = None      # closed loop: at most this many requests in flight (vllm bench --max-concurrency)
+    source: str = "synthetic"               # provenance shown in reports ("azure-conv trace x0.5", ...)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # optional columns (priority, session, turn)
+
+    def __len__(self) -> int:
+        return int(self.arrival_s.shape[0])
+
+    def n_of(self, i: int) -> int:
+        return 1 if self.n is None else int(self.n[i])
+
+    def segments_of(self, i: int) -> Segments:
+        return () if self.segments is None else self.segments[i]
+
+    def check(self) -> None:
+        """Raise ValueError when an invariant above does not hold (a bug in a workload source)."""
+        m = len(self)
+        for name in ("prompt_tokens", "output_tokens"):
+            if getattr(self, name).shape != (m,):
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected ({m},)")
+        if m and np.any(np.diff(self.arrival_s) < 0):
+            raise ValueError("arrival_s is not sorted")
+        if m and (self.prompt_tokens.min() < 1 or self.output_tokens.min() < 1):
+            raise ValueError("prompt_tokens and output_tokens must be >= 1")
+        if self.n is not None and (self.n.shape != (m,) or (m and self.n.min() < 1)):
+            raise ValueError("n must have one entry >= 1 per request")
+        if self.segments is not None:
+            if len(self.segments) != m:
+                raise ValueError("segments must have one entry per request")
+            for i, segs in enumerate(self.segments):
+                if sum(length for _, length in segs) > int(self.prompt_tokens[i]):
+                    raise ValueError(f"request {i}: segments are longer than its prompt")
