@@ -67,6 +67,9 @@ def coerce(tp: Any, value: Any, ctx: Ctx) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        classes = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(classes) == 1:
+            return build(classes[0], value, ctx)   # keep the inner error's full key path
         for arg in args:
             if arg is type(None):
                 continue

@@ -1,0 +1,107 @@
+"""From a scenario to runnable replicas: memory -> KV blocks, profile -> step coster, limits.
+
+Resolves the engine defaults the way vLLM 0.32's `EngineArgs` does for `vllm serve`
+(vllm/engine/arg_utils.py `_get_default_max_num_seqs_and_batched_tokens`): GPUs with >= 160 GiB
+get 16384 batched tokens / 1024 seqs, >= 70 GiB (not A100) 8192 / 1024, others 2048 / 256; without
+chunked prefill the token budget is at least max_model_len.  Async scheduling defaults on (the
+GPU engine's default); the CPU build forces it off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sim.config import Scenario
+from sim.cost_model import CostProfile, StepCoster, constant_profile, load_profile
+from sim.errors import ScenarioError
+from sim.hardware import load_hardware
+from sim.kv_cache_manager import KVCacheManager
+from sim.memory import compute_kv_capacity
+from sim.replica import Replica
+from sim.roofline import roofline_profile
+from sim.scheduler_v1 import SchedulerLimits, SchedulerV1
+from sim.schema import Ctx
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Everything derived from the scenario that the engine needs, printed in the summary."""
+
+    hardware: Any
+    capacity: Any                     # sim.memory.KVCapacity
+    profile: CostProfile
+    limits: SchedulerLimits
+    max_model_len: int
+    kv_dtype: str
+    async_scheduling: bool
+    num_replicas: int
+    price_per_hour_usd: float        # whole deployment: replicas x TP x GPU price
+
+    def describe(self) -> list[str]:
+        lines = list(self.capacity.describe(self.max_model_len))
+        lines.append(f"max_num_seqs={self.limits.max_num_seqs} max_num_batched_tokens={self.limits.max_num_batched_tokens} "
+                     f"chunked_prefill={self.limits.enable_chunked_prefill} async_scheduling={self.async_scheduling}")
+        lines.append(f"cost profile: {self.profile.kind} ({self.profile.gpu}, {self.profile.model}, TP={self.profile.tensor_parallel_size})")
+        return lines
+
+
+def serve_defaults(memory_gib: float, name: str) -> tuple[int, int]:
+    """vLLM 0.32 `vllm serve` defaults: (max_num_batched_tokens, max_num_seqs)."""
+    if memory_gib >= 160:
+        return 16384, 1024
+    if memory_gib >= 70 and "a100" not in name.lower():
+        return 8192, 1024
+    return 2048, 256
+
+
+def build_deployment(sc: Scenario) -> Deployment:
+    ctx = Ctx(sc.path)
+    eng = sc.engine
+    hw = load_hardware(sc.hardware.gpu, dict(sc.hardware.overrides), ctx.at("hardware"))
+    max_model_len = eng.max_model_len or sc.model.max_model_len
+    default_mbt, default_seqs = serve_defaults(hw.memory_gib, hw.name)
+    mbt = eng.max_num_batched_tokens or default_mbt
+    if not eng.enable_chunked_prefill:
+        mbt = max(mbt, max_model_len)
+    seqs = eng.max_num_seqs or default_seqs
+    capacity = compute_kv_capacity(
+        sc.model, hw, block_size=eng.block_size, kv_cache_dtype=eng.kv_cache_dtype,
+        gpu_memory_utilization=eng.gpu_memory_utilization, swap_space_gib=eng.swap_space,
+        tensor_parallel_size=eng.tensor_parallel_size, max_num_batched_tokens=mbt, max_num_seqs=seqs,
+        num_gpu_blocks_override=eng.num_gpu_blocks_override, max_model_len=max_model_len, ctx=ctx)
+    if sc.hardware.constant_step_s is not None:
+        profile = constant_profile(sc.hardware.constant_step_s)
+    elif sc.hardware.profile is not None:
+        from sim.traces import resolve_path
+        profile = load_profile(resolve_path(sc.hardware.profile, ctx.at("hardware.profile")))
+        if profile.tensor_parallel_size != eng.tensor_parallel_size:
+            raise ScenarioError(sc.path, "hardware.profile",
+                                f"profile was measured at TP={profile.tensor_parallel_size}, engine uses TP={eng.tensor_parallel_size}")
+    else:
+        profile = roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype)
+    async_ = eng.async_scheduling if eng.async_scheduling is not None else True
+    limits = SchedulerLimits(
+        max_num_seqs=seqs, max_num_batched_tokens=mbt, max_model_len=max_model_len,
+        enable_chunked_prefill=eng.enable_chunked_prefill,
+        long_prefill_token_threshold=eng.long_prefill_token_threshold,
+        scheduler_reserve_full_isl=eng.scheduler_reserve_full_isl, async_scheduling=async_)
+    price = float(hw.price_per_hour_usd) * eng.tensor_parallel_size * eng.num_replicas
+    return Deployment(hardware=hw, capacity=capacity, profile=profile, limits=limits, max_model_len=max_model_len,
+                      kv_dtype=eng.kv_cache_dtype, async_scheduling=async_, num_replicas=eng.num_replicas,
+                      price_per_hour_usd=price)
+
+
+def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
+    eng = sc.engine
+    reps = []
+    for i in range(dep.num_replicas):
+        kv = KVCacheManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching,
+                            dep.max_model_len, eng.watermark or 0.0)
+        sched = SchedulerV1(dep.limits, kv)
+        coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes,
+                            dep.async_scheduling)
+        reps.append(Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants))
+    return reps

@@ -1,0 +1,140 @@
+"""The SimPy model: an arrival process feeding a router, and one process per engine replica.
+
+This is the only module that yields.  Each replica process reads like vLLM's EngineCore loop:
+
+    sync  (vLLM CPU build, `async_scheduling=False`):  schedule -> execute -> update_from_output
+    async (vLLM GPU default, `AsyncScheduler` + a batch queue of depth 2):
+          schedule(k+1) while step k executes -> wait for step k -> update_from_output(k)
+
+so in async mode a request arriving during step k is first seen when step k+2 is scheduled, and
+blocks freed by step k's finished requests are first reusable by step k+2.  There are no
+per-token events: one SimPy timeout per engine step (plus one per arrival).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+import simpy
+
+from sim.batch import StepBatch
+from sim.metrics import Recorder
+from sim.replica import Replica
+from sim.request import Request
+from sim.requests_table import RequestTable
+
+
+def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
+                    route: Callable[[list[Replica], Request], Replica], recorder: Recorder,
+                    slots: simpy.Resource | None) -> Generator[Any, Any, None]:
+    """Send each request at its arrival time (or when a closed-loop slot frees) to a replica."""
+    arrival = table.arrival_s
+    prompt = table.prompt_tokens
+    output = table.output_tokens
+    next_id = len(table)
+    for row in range(len(table)):
+        t = float(arrival[row])
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        if slots is not None:
+            token = slots.request()
+            yield token
+            recorder.slot_tokens[row] = token  # type: ignore[attr-defined]
+        n = table.n_of(row)
+        recorder.on_send(row, env.now, int(prompt[row]), n)
+        segs = table.segments_of(row)
+        children = []
+        for k in range(n):
+            rid = row if k == 0 else next_id
+            if k:
+                next_id += 1
+            children.append(Request(rid, env.now, int(prompt[row]), int(output[row]), segs,
+                                    content_key=row, parent_id=row))
+        rep = route(replicas, children[0])
+        for req in children:
+            rep.add_request(req)
+
+
+def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
+                  on_request_done: Callable[[int], None]) -> Generator[Any, Any, None]:
+    """One engine iteration per loop: schedule, spend the step time, apply the results."""
+    sched = rep.scheduler
+    async_ = rep.async_scheduling
+    pending: StepBatch | None = None
+    pending_start = 0.0
+    pending_dt = 0.0
+    while True:
+        batch = sched.schedule() if sched.has_work else None
+        if batch is not None and not batch.scheduled and not batch.preempted:
+            batch = None
+        if batch is not None and batch.admitted:
+            recorder.on_admitted(env.now, batch.admitted)
+        if not async_:
+            if batch is None:
+                yield rep.wait_for_work(env)
+                continue
+            start = env.now
+            dt = rep.coster.step_time_s(batch)
+            kv_state = rep.kv_state()
+            yield env.timeout(dt)
+            _apply(env, rep, batch, start, dt, kv_state, recorder, on_request_done)
+            continue
+        # async: the batch just scheduled runs after the one in flight
+        if pending is not None:
+            kv_state = rep.kv_state()
+            remaining = pending_start + pending_dt - env.now
+            if remaining > 0:
+                yield env.timeout(remaining)
+            _apply(env, rep, pending, pending_start, pending_dt, kv_state, recorder, on_request_done)
+            pending = None
+        if batch is None:
+            if not sched.has_work:
+                yield rep.wait_for_work(env)
+            continue
+        pending, pending_start, pending_dt = batch, env.now, rep.coster.step_time_s(batch)
+
+
+def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float, dt: float,
+           kv_state: tuple[float, float, float, float, float], recorder: Recorder,
+           on_request_done: Callable[[int], None]) -> None:
+    outcome = rep.scheduler.update_from_output(batch)
+    now = env.now
+    recorder.on_tokens(now, outcome.sampled, outcome.first_tokens)
+    for req in outcome.finished:
+        rep.on_finished(req)
+        if recorder.on_finish(now, req):
+            on_request_done(req.parent_id)
+    recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), len(rep.scheduler.running),
+                     len(rep.scheduler.waiting), kv_state)
+    if rep.check_invariants:
+        rep.check()
+
+
+def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list[Replica], Request], Replica],
+             recorder: Recorder, max_sim_time_s: float | None = None) -> float:
+    """Run to completion (or `max_sim_time_s`); returns the simulated end time in seconds."""
+    env = simpy.Environment()
+    slots = simpy.Resource(env, capacity=table.max_concurrency) if table.max_concurrency else None
+    if slots is not None:
+        recorder.slot_tokens = [None] * len(table)  # type: ignore[attr-defined]
+    remaining = [len(table)]
+    done = env.event()
+
+    def on_request_done(row: int) -> None:
+        if slots is not None:
+            slots.release(recorder.slot_tokens[row])  # type: ignore[attr-defined]
+        remaining[0] -= 1
+        if remaining[0] == 0 and not done.triggered:
+            done.succeed()
+
+    env.process(arrival_process(env, table, replicas, route, recorder, slots))
+    for rep in replicas:
+        env.process(serve_replica(env, rep, recorder, on_request_done))
+    if len(table) == 0:
+        return 0.0
+    until: Any = done
+    if max_sim_time_s is not None:
+        until = simpy.AnyOf(env, [done, env.timeout(max_sim_time_s)])
+    env.run(until=until)
+    return float(env.now)

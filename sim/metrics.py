@@ -1,0 +1,132 @@
+"""Recording a run and summarising it under vLLM's metric names.
+
+The recorder is called by the engine once per step and once per finished request; it keeps
+per-request columns (numpy, indexed by the workload row) and per-step columns (Python lists,
+turned into arrays at the end).  Per-token events never exist: a request's tokens are emitted at
+the ends of the steps that sample them, so inter-token latencies (ITL) are the gaps between
+those step ends.
+
+Definitions follow `vllm bench serve` (vllm/benchmarks/serve.py, vLLM 0.32):
+TTFT = first token - send time; TPOT = (E2EL - TTFT) / (output tokens - 1) for requests with more
+than one token; ITL = every gap between consecutive tokens of a request; E2EL = last token - send
+time; goodput = requests meeting every SLO given / benchmark duration.  `kv_cache_usage` is vLLM's
+`1 - free / (num_gpu_blocks - 1)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.batch import StepBatch
+from sim.request import Request
+
+
+@dataclass
+class StepColumns:
+    replica: list[int]
+    start_s: list[float]
+    duration_s: list[float]
+    num_prefill_tokens: list[int]
+    num_decode_tokens: list[int]
+    num_running: list[int]
+    num_waiting: list[int]
+    num_preempted: list[int]
+    num_finished: list[int]
+    kv_cache_usage: list[float]
+    kv_token_state_frac: list[float]
+    kv_internal_frag_frac: list[float]
+    kv_reserved_frac: list[float]
+    kv_cached_free_frac: list[float]
+    swap_in_blocks: list[int]
+    swap_out_blocks: list[int]
+
+    @classmethod
+    def empty(cls) -> StepColumns:
+        return cls(*([] for _ in range(16)))
+
+
+class Recorder:
+    """Collects per-request and per-step observations during one run."""
+
+    def __init__(self, num_requests: int, record_steps: bool = True):
+        m = num_requests
+        self.send_s = np.full(m, np.nan)
+        self.first_token_s = np.full(m, np.nan)
+        self.finish_s = np.full(m, np.nan)
+        self.first_scheduled_s = np.full(m, np.nan)
+        self.output_tokens = np.zeros(m, dtype=np.int64)
+        self.prompt_tokens = np.zeros(m, dtype=np.int64)
+        self.preemptions = np.zeros(m, dtype=np.int64)
+        self.prefix_hit_tokens = np.zeros(m, dtype=np.int64)
+        self.replica = np.full(m, -1, dtype=np.int64)
+        self.children_left = np.zeros(m, dtype=np.int64)
+        self.itl_gaps: list[float] = []
+        self.record_steps = record_steps
+        self.steps = StepColumns.empty()
+        self.num_steps = 0
+        self.num_swapped_out_blocks = 0
+        self.num_swapped_in_blocks = 0
+
+    # ------------------------------------------------------------------ events
+    def on_send(self, row: int, now_s: float, prompt_tokens: int, n: int) -> None:
+        self.send_s[row] = now_s
+        self.prompt_tokens[row] = prompt_tokens
+        self.children_left[row] = n
+
+    def on_admitted(self, now_s: float, admitted: list[Request]) -> None:
+        fs = self.first_scheduled_s
+        for req in admitted:
+            if np.isnan(fs[req.parent_id]):
+                fs[req.parent_id] = now_s
+
+    def on_tokens(self, now_s: float, sampled: list[Request], first: list[Request]) -> None:
+        gaps = self.itl_gaps
+        ft = self.first_token_s
+        for req in sampled:
+            if req.last_token_s >= 0.0:
+                gaps.append(now_s - req.last_token_s)
+            req.last_token_s = now_s
+        for req in first:
+            row = req.parent_id
+            if np.isnan(ft[row]):
+                ft[row] = now_s
+
+    def on_finish(self, now_s: float, req: Request) -> bool:
+        """Record a finished sequence; True when its whole request (all n samples) is done."""
+        row = req.parent_id
+        self.output_tokens[row] += req.num_output
+        self.preemptions[row] += req.num_preemptions
+        self.prefix_hit_tokens[row] = max(self.prefix_hit_tokens[row], max(req.prefix_hit_tokens, 0))
+        self.replica[row] = req.replica
+        self.children_left[row] -= 1
+        if self.children_left[row] == 0:
+            self.finish_s[row] = now_s
+            return True
+        return False
+
+    def on_step(self, replica: int, start_s: float, duration_s: float, batch: StepBatch, num_finished: int,
+                num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float]) -> None:
+        self.num_steps += 1
+        self.num_swapped_in_blocks += batch.swap_in_blocks
+        self.num_swapped_out_blocks += batch.swap_out_blocks
+        if not self.record_steps:
+            return
+        s = self.steps
+        s.replica.append(replica)
+        s.start_s.append(start_s)
+        s.duration_s.append(duration_s)
+        s.num_prefill_tokens.append(batch.num_prefill_tokens)
+        s.num_decode_tokens.append(batch.num_decode_tokens)
+        s.num_running.append(num_running)
+        s.num_waiting.append(num_waiting)
+        s.num_preempted.append(len(batch.preempted))
+        s.num_finished.append(num_finished)
+        s.kv_cache_usage.append(kv[0])
+        s.kv_token_state_frac.append(kv[1])
+        s.kv_internal_frag_frac.append(kv[2])
+        s.kv_reserved_frac.append(kv[3])
+        s.kv_cached_free_frac.append(kv[4])
+        s.swap_in_blocks.append(batch.swap_in_blocks)
+        s.swap_out_blocks.append(batch.swap_out_blocks)

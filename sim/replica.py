@@ -1,0 +1,65 @@
+"""One engine replica as plain state: its scheduler, KV cache, step coster and router counters.
+
+The replica knows nothing about SimPy except how to hand the engine an event to wait on when
+idle (`wait_for_work`), which `add_request` triggers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import simpy
+
+from sim.cost_model import StepCoster
+from sim.request import Request
+
+
+class Replica:
+    """A vLLM engine instance (one TP group of GPUs)."""
+
+    def __init__(self, index: int, scheduler: Any, coster: StepCoster, async_scheduling: bool,
+                 check_invariants: bool = False):
+        self.index = index
+        self.scheduler = scheduler
+        self.kv = scheduler.kv
+        self.coster = coster
+        self.async_scheduling = async_scheduling
+        self.check_invariants = check_invariants
+        self.outstanding_tokens = 0       # router signal: prompt + output tokens of unfinished requests
+        self._wakeup: simpy.Event | None = None
+
+    def add_request(self, req: Request) -> None:
+        req.replica = self.index
+        self.outstanding_tokens += req.num_prompt_tokens + req.max_tokens
+        self.scheduler.add_request(req)
+        if self._wakeup is not None and not self._wakeup.triggered:
+            self._wakeup.succeed()
+
+    def on_finished(self, req: Request) -> None:
+        self.outstanding_tokens -= req.num_prompt_tokens + req.max_tokens
+
+    def wait_for_work(self, env: simpy.Environment) -> simpy.Event:
+        self._wakeup = env.event()
+        return self._wakeup
+
+    def kv_state(self) -> tuple[float, float, float, float, float]:
+        """(usage, token-state, internal-fragmentation, reserved, cached-free) fractions of KV slots."""
+        return self.kv.state_fractions(self.scheduler.running)
+
+    def check(self) -> None:
+        self.kv.check_invariants(self.scheduler.running, self.scheduler.waiting)
+
+
+def route_round_robin() -> Any:
+    counter = [0]
+
+    def route(replicas: list[Replica], req: Request) -> Replica:
+        rep = replicas[counter[0] % len(replicas)]
+        counter[0] += 1
+        return rep
+    return route
+
+
+def route_least_outstanding(replicas: list[Replica], req: Request) -> Replica:
+    """Fewest outstanding tokens; ties go to the lowest index (deterministic)."""
+    return min(replicas, key=lambda r: (r.outstanding_tokens, r.index))

@@ -1,0 +1,72 @@
+"""Runtime state of one sequence in the engine, modelled the way vLLM v1 models it.
+
+A request never has "phases": `num_computed_tokens` catches up with `num_tokens`
+(prompt + generated).  Chunked prefill, preemption by recompute and prefix-cache hits are then
+just different ways the counter moves (vllm/v1/request.py, vLLM 0.32).
+
+Requests are plain data (`__slots__`, no SimPy, no methods with side effects on other objects).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    SWAPPED = 3
+    FINISHED = 4
+
+
+class Request:
+    """One sequence.  Invariants: 0 <= num_computed_tokens <= num_tokens;
+    len(block_ids) * block_size >= num_computed_tokens while RUNNING (paged allocator)."""
+
+    __slots__ = (
+        "req_id", "parent_id", "arrival_s", "num_prompt_tokens", "max_tokens", "segments",
+        "content_key", "output_key", "priority",
+        "status", "num_computed", "num_output", "admit_seq",
+        "block_ids", "num_cached_blocks", "prefix_hashes", "cached_on_admit",
+        "reserved_tokens", "swapped_block_ids", "group",
+        "first_scheduled_s", "first_token_s", "last_token_s", "finished_s", "num_preemptions",
+        "prefix_hit_tokens", "replica", "last_sched_step", "finish_version",
+    )
+
+    def __init__(self, req_id: int, arrival_s: float, num_prompt_tokens: int, max_tokens: int,
+                 segments: tuple[tuple[int, int], ...] = (), content_key: int = -1,
+                 parent_id: int = -1, priority: int = 0):
+        self.req_id = req_id                    # unique id in the run (children of n>1 get their own)
+        self.parent_id = parent_id if parent_id >= 0 else req_id
+        self.arrival_s = arrival_s              # when the request reached the engine
+        self.num_prompt_tokens = num_prompt_tokens
+        self.max_tokens = max_tokens            # output tokens to generate (ignore_eos semantics)
+        self.segments = segments                # shared-content runs at the head of the prompt
+        self.content_key = content_key if content_key >= 0 else self.parent_id  # prompt identity
+        self.output_key = req_id                # generated tokens are unique to this sequence
+        self.priority = priority
+        self.status = Status.WAITING
+        self.num_computed = 0                   # vLLM num_computed_tokens
+        self.num_output = 0                     # generated tokens so far (num_tokens = prompt + output)
+        self.admit_seq = -1                     # order in vLLM's running list (admission order)
+        self.block_ids: list[int] = []          # block table (physical ids)
+        self.num_cached_blocks = 0              # leading blocks already registered in the prefix cache
+        self.prefix_hashes: list[int] | None = None  # lazily computed hashes of shared leading blocks
+        self.cached_on_admit = 0
+        self.reserved_tokens = 0                # contiguous baselines: slots reserved up front
+        self.swapped_block_ids: list[int] = []  # v0: CPU blocks holding this sequence while swapped
+        self.group: object | None = None        # v0: the sequence group (n > 1 shares prompt blocks)
+        self.first_scheduled_s = -1.0
+        self.first_token_s = -1.0
+        self.last_token_s = -1.0
+        self.finished_s = -1.0
+        self.num_preemptions = 0
+        self.prefix_hit_tokens = -1             # local prefix-cache hit at first admission (-1: never admitted)
+        self.replica = -1
+        self.last_sched_step = -1
+        self.finish_version = 0                 # invalidates stale completion-heap entries
+
+    def __repr__(self) -> str:
+        return (f"Request({self.req_id}, {self.status.name}, prompt={self.num_prompt_tokens}, "
+                f"max={self.max_tokens}, computed={self.num_computed}, out={self.num_output})")

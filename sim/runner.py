@@ -1,0 +1,84 @@
+"""Run one scenario end to end: deployment, workload, simulation, summary.  No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.config import Scenario
+from sim.deployment import Deployment, build_deployment, build_replicas
+from sim.engine import simulate
+from sim.errors import ScenarioError
+from sim.metrics import Recorder
+from sim.replica import route_least_outstanding, route_round_robin
+from sim.requests_table import RequestTable
+from sim.schema import Ctx
+from sim.summary import request_table, step_table, summarize
+from sim.workload import generate
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    steps: pd.DataFrame
+    deployment: Deployment
+    workload: RequestTable
+
+
+def make_workload(sc: Scenario) -> RequestTable:
+    rng = np.random.default_rng(sc.run.seed)
+    table = generate(sc.workload, num_requests=sc.run.num_requests, duration_s=sc.run.duration_s,
+                     rng=rng, ctx=Ctx(sc.path, "workload"))
+    return table
+
+
+def check_fits(sc: Scenario, dep: Deployment, table: RequestTable) -> None:
+    """Refuse requests vLLM would refuse: longer than max_model_len or than the whole KV cache."""
+    total = table.prompt_tokens + table.output_tokens
+    if len(table) == 0:
+        return
+    i = int(np.argmax(total))
+    if total[i] > dep.max_model_len:
+        raise ScenarioError(sc.path, "workload", f"request {i} needs {int(total[i])} tokens (prompt {int(table.prompt_tokens[i])} "
+                            f"+ output {int(table.output_tokens[i])}) but max_model_len is {dep.max_model_len}; "
+                            "raise engine.max_model_len or cap workload.lengths")
+    cap = (dep.capacity.num_gpu_blocks - 1) * sc.engine.block_size
+    if total[i] > cap:
+        raise ScenarioError(sc.path, "engine", f"request {i} needs {int(total[i])} tokens but the KV cache holds only "
+                            f"{cap} tokens; it could never be scheduled")
+
+
+def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
+    dep = build_deployment(sc)
+    if table is None:
+        table = make_workload(sc)
+    check_fits(sc, dep, table)
+    replicas = build_replicas(sc, dep)
+    route = route_least_outstanding if sc.engine.router == "least-outstanding-tokens" else route_round_robin()
+    rec = Recorder(len(table), sc.run.record_steps)
+    end_s = simulate(table, replicas, route, rec, sc.run.max_sim_time_s)
+    measured = np.ones(len(table), dtype=bool)
+    measured[: sc.run.warmup_requests] = False
+    if sc.run.warmup_s > 0:
+        measured &= table.arrival_s >= sc.run.warmup_s
+    summary = summarize(rec, measured, sc.slo, end_s)
+    cap = dep.capacity
+    summary.update({
+        "scenario": sc.name, "model": sc.model.name, "gpu": dep.hardware.name,
+        "num_gpu_blocks": int(cap.num_gpu_blocks), "num_cpu_blocks": int(cap.num_cpu_blocks),
+        "block_size": sc.engine.block_size, "kv_cache_dtype": sc.engine.kv_cache_dtype,
+        "max_concurrent_tokens": int(cap.max_concurrent_tokens),
+        "max_num_seqs": dep.limits.max_num_seqs, "max_num_batched_tokens": dep.limits.max_num_batched_tokens,
+        "tensor_parallel_size": sc.engine.tensor_parallel_size, "num_replicas": sc.engine.num_replicas,
+        "scheduler": sc.engine.scheduler, "async_scheduling": dep.async_scheduling,
+        "cost_profile": dep.profile.kind, "price_per_hour_usd": dep.price_per_hour_usd,
+        "simulated_time_s": end_s, "seed": sc.run.seed, "workload_source": table.source,
+        "num_requests": len(table),
+    })
+    if summary.get("output_throughput"):
+        summary["usd_per_million_output_tokens"] = dep.price_per_hour_usd / 3600.0 / summary["output_throughput"] * 1e6
+    return RunResult(summary, request_table(rec, measured), step_table(rec), dep, table)

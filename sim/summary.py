@@ -1,0 +1,106 @@
+"""Turn a finished run's recorder into `summary.json` and the per-request / per-step tables.
+
+Key names follow `vllm bench serve --save-result` wherever the metric is the same; pagesim's own
+metrics (blocks, preemptions, KV usage and fragmentation) use vLLM's metric vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.config import SLOConfig
+from sim.metrics import Recorder
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def _stats(name: str, values_s: np.ndarray, out: dict[str, Any]) -> None:
+    ms = values_s * 1000.0
+    if ms.size == 0:
+        ms = np.zeros(1)
+    out[f"mean_{name}_ms"] = float(np.mean(ms))
+    out[f"median_{name}_ms"] = float(np.median(ms))
+    out[f"std_{name}_ms"] = float(np.std(ms))
+    for p in PERCENTILES:
+        out[f"p{p}_{name}_ms"] = float(np.percentile(ms, p))
+
+
+def request_table(rec: Recorder, measured: np.ndarray) -> pd.DataFrame:
+    ttft = rec.first_token_s - rec.send_s
+    e2el = rec.finish_s - rec.send_s
+    out = rec.output_tokens
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (e2el - ttft) / np.maximum(out - 1, 1), np.nan)
+    return pd.DataFrame({
+        "send_s": rec.send_s, "first_token_s": rec.first_token_s, "finish_s": rec.finish_s,
+        "prompt_tokens": rec.prompt_tokens, "output_tokens": out, "ttft_s": ttft, "tpot_s": tpot,
+        "e2el_s": e2el, "queue_delay_s": rec.first_scheduled_s - rec.send_s, "num_preemptions": rec.preemptions, "prefix_hit_tokens": rec.prefix_hit_tokens,
+        "replica": rec.replica, "measured": measured,
+    })
+
+
+def step_table(rec: Recorder) -> pd.DataFrame:
+    s = rec.steps
+    return pd.DataFrame({k: np.asarray(getattr(s, k)) for k in s.__dataclass_fields__})
+
+
+def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float) -> dict[str, Any]:
+    """Aggregate metrics over the measured requests (warm-up excluded) that completed."""
+    done = measured & ~np.isnan(rec.finish_s)
+    ttft = (rec.first_token_s - rec.send_s)[done]
+    e2el = (rec.finish_s - rec.send_s)[done]
+    out_tok = rec.output_tokens[done]
+    in_tok = rec.prompt_tokens[done]
+    multi = out_tok > 1
+    tpot = (e2el[multi] - ttft[multi]) / (out_tok[multi] - 1)
+    start = float(np.nanmin(rec.send_s[measured])) if measured.any() else 0.0
+    end = float(np.nanmax(rec.finish_s[done])) if done.any() else end_s
+    duration = max(end - start, 1e-12)
+    s: dict[str, Any] = {
+        "completed": int(done.sum()),
+        "num_measured": int(measured.sum()),
+        "duration": duration,
+        "total_input_tokens": int(in_tok.sum()),
+        "total_output_tokens": int(out_tok.sum()),
+        "request_throughput": float(done.sum() / duration),
+        "output_throughput": float(out_tok.sum() / duration),
+        "total_token_throughput": float((in_tok.sum() + out_tok.sum()) / duration),
+    }
+    good = np.ones(done.sum(), dtype=bool)
+    if slo.ttft_ms is not None:
+        good &= ttft * 1000 <= slo.ttft_ms
+    if slo.tpot_ms is not None:
+        tp = np.where(out_tok > 1, (e2el - ttft) / np.maximum(out_tok - 1, 1), 0.0)
+        good &= tp * 1000 <= slo.tpot_ms
+    if slo.e2el_ms is not None:
+        good &= e2el * 1000 <= slo.e2el_ms
+    has_slo = any(v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms))
+    s["request_goodput"] = float(good.sum() / duration) if has_slo else None
+    s["slo_attainment"] = float(good.mean()) if has_slo and good.size else None
+    _stats("ttft", ttft, s)
+    _stats("tpot", tpot, s)
+    _stats("itl", np.asarray(rec.itl_gaps), s)
+    _stats("e2el", e2el, s)
+    queue_s = (rec.first_scheduled_s - rec.send_s)[done]
+    s["mean_queue_delay_ms"] = float(np.mean(queue_s) * 1000) if queue_s.size else 0.0
+    s["p99_queue_delay_ms"] = float(np.percentile(queue_s, 99) * 1000) if queue_s.size else 0.0
+    s["num_preemptions"] = int(rec.preemptions[done].sum())
+    s["num_steps"] = rec.num_steps
+    s["num_swapped_out_blocks"] = rec.num_swapped_out_blocks
+    s["num_swapped_in_blocks"] = rec.num_swapped_in_blocks
+    hits = rec.prefix_hit_tokens[done].sum()
+    s["prefix_cache_hit_rate"] = float(hits / in_tok.sum()) if in_tok.sum() else 0.0
+    st = rec.steps
+    if st.duration_s:
+        w = np.asarray(st.duration_s)
+        tot = w.sum() or 1.0
+        for key, col in (("kv_cache_usage_mean", st.kv_cache_usage), ("kv_token_state_frac", st.kv_token_state_frac),
+                         ("kv_internal_frag_frac", st.kv_internal_frag_frac), ("kv_reserved_frac", st.kv_reserved_frac),
+                         ("kv_cached_free_frac", st.kv_cached_free_frac)):
+            s[key] = float(np.dot(w, np.asarray(col)) / tot)
+        s["kv_cache_usage_max"] = float(np.max(st.kv_cache_usage))
+        s["mean_num_running"] = float(np.dot(w, np.asarray(st.num_running)) / tot)
+    return s

@@ -1,0 +1,112 @@
+"""Block pool: hand-worked walkthroughs of vLLM 0.32's free-queue order, and a Hypothesis
+state machine for its invariants (no block owned twice, free + used = total, ref counts =
+owners, free blocks have ref count 0)."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from sim.block_pool import BlockPool
+
+
+def test_null_block_and_initial_order():
+    pool = BlockPool(6, enable_caching=True)
+    assert pool.num_free_blocks == 5          # block 0 is the null block
+    assert pool.get_new_blocks(3) == [1, 2, 3]
+    assert pool.usage == 3 / 5
+
+
+def test_free_puts_unhashed_blocks_first_and_hashed_blocks_last():
+    pool = BlockPool(8, enable_caching=True)
+    a = pool.get_new_blocks(3)                # [1, 2, 3]
+    pool.cache_block(1, 111)                  # a full, hashed prefix block
+    pool.free_blocks(a[::-1])                 # tail first: 3, 2 (unhashed) then 1 (hashed)
+    # unhashed go to the front in the given order, hashed to the back: LIFO reuse / LRU eviction
+    assert list(pool.free) == [3, 2, 4, 5, 6, 7, 1]
+    assert pool.num_cached_free == 1
+    assert pool.lookup(111) == 1
+
+
+def test_touch_revives_cached_free_block_and_allocation_evicts_hash():
+    pool = BlockPool(4, enable_caching=True)
+    [b] = pool.get_new_blocks(1)
+    pool.cache_block(b, 42)
+    pool.free_blocks([b])
+    pool.touch([b])                           # prefix hit: out of the free queue
+    assert b not in pool.free and pool.ref_cnt[b] == 1 and pool.num_cached_free == 0
+    pool.free_blocks([b])
+    got = pool.get_new_blocks(3)              # 2, 3 then the cached block 1 is evicted
+    assert got == [2, 3, 1]
+    assert pool.lookup(42) is None and pool.num_evictions == 1
+
+
+def test_duplicate_hashes_are_kept_and_first_registered_wins():
+    pool = BlockPool(5, enable_caching=True)
+    x, y = pool.get_new_blocks(2)
+    pool.cache_block(x, 7)
+    pool.cache_block(y, 7)
+    assert pool.lookup(7) == x
+    pool.free_blocks([x])
+    pool.get_new_blocks(3)                    # 3, 4 then x evicted
+    assert pool.lookup(7) == y
+    pool.check_invariants()
+
+
+def test_without_caching_every_freed_block_goes_to_the_front():
+    pool = BlockPool(6, enable_caching=False)
+    a = pool.get_new_blocks(2)
+    pool.free_blocks(a[::-1])
+    assert list(pool.free)[:2] == [2, 1]
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """Random allocate / share / free / cache sequences keep the pool consistent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = BlockPool(24, enable_caching=True)
+        self.owners: list[list[int]] = []      # each owner's block list
+        self.next_hash = 1
+
+    @rule(n=st.integers(1, 5))
+    def allocate(self, n: int) -> None:
+        if n <= self.pool.num_free_blocks:
+            self.owners.append(self.pool.get_new_blocks(n))
+
+    @precondition(lambda self: self.owners)
+    @rule(i=st.integers(0, 100))
+    def free_owner(self, i: int) -> None:
+        blocks = self.owners.pop(i % len(self.owners))
+        self.pool.free_blocks(blocks[::-1])
+
+    @precondition(lambda self: self.owners)
+    @rule(i=st.integers(0, 100))
+    def cache_first_block(self, i: int) -> None:
+        blocks = self.owners[i % len(self.owners)]
+        self.pool.cache_block(blocks[0], self.next_hash)
+        self.next_hash += 1
+
+    @precondition(lambda self: self.pool.cached)
+    @rule(h=st.integers(0, 1000))
+    def share_cached(self, h: int) -> None:
+        keys = list(self.pool.cached)
+        b = self.pool.lookup(keys[h % len(keys)])
+        assert b is not None
+        self.pool.touch([b])
+        self.owners.append([b])
+
+    @invariant()
+    def consistent(self) -> None:
+        self.pool.check_invariants()
+        counts = [0] * self.pool.num_blocks
+        for blocks in self.owners:
+            for b in blocks:
+                counts[b] += 1
+        assert counts == self.pool.ref_cnt
+        assert all(self.pool.ref_cnt[b] == 0 for b in self.pool.free)
+
+
+TestPoolMachine = PoolMachine.TestCase
+TestPoolMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
