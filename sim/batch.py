@@ -3,22 +3,31 @@
 `StepBatch` is plain data handed from a scheduler to the engine and the cost model.  Its shape
 fields are the only inputs of `sim.cost_model.step_time_s`, so the cost of a step never depends
 on anything but what the step computes.
+
+Two ways to say who samples a token: schedulers that keep requests as objects (vllm-v0) list
+them in `samplers`; the columnar v1 scheduler gives slot positions in `sampler_idx` (see
+`sim.running_batch`), which stay valid while the batch is in flight thanks to `low` (every slot
+at or above it was popped since) and `remap` (compaction).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from sim.request import Request
+
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(slots=True)
 class StepBatch:
     """One step: which requests run how many tokens, and the aggregate shape."""
 
-    scheduled: list[tuple[Request, int]] = field(default_factory=list)  # (request, new tokens) in vLLM order
+    scheduled: list[tuple[Request, int]] = field(default_factory=list)  # (request, new tokens); v1: only when recorded
     preempted: list[Request] = field(default_factory=list)
-    samplers: list[Request] = field(default_factory=list)   # requests that sample a token this step
+    samplers: list[Request] = field(default_factory=list)   # object-style schedulers: who samples a token
     admitted: list[Request] = field(default_factory=list)   # requests taken from the waiting queue this step
     num_prefill_tokens: int = 0       # tokens of requests with more than one new token (prompt chunks, recompute)
     num_decode_tokens: int = 0        # requests with exactly one new token
@@ -28,6 +37,9 @@ class StepBatch:
     swap_in_blocks: int = 0           # v0: KV blocks copied host -> device this step
     swap_out_blocks: int = 0          # v0: KV blocks copied device -> host this step
     copy_blocks: int = 0              # v0: copy-on-write block copies this step
+    sampler_idx: np.ndarray = field(default_factory=lambda: _EMPTY)  # v1: slot positions that sample
+    low: int = 1 << 62                # v1: slots >= low were popped (preempted) after scheduling
+    stale: list[Request] = field(default_factory=list)     # v1 async: samplers preempted while in flight
 
     def add(self, req: Request, num_new_tokens: int) -> None:
         """Append a scheduled request, updating the shape totals."""
@@ -40,10 +52,36 @@ class StepBatch:
             self.num_prefill_seqs += 1
             self.prefill_pairs += num_new_tokens * (req.num_computed + (num_new_tokens + 1) / 2)
 
+    def add_shape(self, num_new_tokens: int, num_computed: int) -> None:
+        """Shape totals only (the columnar scheduler lists requests separately when asked)."""
+        if num_new_tokens == 1:
+            self.num_decode_tokens += 1
+            self.decode_ctx_tokens += num_computed + 1
+        else:
+            self.num_prefill_tokens += num_new_tokens
+            self.num_prefill_seqs += 1
+            self.prefill_pairs += num_new_tokens * (num_computed + (num_new_tokens + 1) / 2)
+
+    def sampler_mask_at(self, i: int) -> bool:
+        idx = self.sampler_idx
+        if not idx.size:
+            return False
+        j = int(np.searchsorted(idx, i))
+        return j < idx.size and int(idx[j]) == i
+
+    def remap(self, keep: np.ndarray, removed_before: np.ndarray) -> None:
+        idx = self.sampler_idx
+        if idx.size:
+            inb = idx[idx < min(self.low, keep.shape[0])]
+            alive = inb[keep[inb]]
+            self.sampler_idx = alive - removed_before[alive]
+        if self.low < keep.shape[0]:
+            self.low = int(self.low - removed_before[self.low])
+
     @property
     def num_tokens(self) -> int:
         return self.num_prefill_tokens + self.num_decode_tokens
 
     @property
     def is_empty(self) -> bool:
-        return not self.scheduled and not self.swap_out_blocks and not self.swap_in_blocks
+        return self.num_tokens == 0 and not self.preempted and not self.swap_out_blocks and not self.swap_in_blocks

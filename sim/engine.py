@@ -66,7 +66,8 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
     pending_dt = 0.0
     while True:
         batch = sched.schedule() if sched.has_work else None
-        if batch is not None and not batch.scheduled and not batch.preempted:
+        if batch is not None and batch.is_empty:
+            sched.update_from_output(batch, env.now)   # closes the (empty) batch
             batch = None
         if batch is not None and batch.admitted:
             recorder.on_admitted(env.now, batch.admitted)
@@ -81,6 +82,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             _apply(env, rep, batch, start, dt, kv_state, recorder, on_request_done)
             continue
         # async: the batch just scheduled runs after the one in flight
+        applied = pending is not None
         if pending is not None:
             kv_state = rep.kv_state()
             remaining = pending_start + pending_dt - env.now
@@ -89,7 +91,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             _apply(env, rep, pending, pending_start, pending_dt, kv_state, recorder, on_request_done)
             pending = None
         if batch is None:
-            if not sched.has_work:
+            if not applied:
                 yield rep.wait_for_work(env)
             continue
         pending, pending_start, pending_dt = batch, env.now, rep.coster.step_time_s(batch)
@@ -98,9 +100,9 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
 def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float, dt: float,
            kv_state: tuple[float, float, float, float, float], recorder: Recorder,
            on_request_done: Callable[[int], None]) -> None:
-    outcome = rep.scheduler.update_from_output(batch)
     now = env.now
-    recorder.on_tokens(now, outcome.sampled, outcome.first_tokens)
+    outcome = rep.scheduler.update_from_output(batch, now)
+    recorder.on_tokens(now, dt, outcome)
     for req in outcome.finished:
         rep.on_finished(req)
         if recorder.on_finish(now, req):

@@ -141,17 +141,15 @@ class KVCacheManager:
         return self.pool.usage
 
     # ------------------------------------------------------------------ observability
-    def state_fractions(self, running: list[Request]) -> tuple[float, float, float, float, float]:
+    def state_fractions(self, computed: int) -> tuple[float, float, float, float, float]:
         """(kv_cache_usage, token-state, internal-fragmentation, reserved, cached-free) as
-        fractions of the pool's token slots.  Internal fragmentation = allocated slots past each
-        request's computed tokens (its last, partly filled block); paging reserves nothing."""
+        fractions of the pool's token slots, given the running requests' computed tokens.
+        Internal fragmentation = allocated slots past each request's computed tokens (its last,
+        partly filled block); paging reserves nothing ahead."""
         pool = self.pool
         bs = self.block_size
         slots = (pool.num_blocks - 1) * bs
         used_blocks = pool.num_blocks - 1 - len(pool.free)
-        computed = 0
-        for r in running:
-            computed += r.num_computed
         internal = self.num_blocks_held * bs - computed
         token_state = used_blocks * bs - internal
         return (used_blocks / (pool.num_blocks - 1), token_state / slots, internal / slots, 0.0,

@@ -16,6 +16,7 @@ time; goodput = requests meeting every SLO given / benchmark duration.  `kv_cach
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class Recorder:
         self.replica = np.full(m, -1, dtype=np.int64)
         self.children_left = np.zeros(m, dtype=np.int64)
         self.itl_gaps: list[float] = []
+        self.itl_uniform: list[tuple[float, int]] = []   # (gap, how many tokens had exactly it)
         self.record_steps = record_steps
         self.steps = StepColumns.empty()
         self.num_steps = 0
@@ -81,14 +83,23 @@ class Recorder:
             if np.isnan(fs[req.parent_id]):
                 fs[req.parent_id] = now_s
 
-    def on_tokens(self, now_s: float, sampled: list[Request], first: list[Request]) -> None:
-        gaps = self.itl_gaps
+    def on_tokens(self, now_s: float, step_s: float, outcome: Any) -> None:
+        """ITL gaps: those equal to this step's duration (a request that also produced a token in
+        the previous step) are counted, the rest (after preemption, idle gaps) kept one by one."""
         ft = self.first_token_s
-        for req in sampled:
+        for req in outcome.sampled:          # object-style schedulers
             if req.last_token_s >= 0.0:
-                gaps.append(now_s - req.last_token_s)
+                self.itl_gaps.append(now_s - req.last_token_s)
             req.last_token_s = now_s
-        for req in first:
+        g = outcome.itl_gaps_s
+        if g is not None and g.size:
+            same = np.abs(g - step_s) <= 1e-9 * max(1.0, now_s)
+            k = int(np.count_nonzero(same))
+            if k:
+                self.itl_uniform.append((step_s, k))
+            if k < g.size:
+                self.itl_gaps.extend(g[~same].tolist())
+        for req in outcome.first_tokens:
             row = req.parent_id
             if np.isnan(ft[row]):
                 ft[row] = now_s
@@ -105,6 +116,12 @@ class Recorder:
             self.finish_s[row] = now_s
             return True
         return False
+
+    def itl_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values, weights) of every inter-token gap."""
+        vals = np.asarray([v for v, _ in self.itl_uniform] + self.itl_gaps, dtype=float)
+        w = np.asarray([c for _, c in self.itl_uniform] + [1] * len(self.itl_gaps), dtype=np.int64)
+        return vals, w
 
     def on_step(self, replica: int, start_s: float, duration_s: float, batch: StepBatch, num_finished: int,
                 num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float]) -> None:

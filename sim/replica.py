@@ -44,7 +44,7 @@ class Replica:
 
     def kv_state(self) -> tuple[float, float, float, float, float]:
         """(usage, token-state, internal-fragmentation, reserved, cached-free) fractions of KV slots."""
-        return self.kv.state_fractions(self.scheduler.running)
+        return self.scheduler.kv_state()
 
     def check(self) -> None:
         self.kv.check_invariants(self.scheduler.running, self.scheduler.waiting)

@@ -5,33 +5,42 @@ Followed: vLLM 0.32, vllm/v1/core/sched/scheduler.py `Scheduler.schedule`,
 vllm/v1/core/sched/async_scheduler.py `AsyncScheduler`.  One step:
 
 1. RUNNING requests, in running-list order, each get
-   `min(num_tokens - num_computed, long_prefill_token_threshold?, token_budget)` tokens (the
-   threshold applies only when more than one request is running or waiting).  When the KV cache
-   cannot hold them, the *last* running request is preempted (recompute: its blocks are freed,
-   `num_computed = 0`, it goes to the *front* of the waiting queue) until the allocation fits;
-   if the victim is the request itself, the loop stops.
-2. WAITING requests are admitted only when nothing was preempted this step, FCFS, while the
-   token budget lasts and fewer than `max_num_seqs` run: a prefix-cache lookup (first admission
-   or after preemption), then the whole remaining sequence is scheduled (or a chunk of it with
-   chunked prefill; without it a prompt larger than the budget stops admission), and with
-   `scheduler_reserve_full_isl` the whole sequence must fit in free blocks.
+   `min(num_tokens + placeholders - num_computed, long_prefill_token_threshold?, budget left)`
+   tokens (the threshold applies only when more than one request is running or waiting); once the
+   budget is spent the rest get nothing.  When the KV cache cannot hold a request's tokens, the
+   *last* running request is preempted (recompute: blocks freed tail first, `num_computed = 0`,
+   back to the *front* of the waiting queue) until the allocation fits; if the victim is the
+   request itself, the loop stops.
+2. WAITING requests are admitted only if nothing was preempted this step, FCFS, while budget is
+   left and fewer than `max_num_seqs` run: a prefix-cache lookup (first admission or after
+   preemption), then the whole remaining sequence is scheduled (a chunk of it with chunked
+   prefill; without it, a prompt larger than the budget left stops admission), and with
+   `scheduler_reserve_full_isl` the whole sequence must fit in the free blocks.
 3. After the step, every request whose computed tokens reached its sequence end samples one
-   token; a request that reached `max_tokens` finishes and frees its blocks (tail first).
+   token; a request reaching `max_tokens` finishes and frees its blocks (tail first).
 
-Async scheduling (vLLM's GPU default): step k+1 is scheduled before step k's output is applied.
-Requests then carry one "output placeholder" after each decode or final prefill chunk, so they
-are scheduled for decode again at once; a request known to have produced its last token is
-skipped; and blocks of finished requests return to the pool one step later.
+Async scheduling (vLLM's GPU default): the engine schedules step k+1 before applying step k's
+output.  A request then carries one output placeholder per token in flight, so it is scheduled
+to decode again at once; a request whose last token is already in flight is skipped; blocks of
+finished requests return to the pool one step later; a request preempted while its token was in
+flight still receives that token.
+
+The running list is columnar (`sim.running_batch`): step 1 is computed with vector operations
+(the budget rule is a clipped prefix sum), and Python touches only requests that need a new
+block, cache a full block, are preempted, admitted, or produce a first or last token.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from sim.batch import StepBatch
 from sim.kv_cache_manager import KVCacheManager
 from sim.request import Request, Status
+from sim.running_batch import RunningBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,98 +60,179 @@ class SchedulerLimits:
 class StepOutcome:
     """What applying one step's output changed."""
 
-    first_tokens: list[Request]        # requests that produced their first token this step
-    sampled: list[Request]             # every request that produced a token this step
+    first_tokens: list[Request]
     finished: list[Request]
+    sampled: list[Request] = field(default_factory=list)   # object-style schedulers only
+    itl_gaps_s: np.ndarray | None = None                    # gaps between tokens (not first tokens)
+    num_tokens: int = 0                                     # tokens produced this step
 
 
 class SchedulerV1:
     """Running list, waiting queue and the KV cache manager of one replica."""
 
-    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager):
+    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager, record_schedule: bool = False):
         self.limits = limits
         self.kv = kv
-        self.running: list[Request] = []
+        self.rb = RunningBatch(max(limits.max_num_seqs, 1))
         self.waiting: deque[Request] = deque()
         self.num_preemptions = 0
-        self._admit_counter = 0
-        self._placeholders: dict[int, int] = {}    # async: req_id -> outstanding sampled tokens
+        self.record_schedule = record_schedule   # fill batch.scheduled (conformance traces, tests)
 
-    # ------------------------------------------------------------------ queue management
+    # ------------------------------------------------------------------ queues
     def add_request(self, req: Request) -> None:
         req.status = Status.WAITING
         self.waiting.append(req)
 
     @property
+    def running(self) -> list[Request]:
+        return self.rb.slots
+
+    @property
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.rb.n or self.waiting)
 
     @property
     def num_unfinished(self) -> int:
-        return len(self.running) + len(self.waiting)
+        return self.rb.n + len(self.waiting)
 
-    def _num_new_tokens(self, req: Request) -> int:
-        return req.num_prompt_tokens + req.num_output + self._placeholders.get(req.req_id, 0) - req.num_computed
+    def sync(self) -> None:
+        """Write the columnar counters back into the Request objects (tests, debugging)."""
+        self.rb.sync_all()
+
+    def kv_state(self) -> tuple[float, float, float, float, float]:
+        """(usage, token-state, internal-fragmentation, reserved, cached-free) fractions."""
+        return self.kv.state_fractions(int(self.rb.computed[: self.rb.n].sum()))
 
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepBatch:
         lim = self.limits
         kv = self.kv
+        rb = self.rb
         batch = StepBatch()
         budget = lim.max_num_batched_tokens
-        n_eligible = len(self.running) + len(self.waiting)
-        threshold = lim.long_prefill_token_threshold if n_eligible > 1 else 0
-        running = self.running
-        placeholders = self._placeholders
-        i = 0
-        while i < len(running) and budget > 0:
-            req = running[i]
-            ph = placeholders.get(req.req_id, 0)
-            if ph > 0 and req.num_computed + 2 - ph >= req.num_prompt_tokens + req.max_tokens:
-                i += 1          # async: its last token is already in flight
-                continue
-            n = req.num_prompt_tokens + req.num_output + ph - req.num_computed
-            if 0 < threshold < n:
-                n = threshold
-            n = min(n, budget, lim.max_model_len - req.num_computed - 1)
-            if n <= 0:
-                i += 1
-                continue
-            ok = kv.allocate_slots(req, n)
-            while not ok:
-                victim = running.pop()
-                self._preempt(victim)
-                batch.preempted.append(victim)
-                if victim is req:
-                    break
-                ok = kv.allocate_slots(req, n)
-            if not ok:
-                break
-            batch.add(req, n)
-            budget -= n
-            i += 1
-
+        threshold = lim.long_prefill_token_threshold if rb.n + len(self.waiting) > 1 else 0
+        n = rb.n
+        sched = None
+        if n:
+            sched = self._schedule_running(batch, budget, threshold)
+            n = rb.n
+            budget -= int(sched.sum())
         if not batch.preempted:
-            budget = self._admit_waiting(batch, budget, threshold)
-
-        # _update_after_schedule: advance computed tokens; note who will sample a token
-        samplers = batch.samplers
-        async_ = lim.async_scheduling
-        for req, n in batch.scheduled:
-            req.num_computed += n
-            ph = placeholders.get(req.req_id, 0)
-            if req.num_computed >= req.num_prompt_tokens + req.num_output + ph:
-                samplers.append(req)
-                if async_:
-                    placeholders[req.req_id] = ph + 1
+            self._admit_waiting(batch, budget, threshold)
+        # _update_after_schedule for the running part (admissions were handled on admission)
+        if sched is not None and n:
+            comp = rb.computed[:n]
+            ph = rb.ph[:n]
+            comp += sched
+            samp = (sched > 0) & (comp >= rb.num_tokens[:n] + ph)
+            idx = np.flatnonzero(samp)
+            if lim.async_scheduling:
+                ph += samp
+        else:
+            idx = np.zeros(0, dtype=np.int64)
+        if batch.admitted:
+            first_new = rb.n - len(batch.admitted)
+            new_idx = [first_new + k for k, r in enumerate(batch.admitted)
+                       if rb.computed[first_new + k] >= rb.num_tokens[first_new + k]]
+            if lim.async_scheduling and new_idx:
+                rb.ph[new_idx] += 1
+            if new_idx:
+                idx = np.concatenate([idx, np.asarray(new_idx, dtype=np.int64)])
+        batch.sampler_idx = idx
+        batch.low = rb.n
+        rb.open_batches.append(batch)
         return batch
 
-    def _admit_waiting(self, batch: StepBatch, budget: int, threshold: int) -> int:
+    def _schedule_running(self, batch: StepBatch, budget: int, threshold: int) -> np.ndarray:
         lim = self.limits
         kv = self.kv
+        rb = self.rb
+        n = rb.n
+        bs = kv.block_size
+        comp = rb.computed[:n]
+        ph = rb.ph[:n]
+        demand = rb.num_tokens[:n] + ph - comp
+        if lim.async_scheduling:
+            done = (ph > 0) & (comp + 2 - ph >= rb.prompt[:n] + rb.max_tokens[:n])
+            if done.any():
+                demand[done] = 0
+        if threshold > 0:
+            np.minimum(demand, threshold, out=demand)
+        np.minimum(demand, lim.max_model_len - 1 - comp, out=demand)
+        np.maximum(demand, 0, out=demand)
+        before = np.cumsum(demand) - demand
+        sched = np.minimum(demand, np.maximum(budget - before, 0))
+        need = (comp + sched + (bs - 1)) // bs - rb.nblocks[:n]
+        need[sched == 0] = 0
+        due = np.flatnonzero(need > 0)
+        if due.size:
+            pool = kv.pool
+            slots = rb.slots
+            if int(need[due].sum()) <= len(pool.free):
+                for i in due.tolist():
+                    k = int(need[i])
+                    slots[i].block_ids.extend(pool.get_new_blocks(k))
+                    rb.nblocks[i] += k
+                    kv.num_blocks_held += k
+            else:
+                self._allocate_with_preemption(batch, due, need)
+                n = rb.n
+                sched = sched[:n]
+                comp = rb.computed[:n]
+        if kv.enable_caching and n:
+            upto = np.minimum(comp + sched, rb.num_tokens[:n])
+            full = upto // bs
+            for i in np.flatnonzero((full > rb.ncached[:n]) & (sched > 0)).tolist():
+                kv.cache_blocks(rb.slots[i], int(upto[i]))
+                rb.ncached[i] = rb.slots[i].num_cached_blocks
+        # batch shape
+        dec = sched == 1
+        nd = int(np.count_nonzero(dec))
+        batch.num_decode_tokens += nd
+        if nd:
+            batch.decode_ctx_tokens += int(comp[dec].sum()) + nd
+        pre = sched > 1
+        if pre.any():
+            q = sched[pre]
+            batch.num_prefill_tokens += int(q.sum())
+            batch.num_prefill_seqs += int(q.size)
+            batch.prefill_pairs += float((q * (comp[pre] + (q + 1) / 2)).sum())
+        if self.record_schedule:
+            for i in np.flatnonzero(sched).tolist():
+                batch.scheduled.append((rb.slots[i], int(sched[i])))
+        return sched
+
+    def _allocate_with_preemption(self, batch: StepBatch, due: np.ndarray, need: np.ndarray) -> None:
+        """vLLM's allocate-or-preempt-the-tail loop, for the requests that need blocks, in order."""
+        kv = self.kv
+        rb = self.rb
+        pool = kv.pool
+        for i in due.tolist():
+            if i >= rb.n:
+                break                          # already preempted as a tail victim
+            k = int(need[i])
+            gave_up = False
+            while len(pool.free) < k:
+                victim_pos = rb.n - 1
+                victim = rb.pop()
+                self._preempt(victim)
+                batch.preempted.append(victim)
+                if victim_pos == i:
+                    gave_up = True
+                    break
+            if gave_up:
+                break
+            rb.slots[i].block_ids.extend(pool.get_new_blocks(k))
+            rb.nblocks[i] += k
+            kv.num_blocks_held += k
+
+    def _admit_waiting(self, batch: StepBatch, budget: int, threshold: int) -> None:
+        lim = self.limits
+        kv = self.kv
+        rb = self.rb
         waiting = self.waiting
         while budget > 0 and waiting:
-            if len(self.running) >= lim.max_num_seqs:
+            if rb.n >= lim.max_num_seqs:
                 break
             req = waiting[0]
             hit_blocks: list[int] = []
@@ -157,21 +247,21 @@ class SchedulerV1:
             n = min(n, budget)
             if not kv.allocate_slots(req, n, hit_tokens, hit_blocks,
                                      full_sequence_must_fit=lim.scheduler_reserve_full_isl,
-                                     has_scheduled_reqs=bool(self.running)):
+                                     has_scheduled_reqs=rb.n > 0):
                 break
             kv.record_prefix_stats(req, hit_tokens)
             waiting.popleft()
             if req.prefix_hit_tokens < 0:
                 req.prefix_hit_tokens = hit_tokens
-            req.admit_seq = self._admit_counter
-            self._admit_counter += 1
-            self.running.append(req)
             req.status = Status.RUNNING
             req.num_computed += hit_tokens
             batch.admitted.append(req)
-            batch.add(req, n)
+            batch.add_shape(n, req.num_computed)
+            if self.record_schedule:
+                batch.scheduled.append((req, n))
+            req.num_computed += n              # _update_after_schedule
+            rb.append(req)
             budget -= n
-        return budget
 
     def _preempt(self, req: Request) -> None:
         """Preemption by recompute (v1 has no swap): free blocks, back to the front of waiting."""
@@ -179,42 +269,69 @@ class SchedulerV1:
         req.status = Status.PREEMPTED
         req.num_computed = 0
         req.num_preemptions += 1
-        self._placeholders.pop(req.req_id, None)
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
     # ------------------------------------------------------------------ applying the output
-    def update_from_output(self, batch: StepBatch) -> StepOutcome:
+    def update_from_output(self, batch: StepBatch, now_s: float = 0.0) -> StepOutcome:
         """Append the sampled tokens of `batch`; finish requests that reached max_tokens.
-        In async mode this runs after the *next* step was scheduled (the engine's order)."""
+        In async mode the engine calls this after the *next* step was scheduled."""
+        rb = self.rb
+        kv = self.kv
+        async_ = self.limits.async_scheduling
+        if batch in rb.open_batches:
+            rb.open_batches.remove(batch)
+        idx = batch.sampler_idx
+        if idx.size and int(idx[-1]) >= batch.low:
+            idx = idx[idx < batch.low]
         first: list[Request] = []
         finished: list[Request] = []
-        placeholders = self._placeholders
-        async_ = self.limits.async_scheduling
-        kv = self.kv
-        stale_finished = False
-        for req in batch.samplers:
-            running = req.status is Status.RUNNING
-            if async_ and running:
-                ph = placeholders[req.req_id]
-                if ph == 1:
-                    del placeholders[req.req_id]
-                else:
-                    placeholders[req.req_id] = ph - 1
-            req.num_output += 1
-            if req.num_output == 1:
-                first.append(req)
-            if async_ and running and kv.enable_caching:
-                kv.cache_blocks(req, req.num_computed - placeholders.get(req.req_id, 0))
-            if req.num_output >= req.max_tokens:
-                stale_finished |= not running
-                req.status = Status.FINISHED
-                finished.append(req)
-        if finished:
-            gone = set(id(r) for r in finished)
-            self.running = [r for r in self.running if id(r) not in gone]
-            if stale_finished:   # async: finished while preempted (its last token was in flight)
-                self.waiting = deque(r for r in self.waiting if id(r) not in gone)
-            for req in finished:
-                kv.free(req)
-        return StepOutcome(first, batch.samplers, finished)
+        gaps = None
+        if idx.size:
+            if async_:
+                rb.ph[idx] -= 1
+            out = rb.output[idx] + 1
+            rb.output[idx] = out
+            rb.num_tokens[idx] += 1
+            last = rb.last_tok[idx]
+            had = last >= 0.0
+            gaps = now_s - last[had]
+            rb.last_tok[idx] = now_s
+            for i in idx[out == 1].tolist():
+                first.append(rb.slots[i])
+            if async_ and kv.enable_caching:
+                upto = rb.computed[idx] - rb.ph[idx]
+                full = upto // kv.block_size
+                for j in np.flatnonzero(full > rb.ncached[idx]).tolist():
+                    i = int(idx[j])
+                    kv.cache_blocks(rb.slots[i], int(upto[j]))
+                    rb.ncached[i] = rb.slots[i].num_cached_blocks
+            fin = idx[out >= rb.max_tokens[idx]]
+            if fin.size:
+                keep = np.ones(rb.n, dtype=bool)
+                for i in fin.tolist():
+                    req = rb.writeback(i)
+                    req.status = Status.FINISHED
+                    finished.append(req)
+                    keep[i] = False
+                    kv.free(req)
+                rb.compact(keep)
+        ntok = int(idx.size)
+        if batch.stale:                       # async: preempted while their token was in flight
+            gone = []
+            for req in batch.stale:
+                if req.last_token_s >= 0.0:
+                    gaps = np.append(gaps if gaps is not None else np.zeros(0), now_s - req.last_token_s)
+                req.last_token_s = now_s
+                req.num_output += 1
+                ntok += 1
+                if req.num_output == 1:
+                    first.append(req)
+                if req.num_output >= req.max_tokens:
+                    req.status = Status.FINISHED
+                    finished.append(req)
+                    gone.append(req)
+            if gone:
+                ids = set(id(r) for r in gone)
+                self.waiting = deque(r for r in self.waiting if id(r) not in ids)
+        return StepOutcome(first, finished, itl_gaps_s=gaps, num_tokens=ntok)

@@ -17,15 +17,34 @@ from sim.metrics import Recorder
 PERCENTILES = (50, 90, 95, 99)
 
 
-def _stats(name: str, values_s: np.ndarray, out: dict[str, Any]) -> None:
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """np.percentile(np.repeat(values, weights), q) (linear method) without expanding."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    cw = np.cumsum(weights[order])
+    total = int(cw[-1])
+    pos = q / 100.0 * (total - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, total - 1)
+    v_lo = v[np.searchsorted(cw, lo, side="right")]
+    v_hi = v[np.searchsorted(cw, hi, side="right")]
+    return float(v_lo + (v_hi - v_lo) * (pos - lo))
+
+
+def _stats(name: str, values_s: np.ndarray, out: dict[str, Any], weights: np.ndarray | None = None) -> None:
     ms = values_s * 1000.0
     if ms.size == 0:
         ms = np.zeros(1)
-    out[f"mean_{name}_ms"] = float(np.mean(ms))
-    out[f"median_{name}_ms"] = float(np.median(ms))
-    out[f"std_{name}_ms"] = float(np.std(ms))
+        weights = None
+    if weights is None:
+        weights = np.ones(ms.size, dtype=np.int64)
+    total = weights.sum()
+    mean = float(np.dot(ms, weights) / total)
+    out[f"mean_{name}_ms"] = mean
+    out[f"median_{name}_ms"] = weighted_percentile(ms, weights, 50)
+    out[f"std_{name}_ms"] = float(np.sqrt(np.dot(weights, (ms - mean) ** 2) / total))
     for p in PERCENTILES:
-        out[f"p{p}_{name}_ms"] = float(np.percentile(ms, p))
+        out[f"p{p}_{name}_ms"] = weighted_percentile(ms, weights, p)
 
 
 def request_table(rec: Recorder, measured: np.ndarray) -> pd.DataFrame:
@@ -82,7 +101,8 @@ def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float)
     s["slo_attainment"] = float(good.mean()) if has_slo and good.size else None
     _stats("ttft", ttft, s)
     _stats("tpot", tpot, s)
-    _stats("itl", np.asarray(rec.itl_gaps), s)
+    itl_v, itl_w = rec.itl_samples()
+    _stats("itl", itl_v, s, itl_w)
     _stats("e2el", e2el, s)
     queue_s = (rec.first_scheduled_s - rec.send_s)[done]
     s["mean_queue_delay_ms"] = float(np.mean(queue_s) * 1000) if queue_s.size else 0.0

@@ -39,4 +39,4 @@ def make_scheduler(num_blocks: int, block_size: int = 16, *, max_num_seqs: int =
                           max_model_len=max_model_len, enable_chunked_prefill=chunked,
                           long_prefill_token_threshold=threshold, scheduler_reserve_full_isl=reserve_full_isl,
                           async_scheduling=async_scheduling)
-    return SchedulerV1(lim, kv)
+    return SchedulerV1(lim, kv, record_schedule=True)

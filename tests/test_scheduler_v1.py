@@ -11,6 +11,7 @@ from sim.request import Status
 def step(s):
     batch = s.schedule()
     out = s.update_from_output(batch)
+    s.sync()
     return batch, out
 
 
@@ -128,3 +129,4 @@ def test_async_scheduling_keeps_decoding_without_an_extra_step():
     assert not b4.scheduled and [n for _, n in b3.scheduled] == [1]
     out = s.update_from_output(b3)
     assert out.finished == [a] and a.num_output == 3
+    s.update_from_output(b4)
