@@ -21,7 +21,7 @@ from sim.request import Request
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class StepBatch:
     """One step: which requests run how many tokens, and the aggregate shape."""
 
@@ -40,6 +40,9 @@ class StepBatch:
     sampler_idx: np.ndarray = field(default_factory=lambda: _EMPTY)  # v1: slot positions that sample
     low: int = 1 << 62                # v1: slots >= low were popped (preempted) after scheduling
     stale: list[Request] = field(default_factory=list)     # v1 async: samplers preempted while in flight
+    stale_members: list[bool] = field(default_factory=list)  # v1: was that stale request a decode-set member
+    num_members: int = 0              # v1: decode-set members scheduled (one token each)
+    clock_after: int = 0              # v1: the scheduler's step clock after this step
 
     def add(self, req: Request, num_new_tokens: int) -> None:
         """Append a scheduled request, updating the shape totals."""

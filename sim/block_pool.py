@@ -1,26 +1,38 @@
 """The paged KV-cache block pool: physical block ids, ref counts, the free queue, prefix hashes.
 
 Mechanism only (policy lives in `sim.kv_cache_manager` and the schedulers).  Follows
-vllm/v1/core/block_pool.py of vLLM 0.32 (`BlockPool`, `BlockHashToBlockMap`):
+vllm/v1/core/block_pool.py of vLLM 0.32 (`BlockPool`, `FreeKVCacheBlockQueue`,
+`BlockHashToBlockMap`):
 
-* Block 0 is the null block: taken out of the free queue at start and never handed out, so
-  usage is counted over `num_blocks - 1` blocks (`BlockPool.get_usage`).
-* The free queue is ordered by eviction priority: `get_new_blocks` pops from the front.
-  `free_blocks(ordered)` puts blocks that carry no hash at the *front* (LIFO reuse, vLLM's "GPU
-  locality" choice) and hashed blocks at the *back* (LRU eviction of cached-free blocks).
-* A hashed block with ref count 0 stays in the free queue as a cached-free block: a prefix hit
-  `touch()`es it out of the queue; allocation evicts its hash when it is reused.
-* The hash map keeps every block registered under a hash (no de-duplication); a lookup returns
-  the first one registered.
+* Block 0 is the null block: never handed out, so usage is counted over `num_blocks - 1`
+  blocks (`BlockPool.get_usage`).
+* The free queue is ordered by eviction priority; `get_new_blocks` pops from the front.
+  `free_blocks(ordered)` puts blocks without a hash at the *front* (LIFO reuse, vLLM's "GPU
+  locality" choice; `ordered[0]` becomes the head) and hashed blocks at the *back* (LRU eviction
+  of cached-free blocks), in the given order.
+* A hashed block with ref count 0 stays in the queue as a cached-free block: a prefix hit
+  `touch()`es it out; reusing it for new data evicts its hash.
+* Hashes are either *public* (registered in `cached`, findable by any request: shared prompt
+  content) or *private* (content unique to one sequence: only that sequence, after preemption,
+  can hit it, by checking `hash_of[block]` against its own token).  vLLM registers both kinds
+  in one map; keeping private ones out of the map changes no decision and saves a dict
+  operation per block.
 
-Invariants (`check_invariants`): free + in-use == num_blocks - 1; a block in the free queue has
-ref count 0; ref counts equal the number of owners (checked by the manager); every hash in the map
-points at a block whose `hash_of` is that hash.
+Representation, for speed (a 100k-request run allocates ~10M blocks): per-block state lives in
+numpy arrays and every operation works on whole arrays of block ids.  The front of the queue is
+a stack (`stack[top-1]` is the head); behind it a FIFO array; removal from the middle (a prefix
+hit on a cached-free block) is lazy: `where[b]` names the FIFO position of a block's live entry.
+
+Invariants (`check_invariants`): free + in-use == num_blocks - 1; a free block has ref count 0;
+every public hash in the map points at a block carrying that hash.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import numpy as np
+
+I32 = np.int32
+NO_HASH = 0
 
 
 class BlockPool:
@@ -29,85 +41,173 @@ class BlockPool:
     def __init__(self, num_blocks: int, enable_caching: bool):
         if num_blocks < 2:
             raise ValueError("a block pool needs at least 2 blocks (one is the null block)")
-        self.num_blocks = num_blocks
+        n = num_blocks
+        self.num_blocks = n
         self.enable_caching = enable_caching
-        self.ref_cnt = [0] * num_blocks
-        self.hash_of: list[int | None] = [None] * num_blocks
-        # Free queue in eviction order; the value is unused (OrderedDict gives O(1) pops at
-        # both ends, O(1) removal from the middle and O(1) prepend via move_to_end).
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
-        self.cached: dict[int, int | dict[int, None]] = {}   # hash -> block id (or ids, in insert order)
-        self.num_cached_free = 0          # hashed blocks with ref count 0 (cached-free)
+        self.ref = np.zeros(n, dtype=I32)
+        self.hash_of = np.zeros(n, dtype=np.int64)     # NO_HASH = none
+        self.public = np.zeros(n, dtype=bool)
+        self.cached: dict[int, int | dict[int, None]] = {}
+        self.stack = np.empty(n, dtype=I32)            # queue front; stack[top-1] is the head
+        self.top = 0
+        cap = max(2 * n, 1024)
+        self.fifo = np.empty(cap, dtype=I32)
+        self.fifo[: n - 1] = np.arange(1, n, dtype=I32)
+        self.where = np.full(n, -1, dtype=np.int64)
+        self.where[1:] = np.arange(0, n - 1)
+        self.head = 0
+        self.tail = n - 1
+        self.num_stale = 0                              # dead FIFO entries between head and tail
+        self.nfree = n - 1
+        self.num_cached_free = 0
         self.num_evictions = 0
 
     # --- queries -----------------------------------------------------------------------------
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free)
+        return self.nfree
 
     @property
     def usage(self) -> float:
         """vLLM's kv_cache_usage: 1 - free / (num_blocks - 1)."""
-        return 1.0 - len(self.free) / (self.num_blocks - 1)
+        return 1.0 - self.nfree / (self.num_blocks - 1)
 
     def lookup(self, block_hash: int) -> int | None:
-        """A block registered under `block_hash`, or None."""
+        """A block registered under public `block_hash`, or None."""
         entry = self.cached.get(block_hash)
         if entry is None or isinstance(entry, int):
             return entry
         return next(iter(entry))
 
+    def free_queue(self) -> list[int]:
+        """The free queue, head first (tests and debugging)."""
+        live = self.fifo[self.head:self.tail]
+        pos = np.arange(self.head, self.tail)
+        return self.stack[: self.top][::-1].tolist() + live[self.where[live] == pos].tolist()
+
     # --- state changes -----------------------------------------------------------------------
-    def get_new_blocks(self, n: int) -> list[int]:
-        """Pop `n` blocks from the front of the free queue, evicting their hashes."""
-        if n > len(self.free):
-            raise ValueError(f"cannot get {n} free blocks from a pool with {len(self.free)} free")
-        popitem = self.free.popitem
-        out = [popitem(last=False)[0] for _ in range(n)]
-        ref = self.ref_cnt
-        hash_of = self.hash_of
-        for b in out:
-            if hash_of[b] is not None:
-                self._evict(b)
-            ref[b] = 1
+    def get_new_blocks(self, n: int) -> np.ndarray:
+        """Pop `n` blocks from the front of the free queue (evicting their hashes)."""
+        if n > self.nfree:
+            raise ValueError(f"cannot get {n} free blocks from a pool with {self.nfree} free")
+        top = self.top
+        if n <= top:                                     # all from the LIFO front: never hashed
+            out = self.stack[top - n: top][::-1].copy()
+            self.top = top - n
+        else:
+            head = self.head
+            rem = n - top
+            if self.num_stale:
+                taken = self._pop_fifo_skipping_stale(rem)
+            else:
+                taken = self.fifo[head: head + rem].copy()
+                self.head = head + rem
+            self.where[taken] = -1
+            if self.num_cached_free:
+                self._evict(taken)
+            if top:
+                out = np.concatenate((self.stack[:top][::-1], taken))
+                self.top = 0
+            else:
+                out = taken
+        self.ref[out] = 1
+        self.nfree -= n
         return out
 
-    def touch(self, blocks: list[int]) -> None:
+    def _pop_fifo_skipping_stale(self, rem: int) -> np.ndarray:
+        parts = []
+        while rem:
+            w = self.fifo[self.head: self.head + rem]
+            live = self.where[w] == np.arange(self.head, self.head + rem)
+            nlive = int(np.count_nonzero(live))
+            self.num_stale -= rem - nlive
+            self.head += rem
+            parts.append(w[live])
+            rem -= nlive
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+    def _evict(self, taken: np.ndarray) -> None:
+        """Blocks leaving the free queue for new data lose their hashes (cached-free -> gone)."""
+        h = self.hash_of[taken]
+        k = int(np.count_nonzero(h))
+        if not k:
+            return
+        if self.cached:
+            pub = taken[self.public[taken]]
+            for b in pub.tolist():
+                bh = int(self.hash_of[b])
+                entry = self.cached.pop(bh)
+                if isinstance(entry, dict):
+                    del entry[b]
+                    if entry:
+                        self.cached[bh] = entry if len(entry) > 1 else next(iter(entry))
+            if pub.size:
+                self.public[pub] = False
+        self.hash_of[taken] = NO_HASH
+        self.num_cached_free -= k
+        self.num_evictions += k
+
+    def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
-        ref = self.ref_cnt
-        for b in blocks:
-            if ref[b] == 0:
-                del self.free[b]
-                self.num_cached_free -= 1
-            ref[b] += 1
+        ref = self.ref
+        freed = blocks[ref[blocks] == 0]
+        if freed.size:
+            self.where[freed] = -1
+            self.num_stale += int(freed.size)
+            self.nfree -= int(freed.size)
+            self.num_cached_free -= int(freed.size)
+        ref[blocks] += 1
 
-    def free_blocks(self, ordered: list[int]) -> None:
-        """Drop one reference from each block; blocks reaching 0 return to the free queue,
+    def free_blocks(self, ordered: np.ndarray) -> None:
+        """Drop one reference from each block; those reaching 0 return to the free queue,
         `ordered` being their eviction priority (first = evicted first)."""
-        ref = self.ref_cnt
-        hash_of = self.hash_of
-        front: list[int] = []
-        back: list[int] = []
-        for b in ordered:
-            ref[b] -= 1
-            if ref[b] == 0:
-                if hash_of[b] is None or not self.enable_caching:
-                    front.append(b)
-                else:
-                    back.append(b)
-        free = self.free
-        for b in reversed(front):
-            free[b] = None
-            free.move_to_end(b, last=False)
-        for b in back:
-            free[b] = None
-        self.num_cached_free += len(back)
+        ref = self.ref
+        ref[ordered] -= 1
+        z = ordered[ref[ordered] == 0]
+        if not z.size:
+            return
+        if self.enable_caching:
+            hashed = self.hash_of[z] != NO_HASH
+            front = z[~hashed]
+            back = z[hashed]
+        else:
+            front, back = z, z[:0]
+        if front.size:
+            self.stack[self.top: self.top + front.size] = front[::-1]
+            self.top += int(front.size)
+        if back.size:
+            if self.tail + back.size > self.fifo.shape[0]:
+                self._compact_fifo(int(back.size))
+            self.fifo[self.tail: self.tail + back.size] = back
+            self.where[back] = np.arange(self.tail, self.tail + back.size)
+            self.tail += int(back.size)
+            self.num_cached_free += int(back.size)
+        self.nfree += int(z.size)
 
-    def cache_block(self, block: int, block_hash: int) -> None:
-        """Register a full block under its hash (vLLM `cache_full_blocks` for one block)."""
-        if self.hash_of[block] is not None:
+    def _compact_fifo(self, extra: int) -> None:
+        w = self.fifo[self.head: self.tail]
+        live = w[self.where[w] == np.arange(self.head, self.tail)]
+        cap = max(self.fifo.shape[0], 2 * (live.size + extra))
+        fifo = np.empty(cap, dtype=I32)
+        fifo[: live.size] = live
+        self.fifo = fifo
+        self.where[live] = np.arange(live.size)
+        self.head, self.tail, self.num_stale = 0, int(live.size), 0
+
+    def set_private_hashes(self, blocks: np.ndarray, tokens: np.ndarray) -> None:
+        """Mark full blocks with a private hash (only their own sequence can hit them)."""
+        fresh = self.hash_of[blocks] == NO_HASH
+        if fresh.all():
+            self.hash_of[blocks] = tokens
+        else:
+            self.hash_of[blocks[fresh]] = tokens[fresh]
+
+    def cache_public(self, block: int, block_hash: int) -> None:
+        """Register a full block under a public hash (vLLM `cache_full_blocks`, one block)."""
+        if self.hash_of[block] != NO_HASH:
             return
         self.hash_of[block] = block_hash
+        self.public[block] = True
         entry = self.cached.get(block_hash)
         if entry is None:
             self.cached[block_hash] = block
@@ -116,27 +216,17 @@ class BlockPool:
         else:
             entry[block] = None
 
-    def _evict(self, block: int) -> None:
-        h = self.hash_of[block]
-        self.hash_of[block] = None
-        self.num_cached_free -= 1
-        self.num_evictions += 1
-        entry = self.cached.pop(h)  # type: ignore[arg-type]
-        if isinstance(entry, dict):
-            del entry[block]
-            if entry:
-                self.cached[h] = entry if len(entry) > 1 else next(iter(entry))  # type: ignore[index]
-
     def check_invariants(self) -> None:
         """Raise AssertionError when the pool's bookkeeping is inconsistent."""
-        assert self.ref_cnt[0] == 0 and 0 not in self.free, "null block must stay out of use"
-        for b in self.free:
-            assert self.ref_cnt[b] == 0, f"free block {b} has ref count {self.ref_cnt[b]}"
-        in_use = sum(1 for b in range(1, self.num_blocks) if self.ref_cnt[b] > 0)
-        assert in_use + len(self.free) == self.num_blocks - 1, "free + used != total"
-        cached_free = sum(1 for b in self.free if self.hash_of[b] is not None)
-        assert cached_free == self.num_cached_free, "cached-free count drifted"
+        q = self.free_queue()
+        assert 0 not in q and self.ref[0] == 0, "null block must stay out of use"
+        assert len(q) == len(set(q)) == self.nfree, "free queue holds a block twice or count drifted"
+        assert all(self.ref[b] == 0 for b in q), "a free block has a nonzero ref count"
+        in_use = int(np.count_nonzero(self.ref[1:] > 0))
+        assert in_use + self.nfree == self.num_blocks - 1, "free + used != total"
+        assert sum(1 for b in q if self.hash_of[b] != NO_HASH) == self.num_cached_free, "cached-free count drifted"
+        assert all(self.hash_of[b] == NO_HASH for b in self.stack[: self.top].tolist()), "hashed block at the front"
         for h, entry in self.cached.items():
             ids = [entry] if isinstance(entry, int) else list(entry)
             for b in ids:
-                assert self.hash_of[b] == h, f"block {b} registered under a hash it does not carry"
+                assert self.hash_of[b] == h and self.public[b], f"block {b} registered under a hash it does not carry"

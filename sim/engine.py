@@ -107,7 +107,7 @@ def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float,
         rep.on_finished(req)
         if recorder.on_finish(now, req):
             on_request_done(req.parent_id)
-    recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), len(rep.scheduler.running),
+    recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), rep.scheduler.num_running,
                      len(rep.scheduler.waiting), kv_state)
     if rep.check_invariants:
         rep.check()

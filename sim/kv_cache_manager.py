@@ -7,20 +7,28 @@ vllm/v1/core/single_type_kv_cache_manager.py `FullAttentionManager.find_longest_
 
 * a prefix hit is the longest run of cached full blocks, capped at `num_tokens - 1` tokens so
   the last prompt token is always recomputed (its logits are needed);
-* `allocate_slots` first refuses when the blocks needed (new blocks + hit blocks that must leave
-  the free queue, + the watermark for waiting requests when others run) exceed the free blocks;
-  with `full_sequence_must_fit` (vLLM's `scheduler_reserve_full_isl`, default on) a waiting
-  request is admitted only if its whole current sequence fits, not just the first chunk;
-* after allocating it registers every block that became full (`num_tokens_to_cache =
-  min(computed + new, num_tokens)`) in the prefix cache;
-* `free` returns the blocks tail-first, so a request's later blocks are evicted before its prefix.
+* `allocate_slots` refuses, changing nothing, when the blocks needed (new blocks + hit blocks
+  that must leave the free queue, + the watermark for waiting requests when others run) exceed
+  the free blocks; with `full_sequence_must_fit` (vLLM's `scheduler_reserve_full_isl`, on by
+  default) a waiting request is admitted only if its whole current sequence fits;
+* after allocating, every block that became full (`min(computed + new, num_tokens)`) is
+  registered in the prefix cache;
+* `free` returns the blocks tail first, so a request's later blocks are evicted before its prefix.
+
+Block content and hashes: see `sim.block_hash`.  Blocks whose content another request can share
+(shared prompt segments; the whole prompt of a parallel-sampling request) get public hashes;
+the rest get a private token only their own sequence can match after a preemption.
 """
 
 from __future__ import annotations
 
-from sim.block_hash import block_hash
+import numpy as np
+
+from sim.block_hash import block_hash, shared_prefix_hashes
 from sim.block_pool import BlockPool
 from sim.request import Request, Status
+
+PRIVATE_SHIFT = 1 << 24
 
 
 def cdiv(a: int, b: int) -> int:
@@ -37,26 +45,55 @@ class KVCacheManager:
         self.enable_caching = enable_caching
         self.max_model_len = max_model_len
         self.watermark_blocks = int(watermark * num_gpu_blocks)
-        self.num_blocks_held = 0          # sum over requests of len(block_ids) (shared counted per owner)
-        # prefix-cache statistics (vLLM PrefixCacheStats, first admissions only)
-        self.prefix_queries_tokens = 0
+        self.num_blocks_held = 0          # sum over requests of their table lengths
+        self.shared_content: set[int] = set()   # content keys of parallel-sampling prompts
+        self.prefix_queries_tokens = 0    # vLLM PrefixCacheStats, first admissions only
         self.prefix_hits_tokens = 0
 
+    # ------------------------------------------------------------------ content
+    def _num_public(self, req: Request) -> int:
+        if req.num_public_blocks < 0:
+            bs = self.block_size
+            if req.content_key in self.shared_content:
+                req.num_public_blocks = req.num_prompt_tokens // bs
+            else:
+                req.prefix_hashes = shared_prefix_hashes(req.segments, bs) if req.segments else []
+                req.num_public_blocks = len(req.prefix_hashes)
+        return req.num_public_blocks
+
+    def _ensure_table(self, req: Request) -> np.ndarray:
+        if req.blocks is None:
+            cap = cdiv(req.num_prompt_tokens + req.max_tokens, self.block_size) + 1
+            req.blocks = np.zeros(cap, dtype=np.int32)
+        return req.blocks
+
     # ------------------------------------------------------------------ prefix cache lookup
-    def get_computed_blocks(self, req: Request) -> tuple[list[int], int]:
+    def get_computed_blocks(self, req: Request) -> tuple[np.ndarray | None, int]:
         """Longest cached prefix of full blocks: (block ids, number of tokens)."""
         if not self.enable_caching:
-            return [], 0
+            return None, 0
         bs = self.block_size
         max_blocks = (req.num_prompt_tokens + req.num_output - 1) // bs
+        n_pub = min(self._num_public(req), max_blocks)
         lookup = self.pool.lookup
         hits: list[int] = []
-        for i in range(max_blocks):
+        for i in range(n_pub):
             b = lookup(block_hash(req, i, bs))
             if b is None:
                 break
             hits.append(b)
-        return hits, len(hits) * bs
+        else:
+            # the sequence's own private blocks, still cached after a preemption
+            m = min(max_blocks, req.prev_nblocks)
+            if m > n_pub and req.blocks is not None:
+                old = req.blocks[n_pub:m]
+                want = -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(n_pub, m, dtype=np.int64))
+                ok = self.pool.hash_of[old] == want
+                k = int(np.argmin(ok)) if not ok.all() else int(ok.size)
+                hits.extend(old[:k].tolist())
+        if not hits:
+            return None, 0
+        return np.asarray(hits, dtype=np.int32), len(hits) * bs
 
     def record_prefix_stats(self, req: Request, num_hit_tokens: int) -> None:
         if not self.enable_caching or req.num_preemptions > 0:
@@ -65,75 +102,95 @@ class KVCacheManager:
         self.prefix_hits_tokens += num_hit_tokens
 
     # ------------------------------------------------------------------ allocation
-    def _blocks_to_allocate(self, req: Request, num_tokens: int, new_computed: list[int]) -> int:
-        need = max(cdiv(num_tokens, self.block_size) - len(new_computed) - len(req.block_ids), 0)
-        if new_computed:
-            ref = self.pool.ref_cnt
-            need += sum(1 for b in new_computed if ref[b] == 0)
+    def _blocks_to_allocate(self, req: Request, num_tokens: int, hits: np.ndarray | None) -> int:
+        nh = 0 if hits is None else int(hits.size)
+        need = max(cdiv(num_tokens, self.block_size) - nh - req.nblocks, 0)
+        if nh:
+            need += int(np.count_nonzero(self.pool.ref[hits] == 0))
         return need
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
-                       new_computed: list[int] | None = None, full_sequence_must_fit: bool = False,
+                       hits: np.ndarray | None = None, full_sequence_must_fit: bool = False,
                        has_scheduled_reqs: bool = True) -> bool:
-        """Give `req` slots for `num_new_tokens` more tokens (after adopting `new_computed` hit
-        blocks).  Returns False, changing nothing, when the pool cannot supply them."""
-        new_computed = new_computed or []
+        """Give `req` slots for `num_new_tokens` more tokens (after adopting the `hits` blocks).
+        Returns False, changing nothing, when the pool cannot supply them."""
         pool = self.pool
         num_tokens = req.num_prompt_tokens + req.num_output
         total_computed = min(req.num_computed + num_new_computed_tokens, self.max_model_len)
         watermark = 0
         if has_scheduled_reqs and req.status in (Status.WAITING, Status.PREEMPTED):
             watermark = self.watermark_blocks
-        free = len(pool.free)
+        free = pool.nfree
         if full_sequence_must_fit:
-            full = min(num_tokens, self.max_model_len)
-            if self._blocks_to_allocate(req, full, new_computed) + watermark > free:
+            if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), hits) + watermark > free:
                 return False
         need_slot = min(total_computed + num_new_tokens, self.max_model_len)
-        if self._blocks_to_allocate(req, need_slot, new_computed) + watermark > free:
+        if self._blocks_to_allocate(req, need_slot, hits) + watermark > free:
             return False
-        if new_computed:
-            pool.touch(new_computed)
-            req.block_ids.extend(new_computed)
-            req.num_cached_blocks = len(req.block_ids)
-            self.num_blocks_held += len(new_computed)
-        n_new = cdiv(need_slot, self.block_size) - len(req.block_ids)
+        table = self._ensure_table(req)
+        if hits is not None:
+            pool.touch(hits)
+            table[req.nblocks: req.nblocks + hits.size] = hits
+            req.nblocks += int(hits.size)
+            req.num_cached_blocks = req.nblocks
+            self.num_blocks_held += int(hits.size)
+        n_new = cdiv(need_slot, self.block_size) - req.nblocks
         if n_new > 0:
-            req.block_ids.extend(pool.get_new_blocks(n_new))
+            table[req.nblocks: req.nblocks + n_new] = pool.get_new_blocks(n_new)
+            req.nblocks += n_new
             self.num_blocks_held += n_new
         if self.enable_caching:
             self.cache_blocks(req, min(total_computed + num_new_tokens, num_tokens))
         return True
 
+    def append_blocks(self, reqs: list[Request]) -> None:
+        """One more block for each request (decoding past a block boundary), in order."""
+        out = self.pool.get_new_blocks(len(reqs))
+        for j, req in enumerate(reqs):
+            req.blocks[req.nblocks] = out[j]  # type: ignore[index]
+            req.nblocks += 1
+        self.num_blocks_held += len(reqs)
+
+    def append_blocks_n(self, req: Request, k: int) -> None:
+        """`k` more blocks for one running request (its table never needs prefix hits here)."""
+        table = self._ensure_table(req)
+        table[req.nblocks: req.nblocks + k] = self.pool.get_new_blocks(k)
+        req.nblocks += k
+        self.num_blocks_held += k
+
     def cache_blocks(self, req: Request, num_tokens: int) -> None:
-        """Register the request's newly full blocks (up to `num_tokens`) in the prefix cache."""
-        bs = self.block_size
-        full = num_tokens // bs
+        """Register the request's newly full blocks (up to `num_tokens`) in the prefix cache.
+        Public blocks enter the hash map now; private ones only move the request's cached-block
+        count, and get their hashes when the request frees them (nobody else could hit them)."""
+        full = num_tokens // self.block_size
         start = req.num_cached_blocks
         if full <= start:
             return
-        ids = req.block_ids
-        cache = self.pool.cache_block
-        for i in range(start, full):
-            cache(ids[i], block_hash(req, i, bs))
+        n_pub = self._num_public(req)
+        if start < n_pub:
+            table = req.blocks
+            assert table is not None
+            bs = self.block_size
+            for i in range(start, min(full, n_pub)):
+                self.pool.cache_public(int(table[i]), block_hash(req, i, bs))
         req.num_cached_blocks = full
-
-    def append_block(self, req: Request) -> bool:
-        """Decode fast path: one more block for a request whose last block is full."""
-        pool = self.pool
-        if not pool.free:
-            return False
-        req.block_ids.extend(pool.get_new_blocks(1))
-        self.num_blocks_held += 1
-        return True
 
     def free(self, req: Request) -> None:
         """Release all of the request's blocks, tail first (vLLM `SingleTypeKVCacheManager.free`)."""
-        ids = req.block_ids
-        if ids:
-            self.num_blocks_held -= len(ids)
-            self.pool.free_blocks(ids[::-1])
-            req.block_ids = []
+        n = req.nblocks
+        if n:
+            table = req.blocks
+            assert table is not None
+            if self.enable_caching:
+                i0 = max(req.num_public_blocks, 0)
+                i1 = min(req.num_cached_blocks, n)
+                if i1 > i0:
+                    self.pool.set_private_hashes(
+                        table[i0:i1], -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(i0, i1, dtype=np.int64)))
+            self.num_blocks_held -= n
+            self.pool.free_blocks(table[:n][::-1])
+        req.prev_nblocks = n
+        req.nblocks = 0
         req.num_cached_blocks = 0
 
     @property
@@ -149,7 +206,7 @@ class KVCacheManager:
         pool = self.pool
         bs = self.block_size
         slots = (pool.num_blocks - 1) * bs
-        used_blocks = pool.num_blocks - 1 - len(pool.free)
+        used_blocks = pool.num_blocks - 1 - pool.nfree
         internal = self.num_blocks_held * bs - computed
         token_state = used_blocks * bs - internal
         return (used_blocks / (pool.num_blocks - 1), token_state / slots, internal / slots, 0.0,
@@ -158,10 +215,9 @@ class KVCacheManager:
     def check_invariants(self, running: list[Request], waiting: object) -> None:
         """Allocator invariants plus: ref counts equal the number of request owners."""
         self.pool.check_invariants()
-        owners = [0] * self.pool.num_blocks
+        owners = np.zeros(self.pool.num_blocks, dtype=np.int64)
         for r in running:
-            for b in r.block_ids:
-                owners[b] += 1
-        for b in range(1, self.pool.num_blocks):
-            assert owners[b] == self.pool.ref_cnt[b], f"block {b}: ref count {self.pool.ref_cnt[b]} != owners {owners[b]}"
-        assert sum(len(r.block_ids) for r in running) == self.num_blocks_held, "held-block counter drifted"
+            if r.nblocks:
+                np.add.at(owners, r.blocks[: r.nblocks], 1)  # type: ignore[index]
+        assert np.array_equal(owners[1:], self.pool.ref[1:]), "ref counts differ from the number of owners"
+        assert sum(r.nblocks for r in running) == self.num_blocks_held, "held-block counter drifted"

@@ -91,14 +91,11 @@ class Recorder:
             if req.last_token_s >= 0.0:
                 self.itl_gaps.append(now_s - req.last_token_s)
             req.last_token_s = now_s
+        if outcome.num_uniform_gaps:
+            self.itl_uniform.append((step_s, outcome.num_uniform_gaps))
         g = outcome.itl_gaps_s
         if g is not None and g.size:
-            same = np.abs(g - step_s) <= 1e-9 * max(1.0, now_s)
-            k = int(np.count_nonzero(same))
-            if k:
-                self.itl_uniform.append((step_s, k))
-            if k < g.size:
-                self.itl_gaps.extend(g[~same].tolist())
+            self.itl_gaps.extend(g.tolist())
         for req in outcome.first_tokens:
             row = req.parent_id
             if np.isnan(ft[row]):

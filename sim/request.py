@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import numpy as np
+
 
 class Status(IntEnum):
     WAITING = 0
@@ -28,7 +30,8 @@ class Request:
         "req_id", "parent_id", "arrival_s", "num_prompt_tokens", "max_tokens", "segments",
         "content_key", "output_key", "priority",
         "status", "num_computed", "num_output", "admit_seq",
-        "block_ids", "num_cached_blocks", "prefix_hashes", "cached_on_admit",
+        "blocks", "nblocks", "prev_nblocks", "num_public_blocks", "num_cached_blocks", "prefix_hashes",
+        "ph", "in_decode_set", "version", "base_computed", "base_clock", "base_output", "base_upd", "join_clock", "leave_clock",
         "reserved_tokens", "swapped_block_ids", "group",
         "first_scheduled_s", "first_token_s", "last_token_s", "finished_s", "num_preemptions",
         "prefix_hit_tokens", "replica", "last_sched_step", "finish_version",
@@ -50,10 +53,21 @@ class Request:
         self.num_computed = 0                   # vLLM num_computed_tokens
         self.num_output = 0                     # generated tokens so far (num_tokens = prompt + output)
         self.admit_seq = -1                     # order in vLLM's running list (admission order)
-        self.block_ids: list[int] = []          # block table (physical ids)
+        self.blocks: np.ndarray | None = None   # block table (physical ids), capacity for the whole sequence
+        self.nblocks = 0                        # entries of `blocks` in use
+        self.prev_nblocks = 0                   # table length before the last free (private prefix hits)
+        self.num_public_blocks = -1             # leading blocks with shareable content (-1: not computed yet)
         self.num_cached_blocks = 0              # leading blocks already registered in the prefix cache
         self.prefix_hashes: list[int] | None = None  # lazily computed hashes of shared leading blocks
-        self.cached_on_admit = 0
+        self.ph = 0                             # async: output placeholders (tokens in flight)
+        self.in_decode_set = False              # counters implicit in the scheduler's step clock
+        self.version = 0                        # invalidates calendar entries when the request leaves the decode set
+        self.base_computed = 0                  # decode set: num_computed at base_clock
+        self.base_clock = 0
+        self.base_output = 0                    # decode set: num_output once the batch at base_upd is applied
+        self.base_upd = 0
+        self.join_clock = 0
+        self.leave_clock = -1
         self.reserved_tokens = 0                # contiguous baselines: slots reserved up front
         self.swapped_block_ids: list[int] = []  # v0: CPU blocks holding this sequence while swapped
         self.group: object | None = None        # v0: the sequence group (n > 1 shares prompt blocks)
@@ -66,6 +80,11 @@ class Request:
         self.replica = -1
         self.last_sched_step = -1
         self.finish_version = 0                 # invalidates stale completion-heap entries
+
+    @property
+    def block_ids(self) -> list[int]:
+        """The block table as a list (tests, traces)."""
+        return [] if self.blocks is None else self.blocks[: self.nblocks].tolist()
 
     def __repr__(self) -> str:
         return (f"Request({self.req_id}, {self.status.name}, prompt={self.num_prompt_tokens}, "

@@ -6,28 +6,31 @@ vllm/v1/core/sched/async_scheduler.py `AsyncScheduler`.  One step:
 
 1. RUNNING requests, in running-list order, each get
    `min(num_tokens + placeholders - num_computed, long_prefill_token_threshold?, budget left)`
-   tokens (the threshold applies only when more than one request is running or waiting); once the
-   budget is spent the rest get nothing.  When the KV cache cannot hold a request's tokens, the
-   *last* running request is preempted (recompute: blocks freed tail first, `num_computed = 0`,
-   back to the *front* of the waiting queue) until the allocation fits; if the victim is the
-   request itself, the loop stops.
+   tokens (the threshold applies only when more than one request is running or waiting).  When
+   the KV cache cannot hold a request's tokens, the *last* running request is preempted
+   (recompute: blocks freed tail first, `num_computed = 0`, back to the *front* of the waiting
+   queue) until the allocation fits; if the victim is the request itself the loop stops.
 2. WAITING requests are admitted only if nothing was preempted this step, FCFS, while budget is
    left and fewer than `max_num_seqs` run: a prefix-cache lookup (first admission or after
-   preemption), then the whole remaining sequence is scheduled (a chunk of it with chunked
-   prefill; without it, a prompt larger than the budget left stops admission), and with
+   preemption), then the whole remaining sequence is scheduled (a chunk with chunked prefill;
+   without it, a prompt larger than the budget left stops admission), and with
    `scheduler_reserve_full_isl` the whole sequence must fit in the free blocks.
 3. After the step, every request whose computed tokens reached its sequence end samples one
    token; a request reaching `max_tokens` finishes and frees its blocks (tail first).
 
 Async scheduling (vLLM's GPU default): the engine schedules step k+1 before applying step k's
-output.  A request then carries one output placeholder per token in flight, so it is scheduled
-to decode again at once; a request whose last token is already in flight is skipped; blocks of
-finished requests return to the pool one step later; a request preempted while its token was in
-flight still receives that token.
+output.  Requests carry output placeholders for tokens in flight, so they decode again at once;
+a request whose last token is in flight is skipped; finished requests free their blocks one step
+later; a request preempted while its token was in flight still receives that token.
 
-The running list is columnar (`sim.running_batch`): step 1 is computed with vector operations
-(the budget rule is a clipped prefix sum), and Python touches only requests that need a new
-block, cache a full block, are preempted, admitted, or produce a first or last token.
+Speed without approximation: a request that decodes one token per step joins the *decode set*,
+where its counters are implicit in the step clock (`computed = base_computed + clock -
+base_clock`, `output = base_output + upd - base_upd`).  Calendars keyed by clock value say
+when a member needs its next block, fills a block (prefix caching) or finishes, so a step costs
+Python work only for requests where something happens.  A member that will not get exactly one
+token in a step leaves the set first; a step whose token budget does not cover everyone falls
+back to the literal running-list loop.  tests/test_scheduler_v1.py checks the result against a
+literal port step by step.
 """
 
 from __future__ import annotations
@@ -38,9 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.batch import StepBatch
-from sim.kv_cache_manager import KVCacheManager
+from sim.kv_cache_manager import KVCacheManager, cdiv
 from sim.request import Request, Status
-from sim.running_batch import RunningBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +65,25 @@ class StepOutcome:
     first_tokens: list[Request]
     finished: list[Request]
     sampled: list[Request] = field(default_factory=list)   # object-style schedulers only
-    itl_gaps_s: np.ndarray | None = None                    # gaps between tokens (not first tokens)
-    num_tokens: int = 0                                     # tokens produced this step
+    itl_gaps_s: np.ndarray | None = None                    # gaps not equal to the step's duration
+    num_uniform_gaps: int = 0                                # tokens whose gap is exactly the step's duration
+    num_tokens: int = 0                                      # tokens produced this step
+
+
+def _push(cal: dict[int, list[tuple[Request, int]]], key: int, req: Request) -> None:
+    lst = cal.get(key)
+    if lst is None:
+        cal[key] = [(req, req.version)]
+    else:
+        lst.append((req, req.version))
+
+
+def _extend(cal: dict[int, list[tuple[Request, int]]], key: int, reqs: list[Request]) -> None:
+    lst = cal.get(key)
+    if lst is None:
+        cal[key] = [(r, r.version) for r in reqs]
+    else:
+        lst.extend((r, r.version) for r in reqs)
 
 
 class SchedulerV1:
@@ -73,181 +92,252 @@ class SchedulerV1:
     def __init__(self, limits: SchedulerLimits, kv: KVCacheManager, record_schedule: bool = False):
         self.limits = limits
         self.kv = kv
-        self.rb = RunningBatch(max(limits.max_num_seqs, 1))
+        self.record_schedule = record_schedule
+        self.running_map: dict[int, Request] = {}   # vLLM's running list: insertion order
+        self.explicit: dict[int, Request] = {}      # running requests outside the decode set
         self.waiting: deque[Request] = deque()
         self.num_preemptions = 0
-        self.record_schedule = record_schedule   # fill batch.scheduled (conformance traces, tests)
+        self.clock = 0                 # steps scheduled so far
+        self.upd = 0                   # clock value of the last applied step
+        self.num_members = 0
+        self.members_base = 0          # sum of (base_computed - base_clock) over members
+        self.alloc_due: dict[int, list[tuple[Request, int]]] = {}
+        self.finish_due: dict[int, list[tuple[Request, int]]] = {}
+        self.inflight: list[StepBatch] = []
+        self.last_update_s = 0.0
+        self._seq = 0
 
-    # ------------------------------------------------------------------ queues
+    # ------------------------------------------------------------------ queues and views
     def add_request(self, req: Request) -> None:
         req.status = Status.WAITING
         self.waiting.append(req)
 
     @property
     def running(self) -> list[Request]:
-        return self.rb.slots
+        return list(self.running_map.values())
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running_map)
 
     @property
     def has_work(self) -> bool:
-        return bool(self.rb.n or self.waiting)
+        return bool(self.running_map or self.waiting)
 
     @property
     def num_unfinished(self) -> int:
-        return self.rb.n + len(self.waiting)
+        return len(self.running_map) + len(self.waiting)
 
     def sync(self) -> None:
-        """Write the columnar counters back into the Request objects (tests, debugging)."""
-        self.rb.sync_all()
+        """Write the implicit counters of decode-set members into the objects (tests, traces)."""
+        for r in self.running_map.values():
+            if r.in_decode_set:
+                r.num_computed = r.base_computed + self.clock - r.base_clock
+                r.num_output = r.base_output + self.upd - r.base_upd
+                r.ph = self.clock - self.upd
 
     def kv_state(self) -> tuple[float, float, float, float, float]:
-        """(usage, token-state, internal-fragmentation, reserved, cached-free) fractions."""
-        return self.kv.state_fractions(int(self.rb.computed[: self.rb.n].sum()))
+        computed = self.members_base + self.num_members * self.clock
+        for r in self.explicit.values():
+            computed += r.num_computed
+        return self.kv.state_fractions(computed)
+
+    # ------------------------------------------------------------------ decode set
+    def _join(self, r: Request) -> None:
+        lim = self.limits
+        bs = self.kv.block_size
+        c = self.clock
+        in_flight = r.ph if lim.async_scheduling else 1
+        r.base_computed = r.num_computed
+        r.base_clock = c
+        r.base_output = r.num_output + in_flight
+        r.base_upd = c
+        r.join_clock = c
+        r.in_decode_set = True
+        del self.explicit[r.req_id]
+        self.num_members += 1
+        self.members_base += r.base_computed - c
+        _push(self.alloc_due, c + r.nblocks * bs - r.base_computed, r)
+        _push(self.finish_due, c + r.max_tokens - r.base_output, r)
+
+    def _leave(self, r: Request) -> None:
+        """Make a member's counters explicit and take it out of the decode set."""
+        r.num_computed = r.base_computed + self.clock - r.base_clock
+        r.num_output = r.base_output + self.upd - r.base_upd
+        if self.limits.async_scheduling:
+            r.ph = self.clock - self.upd
+            cached = r.num_prompt_tokens + r.num_output - 1   # num_computed - placeholders at the last update
+        else:
+            r.ph = 0
+            cached = r.num_computed                           # min(computed + new, num_tokens) at the last step
+        if self.kv.enable_caching:
+            self.kv.cache_blocks(r, cached)
+        r.last_token_s = self.last_update_s
+        r.in_decode_set = False
+        r.leave_clock = self.clock
+        r.version += 1
+        self.num_members -= 1
+        self.members_base -= r.base_computed - r.base_clock
+        self.explicit[r.req_id] = r
 
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepBatch:
         lim = self.limits
         kv = self.kv
-        rb = self.rb
         batch = StepBatch()
+        c = self.clock
         budget = lim.max_num_batched_tokens
-        threshold = lim.long_prefill_token_threshold if rb.n + len(self.waiting) > 1 else 0
-        n = rb.n
-        sched = None
-        if n:
-            sched = self._schedule_running(batch, budget, threshold)
-            n = rb.n
-            budget -= int(sched.sum())
-        if not batch.preempted:
-            self._admit_waiting(batch, budget, threshold)
-        # _update_after_schedule for the running part (admissions were handled on admission)
-        if sched is not None and n:
-            comp = rb.computed[:n]
-            ph = rb.ph[:n]
-            comp += sched
-            samp = (sched > 0) & (comp >= rb.num_tokens[:n] + ph)
-            idx = np.flatnonzero(samp)
-            if lim.async_scheduling:
-                ph += samp
+        thr = lim.long_prefill_token_threshold if len(self.running_map) + len(self.waiting) > 1 else 0
+        if lim.async_scheduling:      # members whose last token is in flight are skipped
+            for r, v in self.finish_due.get(c, ()):
+                if r.version == v and r.in_decode_set:
+                    self._leave(r)
+                    _push(self.finish_due, c, r)
+        demands: list[tuple[Request, int]] = []
+        total = self.num_members
+        for r in self.explicit.values():
+            d = self._demand(r, thr)
+            if d > 0:
+                demands.append((r, d))
+                total += d
+        if total > budget:
+            demands = self._schedule_running_literal(batch, budget, thr)
         else:
-            idx = np.zeros(0, dtype=np.int64)
-        if batch.admitted:
-            first_new = rb.n - len(batch.admitted)
-            new_idx = [first_new + k for k, r in enumerate(batch.admitted)
-                       if rb.computed[first_new + k] >= rb.num_tokens[first_new + k]]
-            if lim.async_scheduling and new_idx:
-                rb.ph[new_idx] += 1
-            if new_idx:
-                idx = np.concatenate([idx, np.asarray(new_idx, dtype=np.int64)])
-        batch.sampler_idx = idx
-        batch.low = rb.n
-        rb.open_batches.append(batch)
+            demands = self._schedule_running_regular(batch, demands)
+        budget -= sum(d for _, d in demands) + self.num_members
+        # shape of the decode set (members computed = base + c - base_clock; attend to +1)
+        dm = self.num_members
+        batch.num_decode_tokens += dm
+        batch.decode_ctx_tokens += self.members_base + dm * c + dm
+        if self.record_schedule:
+            sched = [(r, 1) for r in self.running_map.values() if r.in_decode_set] + demands
+            sched.sort(key=lambda e: e[0].admit_seq)
+            batch.scheduled.extend(sched)
+        for r, d in demands:
+            batch.add_shape(d, r.num_computed)
+        if not batch.preempted:
+            demands += self._admit_waiting(batch, budget, thr)
+        # _update_after_schedule
+        batch.num_members = dm
+        self.clock = c + 1
+        async_ = lim.async_scheduling
+        for r, d in demands:
+            r.num_computed += d
+            if r.num_computed >= r.num_prompt_tokens + r.num_output + r.ph:
+                batch.samplers.append(r)
+                if async_:
+                    r.ph += 1
+                self._join(r)
+        batch.clock_after = self.clock
+        self.inflight.append(batch)
         return batch
 
-    def _schedule_running(self, batch: StepBatch, budget: int, threshold: int) -> np.ndarray:
+    def _demand(self, r: Request, thr: int) -> int:
         lim = self.limits
+        if lim.async_scheduling and r.ph > 0 and r.num_computed + 2 - r.ph >= r.num_prompt_tokens + r.max_tokens:
+            return 0
+        d = r.num_prompt_tokens + r.num_output + r.ph - r.num_computed
+        if 0 < thr < d:
+            d = thr
+        return min(d, lim.max_model_len - 1 - r.num_computed)
+
+    def _schedule_running_regular(self, batch: StepBatch, demands: list[tuple[Request, int]]) -> list[tuple[Request, int]]:
+        """Everyone's demand fits the budget: only allocation order (and preemption) matters."""
         kv = self.kv
-        rb = self.rb
-        n = rb.n
         bs = kv.block_size
-        comp = rb.computed[:n]
-        ph = rb.ph[:n]
-        demand = rb.num_tokens[:n] + ph - comp
-        if lim.async_scheduling:
-            done = (ph > 0) & (comp + 2 - ph >= rb.prompt[:n] + rb.max_tokens[:n])
-            if done.any():
-                demand[done] = 0
-        if threshold > 0:
-            np.minimum(demand, threshold, out=demand)
-        np.minimum(demand, lim.max_model_len - 1 - comp, out=demand)
-        np.maximum(demand, 0, out=demand)
-        before = np.cumsum(demand) - demand
-        sched = np.minimum(demand, np.maximum(budget - before, 0))
-        need = (comp + sched + (bs - 1)) // bs - rb.nblocks[:n]
-        need[sched == 0] = 0
-        due = np.flatnonzero(need > 0)
-        if due.size:
-            pool = kv.pool
-            slots = rb.slots
-            if int(need[due].sum()) <= len(pool.free):
-                for i in due.tolist():
-                    k = int(need[i])
-                    slots[i].block_ids.extend(pool.get_new_blocks(k))
-                    rb.nblocks[i] += k
-                    kv.num_blocks_held += k
-            else:
-                self._allocate_with_preemption(batch, due, need)
-                n = rb.n
-                sched = sched[:n]
-                comp = rb.computed[:n]
-        if kv.enable_caching and n:
-            upto = np.minimum(comp + sched, rb.num_tokens[:n])
-            full = upto // bs
-            for i in np.flatnonzero((full > rb.ncached[:n]) & (sched > 0)).tolist():
-                kv.cache_blocks(rb.slots[i], int(upto[i]))
-                rb.ncached[i] = rb.slots[i].num_cached_blocks
-        # batch shape
-        dec = sched == 1
-        nd = int(np.count_nonzero(dec))
-        batch.num_decode_tokens += nd
-        if nd:
-            batch.decode_ctx_tokens += int(comp[dec].sum()) + nd
-        pre = sched > 1
-        if pre.any():
-            q = sched[pre]
-            batch.num_prefill_tokens += int(q.sum())
-            batch.num_prefill_seqs += int(q.size)
-            batch.prefill_pairs += float((q * (comp[pre] + (q + 1) / 2)).sum())
-        if self.record_schedule:
-            for i in np.flatnonzero(sched).tolist():
-                batch.scheduled.append((rb.slots[i], int(sched[i])))
-        return sched
-
-    def _allocate_with_preemption(self, batch: StepBatch, due: np.ndarray, need: np.ndarray) -> None:
-        """vLLM's allocate-or-preempt-the-tail loop, for the requests that need blocks, in order."""
-        kv = self.kv
-        rb = self.rb
+        c = self.clock
+        due = [r for r, v in self.alloc_due.pop(c, ()) if r.version == v and r.in_decode_set]
+        needs = [(r, cdiv(r.num_computed + d, bs) - r.nblocks) for r, d in demands]
+        needs = [(r, k) for r, k in needs if k > 0]
+        if needs:
+            events = sorted([(r, 1) for r in due] + needs, key=lambda e: e[0].admit_seq)
+        else:
+            if len(due) > 1:
+                due.sort(key=lambda r: r.admit_seq)
+            events = None
         pool = kv.pool
-        for i in due.tolist():
-            if i >= rb.n:
-                break                          # already preempted as a tail victim
-            k = int(need[i])
-            gave_up = False
-            while len(pool.free) < k:
-                victim_pos = rb.n - 1
-                victim = rb.pop()
-                self._preempt(victim)
-                batch.preempted.append(victim)
-                if victim_pos == i:
-                    gave_up = True
+        if events is None and len(due) <= pool.nfree:
+            if due:
+                kv.append_blocks(due)
+        elif events is not None and sum(k for _, k in events) <= pool.nfree:
+            for r, k in events:
+                if r.in_decode_set:
+                    kv.append_blocks([r])
+                else:
+                    kv.append_blocks_n(r, k)
+        else:
+            stop = False
+            for r, k in (events if events is not None else [(r, 1) for r in due]):
+                if r.status is not Status.RUNNING:
+                    continue               # preempted as a tail victim earlier in this loop
+                while pool.nfree < k:
+                    victim = self._preempt_last(batch)
+                    if victim is r:
+                        stop = True
+                        break
+                if stop:
                     break
-            if gave_up:
-                break
-            rb.slots[i].block_ids.extend(pool.get_new_blocks(k))
-            rb.nblocks[i] += k
-            kv.num_blocks_held += k
+                if r.in_decode_set:
+                    kv.append_blocks([r])
+                else:
+                    kv.append_blocks_n(r, k)
+            demands = [(r, d) for r, d in demands if r.status is Status.RUNNING]
+        if due:
+            _extend(self.alloc_due, c + bs, [r for r in due if r.in_decode_set])
+        if kv.enable_caching:
+            for r, d in demands:
+                kv.cache_blocks(r, min(r.num_computed + d, r.num_prompt_tokens + r.num_output))
+        return demands
 
-    def _admit_waiting(self, batch: StepBatch, budget: int, threshold: int) -> None:
+    def _schedule_running_literal(self, batch: StepBatch, budget: int, thr: int) -> list[tuple[Request, int]]:
+        """The budget does not cover everyone: vLLM's loop over the running list, verbatim."""
+        for r in list(self.running_map.values()):
+            if r.in_decode_set:
+                self._leave(r)
+        kv = self.kv
+        out: list[tuple[Request, int]] = []
+        for r in list(self.running_map.values()):
+            if budget <= 0:
+                break
+            if r.status is not Status.RUNNING:
+                continue
+            d = min(self._demand(r, thr), budget)
+            if d <= 0:
+                continue
+            ok = kv.allocate_slots(r, d)
+            while not ok:
+                victim = self._preempt_last(batch)
+                if victim is r:
+                    break
+                ok = kv.allocate_slots(r, d)
+            if not ok:
+                break
+            out.append((r, d))
+            budget -= d
+        return out
+
+    def _admit_waiting(self, batch: StepBatch, budget: int, thr: int) -> list[tuple[Request, int]]:
         lim = self.limits
         kv = self.kv
-        rb = self.rb
         waiting = self.waiting
+        out: list[tuple[Request, int]] = []
         while budget > 0 and waiting:
-            if rb.n >= lim.max_num_seqs:
+            if len(self.running_map) >= lim.max_num_seqs:
                 break
             req = waiting[0]
-            hit_blocks: list[int] = []
+            hits = None
             hit_tokens = 0
             if req.num_computed == 0:
-                hit_blocks, hit_tokens = kv.get_computed_blocks(req)
+                hits, hit_tokens = kv.get_computed_blocks(req)
             n = req.num_prompt_tokens + req.num_output - hit_tokens - req.num_computed
-            if 0 < threshold < n:
-                n = threshold
+            if 0 < thr < n:
+                n = thr
             if not lim.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
-            if not kv.allocate_slots(req, n, hit_tokens, hit_blocks,
+            if not kv.allocate_slots(req, n, hit_tokens, hits,
                                      full_sequence_must_fit=lim.scheduler_reserve_full_isl,
-                                     has_scheduled_reqs=rb.n > 0):
+                                     has_scheduled_reqs=bool(self.running_map)):
                 break
             kv.record_prefix_stats(req, hit_tokens)
             waiting.popleft()
@@ -255,83 +345,101 @@ class SchedulerV1:
                 req.prefix_hit_tokens = hit_tokens
             req.status = Status.RUNNING
             req.num_computed += hit_tokens
+            req.admit_seq = self._seq
+            self._seq += 1
+            self.running_map[req.req_id] = req
+            self.explicit[req.req_id] = req
             batch.admitted.append(req)
             batch.add_shape(n, req.num_computed)
             if self.record_schedule:
                 batch.scheduled.append((req, n))
-            req.num_computed += n              # _update_after_schedule
-            rb.append(req)
+            out.append((req, n))
             budget -= n
+        return out
 
-    def _preempt(self, req: Request) -> None:
-        """Preemption by recompute (v1 has no swap): free blocks, back to the front of waiting."""
-        self.kv.free(req)
-        req.status = Status.PREEMPTED
-        req.num_computed = 0
-        req.num_preemptions += 1
+    def _preempt_last(self, batch: StepBatch) -> Request:
+        """Preempt the last running request (recompute; v1 has no swap)."""
+        _, r = self.running_map.popitem()
+        if r.in_decode_set:
+            self._leave(r)
+        del self.explicit[r.req_id]
+        for b in self.inflight:                 # async: its token in that step is still delivered
+            counted = r.join_clock < b.clock_after <= r.leave_clock   # a member when b was scheduled
+            if counted or r in b.samplers:
+                b.stale.append(r)
+                b.stale_members.append(counted)
+        self.kv.free(r)
+        r.status = Status.PREEMPTED
+        r.num_computed = 0
+        r.ph = 0
+        r.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(req)
+        self.waiting.appendleft(r)
+        batch.preempted.append(r)
+        return r
 
     # ------------------------------------------------------------------ applying the output
     def update_from_output(self, batch: StepBatch, now_s: float = 0.0) -> StepOutcome:
-        """Append the sampled tokens of `batch`; finish requests that reached max_tokens.
+        """Apply the tokens sampled by `batch`; finish requests that reached max_tokens.
         In async mode the engine calls this after the *next* step was scheduled."""
-        rb = self.rb
-        kv = self.kv
-        async_ = self.limits.async_scheduling
-        if batch in rb.open_batches:
-            rb.open_batches.remove(batch)
-        idx = batch.sampler_idx
-        if idx.size and int(idx[-1]) >= batch.low:
-            idx = idx[idx < batch.low]
+        self.inflight.remove(batch)
+        self.upd = batch.clock_after
+        self.last_update_s = now_s
         first: list[Request] = []
         finished: list[Request] = []
-        gaps = None
-        if idx.size:
-            if async_:
-                rb.ph[idx] -= 1
-            out = rb.output[idx] + 1
-            rb.output[idx] = out
-            rb.num_tokens[idx] += 1
-            last = rb.last_tok[idx]
-            had = last >= 0.0
-            gaps = now_s - last[had]
-            rb.last_tok[idx] = now_s
-            for i in idx[out == 1].tolist():
-                first.append(rb.slots[i])
-            if async_ and kv.enable_caching:
-                upto = rb.computed[idx] - rb.ph[idx]
-                full = upto // kv.block_size
-                for j in np.flatnonzero(full > rb.ncached[idx]).tolist():
-                    i = int(idx[j])
-                    kv.cache_blocks(rb.slots[i], int(upto[j]))
-                    rb.ncached[i] = rb.slots[i].num_cached_blocks
-            fin = idx[out >= rb.max_tokens[idx]]
-            if fin.size:
-                keep = np.ones(rb.n, dtype=bool)
-                for i in fin.tolist():
-                    req = rb.writeback(i)
-                    req.status = Status.FINISHED
-                    finished.append(req)
-                    keep[i] = False
-                    kv.free(req)
-                rb.compact(keep)
-        ntok = int(idx.size)
-        if batch.stale:                       # async: preempted while their token was in flight
-            gone = []
-            for req in batch.stale:
-                if req.last_token_s >= 0.0:
-                    gaps = np.append(gaps if gaps is not None else np.zeros(0), now_s - req.last_token_s)
-                req.last_token_s = now_s
-                req.num_output += 1
-                ntok += 1
-                if req.num_output == 1:
-                    first.append(req)
-                if req.num_output >= req.max_tokens:
-                    req.status = Status.FINISHED
-                    finished.append(req)
-                    gone.append(req)
-            if gone:
-                ids = set(id(r) for r in gone)
-                self.waiting = deque(r for r in self.waiting if id(r) not in ids)
-        return StepOutcome(first, finished, itl_gaps_s=gaps, num_tokens=ntok)
+        gaps: list[float] = []
+        async_ = self.limits.async_scheduling
+        to_finish: list[Request] = []
+        for r in batch.samplers:
+            if r.status is not Status.RUNNING:
+                continue                        # preempted meanwhile: handled as stale below
+            if r.in_decode_set:
+                out = r.base_output + self.upd - r.base_upd
+            else:
+                r.num_output += 1
+                if async_:
+                    r.ph -= 1
+                out = r.num_output
+            if r.last_token_s >= 0.0:
+                gaps.append(now_s - r.last_token_s)
+            r.last_token_s = now_s
+            if out == 1:
+                first.append(r)
+            if async_ and self.kv.enable_caching and not r.in_decode_set:
+                self.kv.cache_blocks(r, r.num_prompt_tokens + out - 1)
+            if out >= r.max_tokens:
+                to_finish.append(r)
+        for r, was_member in zip(batch.stale, batch.stale_members, strict=True):
+            r.num_output += 1
+            if not was_member and r.last_token_s >= 0.0:
+                gaps.append(now_s - r.last_token_s)
+            r.last_token_s = now_s
+            if r.num_output == 1:
+                first.append(r)
+            if r.num_output >= r.max_tokens and r.status is not Status.FINISHED:
+                r.status = Status.FINISHED
+                finished.append(r)
+                self.waiting = deque(w for w in self.waiting if w is not r)
+        for r, v in self.finish_due.pop(self.upd, ()):
+            if r.version == v and r.status is Status.RUNNING:
+                to_finish.append(r)
+        if len(to_finish) > 1:                  # vLLM frees in scheduling (running-list) order
+            to_finish.sort(key=lambda q: q.admit_seq)
+        for r in to_finish:
+            if r.status is Status.RUNNING:
+                self._finish(r, finished)
+        ntok = len(batch.samplers) + batch.num_members
+        return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,
+                           num_uniform_gaps=batch.num_members, num_tokens=ntok)
+
+    def _finish(self, r: Request, finished: list[Request]) -> None:
+        if r.in_decode_set:
+            self._leave(r)
+        if self.limits.async_scheduling and self.kv.enable_caching:
+            self.kv.cache_blocks(r, r.num_prompt_tokens + r.max_tokens - 1)
+        r.num_output = r.max_tokens
+        r.status = Status.FINISHED
+        del self.running_map[r.req_id]
+        del self.explicit[r.req_id]
+        self.kv.free(r)
+        finished.append(r)

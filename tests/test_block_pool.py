@@ -5,6 +5,7 @@ owners, free blocks have ref count 0)."""
 from __future__ import annotations
 
 import hypothesis.strategies as st
+import numpy as np
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -14,41 +15,42 @@ from sim.block_pool import BlockPool
 def test_null_block_and_initial_order():
     pool = BlockPool(6, enable_caching=True)
     assert pool.num_free_blocks == 5          # block 0 is the null block
-    assert pool.get_new_blocks(3) == [1, 2, 3]
+    assert pool.get_new_blocks(3).tolist() == [1, 2, 3]
     assert pool.usage == 3 / 5
 
 
 def test_free_puts_unhashed_blocks_first_and_hashed_blocks_last():
     pool = BlockPool(8, enable_caching=True)
     a = pool.get_new_blocks(3)                # [1, 2, 3]
-    pool.cache_block(1, 111)                  # a full, hashed prefix block
+    pool.cache_public(1, 111)                 # a full, hashed prefix block
     pool.free_blocks(a[::-1])                 # tail first: 3, 2 (unhashed) then 1 (hashed)
     # unhashed go to the front in the given order, hashed to the back: LIFO reuse / LRU eviction
-    assert list(pool.free) == [3, 2, 4, 5, 6, 7, 1]
+    assert pool.free_queue() == [3, 2, 4, 5, 6, 7, 1]
     assert pool.num_cached_free == 1
     assert pool.lookup(111) == 1
 
 
 def test_touch_revives_cached_free_block_and_allocation_evicts_hash():
     pool = BlockPool(4, enable_caching=True)
-    [b] = pool.get_new_blocks(1)
-    pool.cache_block(b, 42)
-    pool.free_blocks([b])
-    pool.touch([b])                           # prefix hit: out of the free queue
-    assert b not in pool.free and pool.ref_cnt[b] == 1 and pool.num_cached_free == 0
-    pool.free_blocks([b])
+    blk = pool.get_new_blocks(1)
+    b = int(blk[0])
+    pool.cache_public(b, 42)
+    pool.free_blocks(blk)
+    pool.touch(blk)                           # prefix hit: out of the free queue
+    assert b not in pool.free_queue() and pool.ref[b] == 1 and pool.num_cached_free == 0
+    pool.free_blocks(blk)
     got = pool.get_new_blocks(3)              # 2, 3 then the cached block 1 is evicted
-    assert got == [2, 3, 1]
+    assert got.tolist() == [2, 3, 1]
     assert pool.lookup(42) is None and pool.num_evictions == 1
 
 
 def test_duplicate_hashes_are_kept_and_first_registered_wins():
     pool = BlockPool(5, enable_caching=True)
-    x, y = pool.get_new_blocks(2)
-    pool.cache_block(x, 7)
-    pool.cache_block(y, 7)
+    x, y = pool.get_new_blocks(2).tolist()
+    pool.cache_public(x, 7)
+    pool.cache_public(y, 7)
     assert pool.lookup(7) == x
-    pool.free_blocks([x])
+    pool.free_blocks(np.array([x]))
     pool.get_new_blocks(3)                    # 3, 4 then x evicted
     assert pool.lookup(7) == y
     pool.check_invariants()
@@ -58,7 +60,7 @@ def test_without_caching_every_freed_block_goes_to_the_front():
     pool = BlockPool(6, enable_caching=False)
     a = pool.get_new_blocks(2)
     pool.free_blocks(a[::-1])
-    assert list(pool.free)[:2] == [2, 1]
+    assert pool.free_queue()[:2] == [2, 1]
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -73,19 +75,19 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 5))
     def allocate(self, n: int) -> None:
         if n <= self.pool.num_free_blocks:
-            self.owners.append(self.pool.get_new_blocks(n))
+            self.owners.append(self.pool.get_new_blocks(n).tolist())
 
     @precondition(lambda self: self.owners)
     @rule(i=st.integers(0, 100))
     def free_owner(self, i: int) -> None:
         blocks = self.owners.pop(i % len(self.owners))
-        self.pool.free_blocks(blocks[::-1])
+        self.pool.free_blocks(np.asarray(blocks[::-1], dtype=np.int32))
 
     @precondition(lambda self: self.owners)
     @rule(i=st.integers(0, 100))
     def cache_first_block(self, i: int) -> None:
         blocks = self.owners[i % len(self.owners)]
-        self.pool.cache_block(blocks[0], self.next_hash)
+        self.pool.cache_public(blocks[0], self.next_hash)
         self.next_hash += 1
 
     @precondition(lambda self: self.pool.cached)
@@ -94,7 +96,7 @@ class PoolMachine(RuleBasedStateMachine):
         keys = list(self.pool.cached)
         b = self.pool.lookup(keys[h % len(keys)])
         assert b is not None
-        self.pool.touch([b])
+        self.pool.touch(np.array([b], dtype=np.int32))
         self.owners.append([b])
 
     @invariant()
@@ -104,8 +106,8 @@ class PoolMachine(RuleBasedStateMachine):
         for blocks in self.owners:
             for b in blocks:
                 counts[b] += 1
-        assert counts == self.pool.ref_cnt
-        assert all(self.pool.ref_cnt[b] == 0 for b in self.pool.free)
+        assert counts == self.pool.ref.tolist()
+        assert all(self.pool.ref[b] == 0 for b in self.pool.free_queue())
 
 
 TestPoolMachine = PoolMachine.TestCase

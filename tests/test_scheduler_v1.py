@@ -29,7 +29,7 @@ def test_three_requests_run_to_completion_with_exact_blocks():
     batch, out = step(s)
     assert out.finished == [a, b, c]
     # each request frees tail first to the front of the queue (unhashed blocks: LIFO reuse)
-    assert list(s.kv.pool.free) == [6, 5, 4, 3, 2, 1, 7, 8, 9]
+    assert s.kv.pool.free_queue() == [6, 5, 4, 3, 2, 1, 7, 8, 9]
     assert not s.has_work
 
 
@@ -99,7 +99,7 @@ def test_prefix_hit_within_the_same_step_and_ref_counts():
     # a's full blocks are cached when scheduled, so b (admitted after it) hits both of them
     assert [(r.req_id, n) for r, n in batch.scheduled] == [(0, 40), (1, 8)]
     assert a.block_ids == [1, 2, 3] and b.block_ids == [1, 2, 4]
-    assert s.kv.pool.ref_cnt[1] == 2 and b.prefix_hit_tokens == 32
+    assert s.kv.pool.ref[1] == 2 and b.prefix_hit_tokens == 32
     s.kv.check_invariants(s.running, s.waiting)
 
 
