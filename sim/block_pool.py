@@ -102,7 +102,6 @@ class BlockPool:
             else:
                 taken = self.fifo[head: head + rem].copy()
                 self.head = head + rem
-            self.where[taken] = -1
             if self.num_cached_free:
                 self._evict(taken)
             if top:
@@ -157,6 +156,29 @@ class BlockPool:
             self.nfree -= int(freed.size)
             self.num_cached_free -= int(freed.size)
         ref[blocks] += 1
+
+    def free_unshared(self, table: np.ndarray, num_hashed: int) -> None:
+        """Free a request's whole table when no block of it is shared (every ref count is 1):
+        its first `num_hashed` blocks carry hashes.  Same queue order as
+        `free_blocks(table[::-1])`: unhashed tail blocks to the front, hashed blocks to the back
+        tail first."""
+        n = table.size
+        self.ref[table] = 0
+        if num_hashed < n:
+            front = table[num_hashed:]          # reversed twice: the head is the last block
+            k = n - num_hashed
+            self.stack[self.top: self.top + k] = front
+            self.top += k
+        if num_hashed:
+            back = table[:num_hashed][::-1]
+            if self.tail + num_hashed > self.fifo.shape[0]:
+                self._compact_fifo(num_hashed)
+            t = self.tail
+            self.fifo[t: t + num_hashed] = back
+            self.where[back] = np.arange(t, t + num_hashed)
+            self.tail = t + num_hashed
+            self.num_cached_free += num_hashed
+        self.nfree += n
 
     def free_blocks(self, ordered: np.ndarray) -> None:
         """Drop one reference from each block; those reaching 0 return to the free queue,

@@ -129,6 +129,7 @@ class KVCacheManager:
             return False
         table = self._ensure_table(req)
         if hits is not None:
+            req.cached_on_admit = True
             pool.touch(hits)
             table[req.nblocks: req.nblocks + hits.size] = hits
             req.nblocks += int(hits.size)
@@ -188,7 +189,10 @@ class KVCacheManager:
                     self.pool.set_private_hashes(
                         table[i0:i1], -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(i0, i1, dtype=np.int64)))
             self.num_blocks_held -= n
-            self.pool.free_blocks(table[:n][::-1])
+            if req.num_public_blocks > 0 or req.cached_on_admit:
+                self.pool.free_blocks(table[:n][::-1])   # blocks may be shared: count references
+            else:
+                self.pool.free_unshared(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
         req.prev_nblocks = n
         req.nblocks = 0
         req.num_cached_blocks = 0

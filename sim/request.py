@@ -31,7 +31,7 @@ class Request:
         "content_key", "output_key", "priority",
         "status", "num_computed", "num_output", "admit_seq",
         "blocks", "nblocks", "prev_nblocks", "num_public_blocks", "num_cached_blocks", "prefix_hashes",
-        "ph", "in_decode_set", "version", "base_computed", "base_clock", "base_output", "base_upd", "join_clock", "leave_clock",
+        "ph", "in_decode_set", "version", "base_computed", "base_clock", "base_output", "base_upd", "join_clock", "leave_clock", "cached_on_admit",
         "reserved_tokens", "swapped_block_ids", "group",
         "first_scheduled_s", "first_token_s", "last_token_s", "finished_s", "num_preemptions",
         "prefix_hit_tokens", "replica", "last_sched_step", "finish_version",
@@ -68,6 +68,7 @@ class Request:
         self.base_upd = 0
         self.join_clock = 0
         self.leave_clock = -1
+        self.cached_on_admit = False            # ever adopted prefix-hit blocks (they may be shared)
         self.reserved_tokens = 0                # contiguous baselines: slots reserved up front
         self.swapped_block_ids: list[int] = []  # v0: CPU blocks holding this sequence while swapped
         self.group: object | None = None        # v0: the sequence group (n > 1 shares prompt blocks)
