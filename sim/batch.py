@@ -29,6 +29,7 @@ class StepBatch:
     preempted: list[Request] = field(default_factory=list)
     samplers: list[Request] = field(default_factory=list)   # object-style schedulers: who samples a token
     admitted: list[Request] = field(default_factory=list)   # requests taken from the waiting queue this step
+    admitted_hits: list[int] = field(default_factory=list)  # their prefix-cache hit tokens at admission
     num_prefill_tokens: int = 0       # tokens of requests with more than one new token (prompt chunks, recompute)
     num_decode_tokens: int = 0        # requests with exactly one new token
     decode_ctx_tokens: int = 0        # sum over decodes of the context they attend to (incl. the new token)

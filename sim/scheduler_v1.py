@@ -350,6 +350,7 @@ class SchedulerV1:
             self.running_map[req.req_id] = req
             self.explicit[req.req_id] = req
             batch.admitted.append(req)
+            batch.admitted_hits.append(hit_tokens)
             batch.add_shape(n, req.num_computed)
             if self.record_schedule:
                 batch.scheduled.append((req, n))
