@@ -101,6 +101,9 @@ class RunConfig:
     max_sim_time_s: float | None = None         # hard stop (unstable loads); None = run to completion
     check_invariants: bool = False              # debug: allocator invariants after every step
     record_steps: bool = True                   # keep the per-step table
+    on_too_long: Literal["error", "drop", "truncate"] = "error"   # requests longer than max_model_len:
+    # error = refuse the scenario; drop = vLLM's 400 for those requests (counted, not run);
+    # truncate = keep the last tokens of the prompt (SamplingParams.truncate_prompt_tokens)
 
     def validate(self, ctx: Ctx) -> None:
         if self.num_requests is not None:

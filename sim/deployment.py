@@ -9,7 +9,7 @@ GPU engine's default); the CPU build forces it off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sim.config import Scenario
@@ -48,6 +48,19 @@ class Deployment:
         return lines
 
 
+def complete_profile(measured: CostProfile, datasheet: CostProfile) -> CostProfile:
+    """Fill what a one-GPU kernel calibration cannot measure from the datasheet profile:
+    the engine's per-step CPU overhead and, with TP > 1, the all-reduce."""
+    changes: dict[str, Any] = {}
+    if measured.step_overhead_s == 0.0:
+        changes["step_overhead_s"] = datasheet.step_overhead_s
+    if measured.tensor_parallel_size > 1 and measured.allreduce_calls_per_step == 0:
+        changes.update(allreduce_s_per_call=datasheet.allreduce_s_per_call,
+                       allreduce_s_per_token=datasheet.allreduce_s_per_token,
+                       allreduce_calls_per_step=datasheet.allreduce_calls_per_step)
+    return replace(measured, **changes) if changes else measured
+
+
 def serve_defaults(memory_gib: float, name: str) -> tuple[int, int]:
     """vLLM 0.32 `vllm serve` defaults: (max_num_batched_tokens, max_num_seqs)."""
     if memory_gib >= 160:
@@ -80,6 +93,7 @@ def build_deployment(sc: Scenario) -> Deployment:
         if profile.tensor_parallel_size != eng.tensor_parallel_size:
             raise ScenarioError(sc.path, "hardware.profile",
                                 f"profile was measured at TP={profile.tensor_parallel_size}, engine uses TP={eng.tensor_parallel_size}")
+        profile = complete_profile(profile, roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype))
     else:
         profile = roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype)
     async_ = eng.async_scheduling if eng.async_scheduling is not None else True

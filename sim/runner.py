@@ -36,6 +36,28 @@ def make_workload(sc: Scenario) -> RequestTable:
     return table
 
 
+def fit_lengths(sc: Scenario, dep: Deployment, table: RequestTable) -> tuple[RequestTable, int]:
+    """Apply `run.on_too_long` to requests longer than max_model_len; (table, how many changed)."""
+    if len(table) == 0 or sc.run.on_too_long == "error":
+        return table, 0
+    limit = min(dep.max_model_len, (dep.capacity.num_gpu_blocks - 1) * sc.engine.block_size)
+    total = table.prompt_tokens + table.output_tokens
+    over = total > limit
+    k = int(over.sum())
+    if not k:
+        return table, 0
+    if sc.run.on_too_long == "drop":
+        from sim.trace_replay import take
+        return take(table, np.flatnonzero(~over)), k
+    out = np.minimum(table.output_tokens, limit - 1)
+    prompt = np.minimum(table.prompt_tokens, limit - out)
+    segs = None
+    if table.segments is not None:   # a truncated prompt keeps only what still fits of its segments
+        segs = [s if p >= sum(n for _, n in s) else () for s, p in zip(table.segments, prompt.tolist(), strict=True)]
+    from dataclasses import replace
+    return replace(table, prompt_tokens=prompt, output_tokens=out, segments=segs), k
+
+
 def check_fits(sc: Scenario, dep: Deployment, table: RequestTable) -> None:
     """Refuse requests vLLM would refuse: longer than max_model_len or than the whole KV cache."""
     total = table.prompt_tokens + table.output_tokens
@@ -45,7 +67,7 @@ def check_fits(sc: Scenario, dep: Deployment, table: RequestTable) -> None:
     if total[i] > dep.max_model_len:
         raise ScenarioError(sc.path, "workload", f"request {i} needs {int(total[i])} tokens (prompt {int(table.prompt_tokens[i])} "
                             f"+ output {int(table.output_tokens[i])}) but max_model_len is {dep.max_model_len}; "
-                            "raise engine.max_model_len or cap workload.lengths")
+                            "raise engine.max_model_len, cap workload.lengths or set run.on_too_long (drop | truncate)")
     cap = (dep.capacity.num_gpu_blocks - 1) * sc.engine.block_size
     if total[i] > cap:
         raise ScenarioError(sc.path, "engine", f"request {i} needs {int(total[i])} tokens but the KV cache holds only "
@@ -56,6 +78,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
     dep = build_deployment(sc)
     if table is None:
         table = make_workload(sc)
+    table, num_too_long = fit_lengths(sc, dep, table)
     check_fits(sc, dep, table)
     replicas = build_replicas(sc, dep)
     route = route_least_outstanding if sc.engine.router == "least-outstanding-tokens" else route_round_robin()
@@ -77,7 +100,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
         "scheduler": sc.engine.scheduler, "async_scheduling": dep.async_scheduling,
         "cost_profile": dep.profile.kind, "price_per_hour_usd": dep.price_per_hour_usd,
         "simulated_time_s": end_s, "seed": sc.run.seed, "workload_source": table.source,
-        "num_requests": len(table),
+        "num_requests": len(table), "num_too_long": num_too_long, "on_too_long": sc.run.on_too_long,
     })
     if summary.get("output_throughput"):
         summary["usd_per_million_output_tokens"] = dep.price_per_hour_usd / 3600.0 / summary["output_throughput"] * 1e6
