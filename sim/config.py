@@ -124,6 +124,9 @@ class HardwareSection:
     overrides: dict[str, float] = field(default_factory=dict)  # any HardwareSpec field, e.g. price_per_hour_usd
 
     def validate(self, ctx: Ctx) -> None:
+        from sim.hardware import PRESETS, find_preset
+        if find_preset(self.gpu) is None:
+            raise ctx.at("gpu").error(f"unknown GPU; expected one of {', '.join(PRESETS)}", self.gpu)
         if self.constant_step_s is not None:
             positive(ctx, "constant_step_s", self.constant_step_s)
         if self.profile is not None and self.constant_step_s is not None:
