@@ -23,7 +23,7 @@ DEFAULT_STEP_S = 0.05
 def scheduler_job(sc: Any, step_s: float) -> dict[str, Any]:
     """The driver job for a scenario: the engine settings, pagesim's block count, its requests."""
     from sim.deployment import build_deployment
-    from sim.runner import check_fits, make_workload
+    from sim.runner import check_fits, fit_lengths, make_workload
     from sim.validate.vllm_env import job_from_table
 
     eng = sc.engine
@@ -36,7 +36,7 @@ def scheduler_job(sc: Any, step_s: float) -> dict[str, Any]:
     if eng.num_replicas != 1:
         raise ScenarioError(sc.path, "engine.num_replicas", "conformance compares one engine", eng.num_replicas, True)
     dep = build_deployment(sc)
-    table = make_workload(sc)
+    table, _ = fit_lengths(sc, dep, make_workload(sc))
     check_fits(sc, dep, table)
     lim = dep.limits
     config = {"block_size": eng.block_size, "num_gpu_blocks_override": int(dep.capacity.num_gpu_blocks),
