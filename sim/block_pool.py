@@ -113,6 +113,37 @@ class BlockPool:
         self.nfree -= n
         return out
 
+    def pop_few(self, n: int) -> list[int]:
+        """`get_new_blocks` for a handful of blocks (a decode step's new blocks), with scalar
+        operations: cheaper than vector ones below about ten blocks.  Same order, same effects."""
+        if n > self.nfree:
+            raise ValueError(f"cannot get {n} free blocks from a pool with {self.nfree} free")
+        out: list[int] = []
+        stack, fifo, where, ref, hash_of = self.stack, self.fifo, self.where, self.ref, self.hash_of
+        for _ in range(n):
+            if self.top:
+                self.top -= 1
+                b = int(stack[self.top])
+            else:
+                while True:
+                    pos = self.head
+                    b = int(fifo[pos])
+                    self.head = pos + 1
+                    if not self.num_stale or where[b] == pos:
+                        break
+                    self.num_stale -= 1
+                if self.num_cached_free and hash_of[b]:
+                    if self.public[b]:
+                        self._evict(np.array([b], dtype=I32))
+                    else:
+                        hash_of[b] = NO_HASH
+                        self.num_cached_free -= 1
+                        self.num_evictions += 1
+            ref[b] = 1
+            out.append(b)
+        self.nfree -= n
+        return out
+
     def _pop_fifo_skipping_stale(self, rem: int) -> np.ndarray:
         parts = []
         while rem:

@@ -18,6 +18,7 @@ from typing import Any
 
 import simpy
 
+from sim import quiet
 from sim.batch import StepBatch
 from sim.metrics import Recorder
 from sim.replica import Replica
@@ -25,9 +26,18 @@ from sim.request import Request
 from sim.requests_table import RequestTable
 
 
+class NextArrival:
+    """When the next request reaches a replica (inf: none known); quiet stretches stop before it."""
+
+    __slots__ = ("s",)
+
+    def __init__(self) -> None:
+        self.s = float("inf")
+
+
 def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
                     route: Callable[[list[Replica], Request], Replica], recorder: Recorder,
-                    slots: simpy.Resource | None) -> Generator[Any, Any, None]:
+                    slots: simpy.Resource | None, nxt: NextArrival) -> Generator[Any, Any, None]:
     """Send each request at its arrival time (or when a closed-loop slot frees) to a replica."""
     arrival = table.arrival_s
     prompt = table.prompt_tokens
@@ -35,10 +45,13 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
     next_id = len(table)
     for row in range(len(table)):
         t = float(arrival[row])
+        nxt.s = t
         if t > env.now:
             yield env.timeout(t - env.now)
         if slots is not None:
             token = slots.request()
+            if not token.triggered:
+                nxt.s = float("inf")      # it arrives when a request of this replica set finishes
             yield token
             recorder.slot_tokens[row] = token  # type: ignore[attr-defined]
         n = table.n_of(row)
@@ -54,17 +67,41 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
         rep = route(replicas, children[0])
         for req in children:
             rep.add_request(req)
+    nxt.s = float("inf")
 
 
 def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
-                  on_request_done: Callable[[int], None]) -> Generator[Any, Any, None]:
-    """One engine iteration per loop: schedule, spend the step time, apply the results."""
+                  on_request_done: Callable[[int], None], nxt: NextArrival | None = None) -> Generator[Any, Any, None]:
+    """One engine iteration per loop: schedule, spend the step time, apply the results.
+    With `nxt` (the next arrival), runs of decode-only steps are taken at once (`sim.quiet`)."""
     sched = rep.scheduler
     async_ = rep.async_scheduling
+    quiet_ok = nxt is not None and hasattr(sched, "quiet_steps")
     pending: StepBatch | None = None
     pending_start = 0.0
     pending_dt = 0.0
     while True:
+        if quiet_ok and sched.num_members > 1:
+            stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, nxt.s)  # type: ignore[union-attr]
+                       if async_ and pending is not None else
+                       None if async_ else quiet.plan_sync(rep, env.now, nxt.s))  # type: ignore[union-attr]
+            if stretch is not None:
+                first = pending if async_ and pending is not None and pending.samplers else None
+                if first is not None:     # the step in flight hands new members their tokens: apply it for real
+                    e0 = pending_start + pending_dt
+                    recorder.on_tokens(e0, pending_dt, sched.update_from_output(first, e0))
+                states = sched.advance_quiet(len(stretch.durations))
+                if async_:
+                    pending = sched.quiet_batch()
+                yield env.timeout(stretch.end_s - env.now)
+                sched.last_update_s = env.now
+                if first is not None:
+                    recorder.on_step(rep.index, stretch.starts[0], stretch.durations[0], first, 0,
+                                     sched.num_running, len(sched.waiting), states[0])
+                quiet.record(rep, recorder, stretch, states, 1 if first is not None else 0)
+                if async_:
+                    pending_start, pending_dt = stretch.end_s, stretch.pending_dt
+                continue
         batch = sched.schedule() if sched.has_work else None
         if batch is not None and batch.is_empty:
             sched.update_from_output(batch, env.now)   # closes the (empty) batch
@@ -114,8 +151,9 @@ def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float,
 
 
 def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list[Replica], Request], Replica],
-             recorder: Recorder, max_sim_time_s: float | None = None) -> float:
-    """Run to completion (or `max_sim_time_s`); returns the simulated end time in seconds."""
+             recorder: Recorder, max_sim_time_s: float | None = None, quiet_stretches: bool = True) -> float:
+    """Run to completion (or `max_sim_time_s`); returns the simulated end time in seconds.
+    `quiet_stretches=False` takes every step as its own event (the reference for tests)."""
     env = simpy.Environment()
     slots = simpy.Resource(env, capacity=table.max_concurrency) if table.max_concurrency else None
     if slots is not None:
@@ -130,9 +168,11 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         if remaining[0] == 0 and not done.triggered:
             done.succeed()
 
-    env.process(arrival_process(env, table, replicas, route, recorder, slots))
+    nxt = NextArrival()
+    env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt))
+    quiet_ok = quiet_stretches and not (slots is not None and len(replicas) > 1)
     for rep in replicas:
-        env.process(serve_replica(env, rep, recorder, on_request_done))
+        env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
     if len(table) == 0:
         return 0.0
     until: Any = done

@@ -146,7 +146,8 @@ class KVCacheManager:
 
     def append_blocks(self, reqs: list[Request]) -> None:
         """One more block for each request (decoding past a block boundary), in order."""
-        out = self.pool.get_new_blocks(len(reqs))
+        n = len(reqs)
+        out = self.pool.pop_few(n) if n <= 8 else self.pool.get_new_blocks(n).tolist()
         for j, req in enumerate(reqs):
             req.blocks[req.nblocks] = out[j]  # type: ignore[index]
             req.nblocks += 1

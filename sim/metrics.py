@@ -120,6 +120,31 @@ class Recorder:
         w = np.asarray([c for _, c in self.itl_uniform] + [1] * len(self.itl_gaps), dtype=np.int64)
         return vals, w
 
+    def on_decode_step(self, replica: int, start_s: float, duration_s: float, num_members: int,
+                       num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float]) -> None:
+        """A quiet step (only decodes, nothing finished): its tokens' gaps and its step row."""
+        self.itl_uniform.append((duration_s, num_members))
+        self.num_steps += 1
+        if not self.record_steps:
+            return
+        s = self.steps
+        s.replica.append(replica)
+        s.start_s.append(start_s)
+        s.duration_s.append(duration_s)
+        s.num_prefill_tokens.append(0)
+        s.num_decode_tokens.append(num_members)
+        s.num_running.append(num_running)
+        s.num_waiting.append(num_waiting)
+        s.num_preempted.append(0)
+        s.num_finished.append(0)
+        s.kv_cache_usage.append(kv[0])
+        s.kv_token_state_frac.append(kv[1])
+        s.kv_internal_frag_frac.append(kv[2])
+        s.kv_reserved_frac.append(kv[3])
+        s.kv_cached_free_frac.append(kv[4])
+        s.swap_in_blocks.append(0)
+        s.swap_out_blocks.append(0)
+
     def on_step(self, replica: int, start_s: float, duration_s: float, batch: StepBatch, num_finished: int,
                 num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float]) -> None:
         self.num_steps += 1

@@ -35,6 +35,7 @@ literal port step by step.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -103,6 +104,7 @@ class SchedulerV1:
         self.members_base = 0          # sum of (base_computed - base_clock) over members
         self.alloc_due: dict[int, list[tuple[Request, int]]] = {}
         self.finish_due: dict[int, list[tuple[Request, int]]] = {}
+        self.finish_keys: list[int] = []       # heap of finish_due keys (lazy: may hold popped keys)
         self.inflight: list[StepBatch] = []
         self.last_update_s = 0.0
         self._seq = 0
@@ -158,7 +160,7 @@ class SchedulerV1:
         self.num_members += 1
         self.members_base += r.base_computed - c
         _push(self.alloc_due, c + r.nblocks * bs - r.base_computed, r)
-        _push(self.finish_due, c + r.max_tokens - r.base_output, r)
+        self._push_finish(c + r.max_tokens - r.base_output, r)
 
     def _leave(self, r: Request) -> None:
         """Make a member's counters explicit and take it out of the decode set."""
@@ -180,6 +182,78 @@ class SchedulerV1:
         self.members_base -= r.base_computed - r.base_clock
         self.explicit[r.req_id] = r
 
+    def _push_finish(self, key: int, r: Request) -> None:
+        if key not in self.finish_due:
+            heapq.heappush(self.finish_keys, key)
+        _push(self.finish_due, key, r)
+
+    # ------------------------------------------------------------------ quiet stretches
+    def quiet_steps(self, limit: int) -> list[int]:
+        """Blocks allocated in each of the next steps that are certain to change nothing but the
+        decode set's counters and block tables: nobody finishes, is admitted, preempted or
+        prefilling (the caller also makes sure no request arrives).  Empty: take a normal step."""
+        if self.explicit or self.record_schedule or not self.num_members:
+            return []
+        if self.waiting and len(self.running_map) < self.limits.max_num_seqs:
+            return []
+        for b in self.inflight:               # async: the step in flight may only hand members a token
+            if b.stale or b.preempted or any(not r.in_decode_set for r in b.samplers):
+                return []
+        keys = self.finish_keys
+        while keys and keys[0] not in self.finish_due:
+            heapq.heappop(keys)
+        c = self.clock
+        m = min(limit, self.kv.block_size)
+        if keys:
+            m = min(m, keys[0] - c - 1)
+        free = self.kv.pool.nfree
+        counts: list[int] = []
+        for j in range(m):
+            lst = self.alloc_due.get(c + j)
+            k = 0 if lst is None else sum(1 for r, v in lst if r.version == v and r.in_decode_set)
+            free -= k
+            if free < 0:
+                break
+            counts.append(k)
+        return counts
+
+    def advance_quiet(self, m: int) -> list[tuple[float, float, float, float, float]]:
+        """Take `m` quiet steps (see `quiet_steps`) at once: member block allocations in vLLM's
+        order, the step clock, and (async) the trivial application of the steps in flight.
+        Returns the KV state after each step's allocations."""
+        kv = self.kv
+        bs = kv.block_size
+        async_ = self.limits.async_scheduling
+        states = []
+        for _ in range(m):
+            c = self.clock
+            lst = self.alloc_due.pop(c, None)
+            if lst:
+                due = [r for r, v in lst if r.version == v and r.in_decode_set]
+                if len(due) > 1:
+                    due.sort(key=lambda r: r.admit_seq)
+                if due:
+                    kv.append_blocks(due)
+                    _extend(self.alloc_due, c + bs, due)
+            self.clock = c + 1
+            self.finish_due.pop(self.clock - (1 if async_ else 0), None)
+            self.upd = self.clock - (1 if async_ else 0)
+            states.append(self.kv_state())
+        return states
+
+    def quiet_batch(self) -> StepBatch:
+        """The step the decode set runs at the current clock, as a batch (async: left in flight
+        after a quiet stretch, replacing the batch that was in flight before it)."""
+        b = StepBatch()
+        dm = self.num_members
+        c = self.clock - 1
+        b.num_decode_tokens = dm
+        b.decode_ctx_tokens = self.members_base + dm * c + dm
+        b.num_members = dm
+        b.clock_after = self.clock
+        self.inflight = [b]
+        return b
+
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepBatch:
         lim = self.limits
@@ -192,7 +266,7 @@ class SchedulerV1:
             for r, v in self.finish_due.get(c, ()):
                 if r.version == v and r.in_decode_set:
                     self._leave(r)
-                    _push(self.finish_due, c, r)
+                    self._push_finish(c, r)
         demands: list[tuple[Request, int]] = []
         total = self.num_members
         for r in self.explicit.values():

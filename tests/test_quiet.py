@@ -1,0 +1,53 @@
+"""Quiet stretches (several decode-only steps taken as one event) change nothing but speed:
+the same decisions, token times and metrics as taking every step on its own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_scheduler
+
+from sim.cost_model import AttnCoeffs, CostProfile, StepCoster
+from sim.engine import simulate
+from sim.metrics import Recorder
+from sim.replica import Replica, route_least_outstanding, route_round_robin
+from sim.requests_table import RequestTable
+
+PROFILE = CostProfile(kind="roofline", gpu="x", model="x", step_overhead_s=0.0015,
+                      linear_tokens=(1.0, 256.0, 8192.0), linear_seconds=(0.006, 0.0075, 0.19),
+                      decode_attention={"auto": {16: AttnCoeffs(s_per_seq=2e-6, s_per_kv_token=5e-8)}},
+                      prefill_attention={"auto": {16: AttnCoeffs(s_per_pair=1e-9)}})
+
+
+def run(table, quiet, *, async_, caching, blocks, replicas=1, **kw):
+    reps = []
+    for i in range(replicas):
+        sched = make_scheduler(blocks, async_scheduling=async_, caching=caching, max_model_len=4096, **kw)
+        sched.record_schedule = False
+        reps.append(Replica(i, sched, StepCoster(PROFILE, 16, "auto", 1, async_), async_))
+    rec = Recorder(len(table))
+    route = route_least_outstanding if replicas > 1 else route_round_robin()
+    end = simulate(table, reps, route, rec, quiet_stretches=quiet)
+    return rec, end, sum(r.scheduler.num_preemptions for r in reps)
+
+
+@pytest.mark.parametrize("async_", [False, True])
+@pytest.mark.parametrize("caching, blocks, replicas", [(False, 3000, 1), (True, 300, 1), (True, 2000, 2)])
+def test_stretches_match_step_by_step(async_, caching, blocks, replicas):
+    rng = np.random.default_rng(11)
+    n = 400
+    t = np.cumsum(rng.exponential(1 / 6.0, n))
+    segs = [((int(rng.integers(0, 3)), 64),) if caching and i % 2 else () for i in range(n)]
+    table = RequestTable(t, rng.integers(70, 900, n), rng.integers(1, 300, n), segments=segs)
+    a, end_a, pre_a = run(table, True, async_=async_, caching=caching, blocks=blocks, replicas=replicas)
+    b, end_b, pre_b = run(table, False, async_=async_, caching=caching, blocks=blocks, replicas=replicas)
+    assert pre_a == pre_b and a.num_steps == b.num_steps
+    assert np.array_equal(a.preemptions, b.preemptions) and np.array_equal(a.replica, b.replica)
+    assert np.allclose(a.first_token_s, b.first_token_s, rtol=1e-12, atol=1e-9)
+    assert np.allclose(a.finish_s, b.finish_s, rtol=1e-12, atol=1e-9)
+    va, wa = a.itl_samples()
+    vb, wb = b.itl_samples()
+    assert wa.sum() == wb.sum() and np.isclose(np.dot(va, wa), np.dot(vb, wb), rtol=1e-9)
+    assert end_a == pytest.approx(end_b, rel=1e-12)
+    if caching and blocks == 300:
+        assert pre_a > 0
