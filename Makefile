@@ -8,7 +8,7 @@ VLLM_VENV := .venv-vllm
 SCENARIO ?= scenarios/default.yaml
 OUT     ?= results/default
 
-.PHONY: help run test lint bench setup setup-dev setup-calibrate setup-vllm clean
+.PHONY: help run test lint bench setup setup-dev setup-calibrate setup-vllm clean chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,7 +46,15 @@ setup-vllm: $(VLLM_VENV)/.vllm            ## vLLM 0.32 (CPU build) in .venv-vllm
 run: $(VENV)/.core  ## simulate the default scenario, write results and the HTML report
 	$(BIN)/pagesim run $(SCENARIO) --out $(OUT)
 
-test: $(VENV)/.dev $(VENV)/.calibrate $(VLLM_VENV)/.vllm  ## run the test suite
+# Headless Chromium (Debian's package) for the report's browser test.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+$(VENV)/.ray: $(VENV)/.core
+	$(BIN)/pip install -q -e '.[ray]'
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.calibrate $(VENV)/.ray $(VLLM_VENV)/.vllm chromium  ## run the test suite
 	PAGESIM_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest
 
 lint: $(VENV)/.dev  ## ruff + mypy

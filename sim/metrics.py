@@ -70,6 +70,11 @@ class Recorder:
         self.num_steps = 0
         self.num_swapped_out_blocks = 0
         self.num_swapped_in_blocks = 0
+        # duration-weighted sums over steps (kept even without the step table)
+        self.busy_s = 0.0
+        self.kv_weighted = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self.kv_usage_max = 0.0
+        self.running_weighted = 0.0
 
     # ------------------------------------------------------------------ events
     def on_send(self, row: int, now_s: float, prompt_tokens: int, n: int) -> None:
@@ -120,11 +125,24 @@ class Recorder:
         w = np.asarray([c for _, c in self.itl_uniform] + [1] * len(self.itl_gaps), dtype=np.int64)
         return vals, w
 
+    def _weigh(self, dt: float, kv: tuple[float, float, float, float, float], num_running: int) -> None:
+        self.busy_s += dt
+        w = self.kv_weighted
+        w[0] += dt * kv[0]
+        w[1] += dt * kv[1]
+        w[2] += dt * kv[2]
+        w[3] += dt * kv[3]
+        w[4] += dt * kv[4]
+        if kv[0] > self.kv_usage_max:
+            self.kv_usage_max = kv[0]
+        self.running_weighted += dt * num_running
+
     def on_decode_step(self, replica: int, start_s: float, duration_s: float, num_members: int,
                        num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float]) -> None:
         """A quiet step (only decodes, nothing finished): its tokens' gaps and its step row."""
         self.itl_uniform.append((duration_s, num_members))
         self.num_steps += 1
+        self._weigh(duration_s, kv, num_running)
         if not self.record_steps:
             return
         s = self.steps
@@ -150,6 +168,7 @@ class Recorder:
         self.num_steps += 1
         self.num_swapped_in_blocks += batch.swap_in_blocks
         self.num_swapped_out_blocks += batch.swap_out_blocks
+        self._weigh(duration_s, kv, num_running)
         if not self.record_steps:
             return
         s = self.steps

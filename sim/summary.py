@@ -113,14 +113,10 @@ def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float)
     s["num_swapped_in_blocks"] = rec.num_swapped_in_blocks
     hits = rec.prefix_hit_tokens[done].sum()
     s["prefix_cache_hit_rate"] = float(hits / in_tok.sum()) if in_tok.sum() else 0.0
-    st = rec.steps
-    if st.duration_s:
-        w = np.asarray(st.duration_s)
-        tot = w.sum() or 1.0
-        for key, col in (("kv_cache_usage_mean", st.kv_cache_usage), ("kv_token_state_frac", st.kv_token_state_frac),
-                         ("kv_internal_frag_frac", st.kv_internal_frag_frac), ("kv_reserved_frac", st.kv_reserved_frac),
-                         ("kv_cached_free_frac", st.kv_cached_free_frac)):
-            s[key] = float(np.dot(w, np.asarray(col)) / tot)
-        s["kv_cache_usage_max"] = float(np.max(st.kv_cache_usage))
-        s["mean_num_running"] = float(np.dot(w, np.asarray(st.num_running)) / tot)
+    tot = rec.busy_s or 1.0
+    for key, acc in zip(("kv_cache_usage_mean", "kv_token_state_frac", "kv_internal_frag_frac", "kv_reserved_frac",
+                         "kv_cached_free_frac"), rec.kv_weighted, strict=True):
+        s[key] = acc / tot          # averaged over the engine's busy time
+    s["kv_cache_usage_max"] = rec.kv_usage_max
+    s["mean_num_running"] = rec.running_weighted / tot
     return s
