@@ -157,7 +157,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> CostProfile:
         raise ScenarioError(where, "kind", "expected roofline | calibrated | engine-fit | constant", kind, True)
     lin = d.get("linear") or {"tokens": [1], "seconds": [0.0]}
     xs, ys = [float(x) for x in lin.get("tokens", [])], [float(y) for y in lin.get("seconds", [])]
-    if kind != "constant" and (not xs or len(xs) != len(ys) or any(b <= a for a, b in zip(xs, xs[1:]))):
+    if kind != "constant" and (not xs or len(xs) != len(ys) or any(b <= a for a, b in zip(xs, xs[1:], strict=False))):
         raise ScenarioError(where, "linear", "expected equal-length 'tokens' (strictly increasing) and 'seconds' lists")
     ar = d.get("allreduce") or {}
     sw = d.get("swap") or {}

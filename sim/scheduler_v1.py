@@ -257,7 +257,6 @@ class SchedulerV1:
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepBatch:
         lim = self.limits
-        kv = self.kv
         batch = StepBatch()
         c = self.clock
         budget = lim.max_num_batched_tokens

@@ -67,7 +67,7 @@ def coerce(tp: Any, value: Any, ctx: Ctx) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        classes = [a for a in args if dataclasses.is_dataclass(a)]
+        classes = [a for a in args if isinstance(a, type) and dataclasses.is_dataclass(a)]
         if isinstance(value, dict) and len(classes) == 1:
             return build(classes[0], value, ctx)   # keep the inner error's full key path
         for arg in args:
@@ -90,7 +90,7 @@ def coerce(tp: Any, value: Any, ctx: Ctx) -> Any:
             raise ctx.error("expected a mapping", value)
         ktp, vtp = get_args(tp) or (Any, Any)
         return {coerce(ktp, k, ctx): coerce(vtp, v, ctx.at(str(k))) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, ctx)
     if tp is bool:
         if isinstance(value, bool):
