@@ -110,6 +110,11 @@ def build_deployment(sc: Scenario) -> Deployment:
 
 def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
     eng = sc.engine
+    if eng.scheduler != "vllm-v1":
+        raise ScenarioError(sc.path, "engine.scheduler", "only vllm-v1 is simulated in this version", eng.scheduler, True)
+    if eng.allocator != "paged":
+        raise ScenarioError(sc.path, "engine.allocator", "only the paged allocator is simulated in this version",
+                            eng.allocator, True)
     reps = []
     for i in range(dep.num_replicas):
         kv = KVCacheManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching,
