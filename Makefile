@@ -8,7 +8,7 @@ VLLM_VENV := .venv-vllm
 SCENARIO ?= scenarios/default.yaml
 OUT     ?= results/default
 
-.PHONY: help run test lint bench setup setup-dev setup-calibrate setup-vllm clean chromium
+.PHONY: help run test lint bench fast setup setup-dev setup-calibrate setup-vllm clean chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -19,6 +19,13 @@ $(BIN)/python:
 
 $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
+	touch $@
+
+# mypyc-compiled hot modules (setup_native.py); a failed build leaves pure Python, same results.
+NATIVE_SRC := $(addprefix sim/,request.py batch.py block_pool.py kv_cache_manager.py scheduler_v1.py cost_model.py metrics.py quiet.py)
+$(VENV)/.native: $(NATIVE_SRC) setup_native.py | $(VENV)/.core
+	$(BIN)/pip install -q 'mypy>=1.10'
+	-$(BIN)/python setup_native.py
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
@@ -43,7 +50,9 @@ setup-dev: $(VENV)/.dev                   ## + test and lint tools
 setup-calibrate: $(VENV)/.calibrate       ## + torch (CPU wheel) and triton
 setup-vllm: $(VLLM_VENV)/.vllm            ## vLLM 0.32 (CPU build) in .venv-vllm for `pagesim validate`
 
-run: $(VENV)/.core  ## simulate the default scenario, write results and the HTML report
+fast: $(VENV)/.native                   ## compile the simulator's hot modules with mypyc (make run/test/bench do it)
+
+run: $(VENV)/.core $(VENV)/.native  ## simulate the default scenario, write results and the HTML report
 	$(BIN)/pagesim run $(SCENARIO) --out $(OUT)
 
 # Headless Chromium (Debian's package) for the report's browser test.
@@ -54,15 +63,15 @@ $(VENV)/.ray: $(VENV)/.core
 	$(BIN)/pip install -q -e '.[ray]'
 	touch $@
 
-test: $(VENV)/.dev $(VENV)/.calibrate $(VENV)/.ray $(VLLM_VENV)/.vllm chromium  ## run the test suite
+test: $(VENV)/.dev $(VENV)/.native $(VENV)/.calibrate $(VENV)/.ray $(VLLM_VENV)/.vllm chromium  ## run the test suite
 	PAGESIM_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest
 
 lint: $(VENV)/.dev  ## ruff + mypy
 	$(BIN)/ruff check sim calibrate reports tests bench
 	$(BIN)/mypy sim reports
 
-bench: $(VENV)/.core  ## speed benchmarks (100k Azure-conv requests)
+bench: $(VENV)/.core $(VENV)/.native  ## speed benchmarks (100k Azure-conv requests)
 	$(BIN)/python bench/bench_azure_100k.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) results .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) results .pytest_cache build sim/*.so sim/_native.sha256

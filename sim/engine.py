@@ -37,7 +37,8 @@ class NextArrival:
 
 def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
                     route: Callable[[list[Replica], Request], Replica], recorder: Recorder,
-                    slots: simpy.Resource | None, nxt: NextArrival) -> Generator[Any, Any, None]:
+                    slots: simpy.Resource | None, nxt: NextArrival,
+                    slot_tokens: list[Any] | None = None) -> Generator[Any, Any, None]:
     """Send each request at its arrival time (or when a closed-loop slot frees) to a replica."""
     arrival = table.arrival_s
     prompt = table.prompt_tokens
@@ -53,7 +54,7 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             if not token.triggered:
                 nxt.s = float("inf")      # it arrives when a request of this replica set finishes
             yield token
-            recorder.slot_tokens[row] = token  # type: ignore[attr-defined]
+            slot_tokens[row] = token  # type: ignore[index]
         n = table.n_of(row)
         recorder.on_send(row, env.now, int(prompt[row]), n)
         segs = table.segments_of(row)
@@ -156,20 +157,19 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     `quiet_stretches=False` takes every step as its own event (the reference for tests)."""
     env = simpy.Environment()
     slots = simpy.Resource(env, capacity=table.max_concurrency) if table.max_concurrency else None
-    if slots is not None:
-        recorder.slot_tokens = [None] * len(table)  # type: ignore[attr-defined]
+    slot_tokens: list[Any] = [None] * len(table) if slots is not None else []
     remaining = [len(table)]
     done = env.event()
 
     def on_request_done(row: int) -> None:
         if slots is not None:
-            slots.release(recorder.slot_tokens[row])  # type: ignore[attr-defined]
+            slots.release(slot_tokens[row])
         remaining[0] -= 1
         if remaining[0] == 0 and not done.triggered:
             done.succeed()
 
     nxt = NextArrival()
-    env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt))
+    env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens))
     quiet_ok = quiet_stretches and not (slots is not None and len(replicas) > 1)
     for rep in replicas:
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))

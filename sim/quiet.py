@@ -33,10 +33,12 @@ class Stretch:
 def plan_sync(rep: Replica, now: float, next_arrival_s: float) -> Stretch | None:
     """Sync engine: step j is scheduled at its own start, which must precede the next arrival."""
     sched = rep.scheduler
+    d, base, c = sched.num_members, sched.members_base, sched.clock
+    if now + step_time_s(rep.coster, 0, d, base + d * c + d, 0.0) >= next_arrival_s:
+        return None                           # cheap test first: step 1 would see the arrival
     counts = sched.quiet_steps(QUIET_MAX_STEPS)
     if len(counts) < 2:
         return None
-    d, base, c = sched.num_members, sched.members_base, sched.clock
     starts: list[float] = []
     durs: list[float] = []
     t = now
@@ -56,6 +58,8 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
                next_arrival_s: float) -> Stretch | None:
     """Async engine: iteration j schedules step j+1 at the start of step j (step 0 is in flight)
     and then applies step j; every such scheduling must precede the next arrival."""
+    if pending_start + pending_dt >= next_arrival_s:
+        return None                           # cheap test first: iteration 1 would see the arrival
     sched = rep.scheduler
     counts = sched.quiet_steps(QUIET_MAX_STEPS)
     if len(counts) < 2:

@@ -1,0 +1,62 @@
+"""The mypyc-compiled modules (setup_native.py): same numbers as pure Python, never stale."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sim
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(tmp: Path, pure: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("PAGESIM_PURE", None)
+    if pure:
+        env["PAGESIM_PURE"] = "1"
+    out = tmp / ("pure" if pure else "native")
+    code = ("import sys, sim; from sim.cli import main; "
+            "rc = main(['run', 'scenarios/validation/kv-pressure.yaml', '--out', sys.argv[1]]); "
+            "print('NATIVE', sim.NATIVE); sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"NATIVE {not pure}" in res.stdout
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.skipif(not sim.NATIVE, reason="no compiled modules in use (run `make fast`)")
+def test_compiled_run_matches_pure_python_bit_for_bit(tmp_path: Path) -> None:
+    native = _run(tmp_path, pure=False)
+    pure = _run(tmp_path, pure=True)
+    native.pop("wall_time_s", None)
+    pure.pop("wall_time_s", None)
+    assert native == pure
+    assert native["num_preemptions"] > 0          # the scenario exercises preemption, not only decodes
+
+
+def _stamp(d: Path, mods: dict[str, str]) -> None:
+    for m, text in mods.items():
+        (d / f"{m}.py").write_text(text)
+    (d / "_native.sha256").write_text("".join(f"{m} {hashlib.sha256(t.encode()).hexdigest()}\n" for m, t in mods.items()))
+
+
+def test_stale_or_unstamped_extensions_are_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAGESIM_PURE", raising=False)
+    _stamp(tmp_path, {"a": "x = 1\n", "b": "y = 2\n"})
+    assert sim._native_ok({"a", "b"}, tmp_path)
+    assert not sim._native_ok({"a", "b", "c"}, tmp_path)            # an extension built without a stamp
+    (tmp_path / "b.py").write_text("y = 3\n")                        # a source edited after the build
+    assert not sim._native_ok({"a", "b"}, tmp_path)
+    _stamp(tmp_path, {"a": "x = 1\n", "b": "y = 2\n"})
+    monkeypatch.setenv("PAGESIM_PURE", "1")
+    assert not sim._native_ok({"a", "b"}, tmp_path)
+    (tmp_path / "_native.sha256").unlink()
+    monkeypatch.delenv("PAGESIM_PURE")
+    assert not sim._native_ok({"a"}, tmp_path)
