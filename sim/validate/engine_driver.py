@@ -141,13 +141,20 @@ class Observer:
         return {self.names[rid]: q for rid, q in scheduled.items()}, hits, (prefill, decodes, ctx, pairs)
 
 
-def warm_up(engine: Any, vocab: int) -> None:
-    """One short request through the engine before the clock starts."""
+def warm_up(engine: Any, config: dict[str, Any], vocab: int) -> None:
+    """Warm-up before the clock starts: one full-budget prefill then a few decode steps of a batch,
+    so first-use costs (allocator growth, oneDNN primitives for new shapes) stay out of the trace."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(max_tokens=4, min_tokens=4, ignore_eos=True)
-    engine.add_request("warmup", TokensPrompt(prompt_token_ids=[(7 * i) % vocab + 3 for i in range(48)]), params)
+    bs, usable = int(config["block_size"]), int(config["num_gpu_blocks_override"]) - 1
+    k = max(1, min(16, int(config["max_num_seqs"]), usable))
+    length = min(int(config["max_num_batched_tokens"]) // k, (usable // k) * bs - 8, int(config["max_model_len"]) - 9)
+    length = max(1, length)
+    params = SamplingParams(max_tokens=8, min_tokens=8, ignore_eos=True)
+    for i in range(k):
+        ids = [3 + (7919 * (i * length + j)) % (vocab - 3) for j in range(length)]
+        engine.add_request(f"warmup-{i}", TokensPrompt(prompt_token_ids=ids), params)
     while engine.has_unfinished_requests():
         engine.step()
     engine.reset_prefix_cache()
@@ -165,7 +172,7 @@ def run_job(job: dict[str, Any]) -> EngineTrace:
     t_build = time.perf_counter()
     engine = build_engine(config, model, int(job.get("seed", 0)))
     vocab = int(model["vocab_size"])
-    warm_up(engine, vocab)
+    warm_up(engine, config, vocab)
     scheduler = engine.engine_core.engine_core.scheduler
     pool = scheduler.kv_cache_manager.block_pool
     observer = Observer(scheduler)

@@ -129,8 +129,16 @@ def run_vllm_schedulers(jobs: list[dict[str, Any]], out_dir: str | Path | None =
 
 def run_vllm_engines(jobs: list[dict[str, Any]], out_dir: str | Path, timeout_s: float = 1800.0) -> list[Path]:
     """Run each job through vLLM's real engine (`engine_driver.py`, one process, one engine per
-    job) and return the engine-trace paths ``out_dir/trace_<i>.jsonl``."""
-    return run_driver(ENGINE_DRIVER, jobs, Path(out_dir), timeout_s, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    job) and return the engine-trace paths ``out_dir/trace_<i>.jsonl``.
+
+    vLLM's CPU worker runs one OpenMP thread per core it is bound to; on a shared host the threads'
+    spin-waits on each other make step times erratic (10x on 2 busy cores).  Unless
+    ``VLLM_CPU_OMP_THREADS_BIND`` is set, the engine is bound to one core, the last one this
+    process may use, so a step costs the same whenever it runs."""
+    extra = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        extra["VLLM_CPU_OMP_THREADS_BIND"] = str(max(os.sched_getaffinity(0)))
+    return run_driver(ENGINE_DRIVER, jobs, Path(out_dir), timeout_s, extra)
 
 
 def run_vllm_scheduler(job: dict[str, Any], out_path: str | Path | None = None,
