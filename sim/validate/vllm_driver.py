@@ -63,7 +63,7 @@ def load_job(job: dict[str, Any]) -> tuple[dict[str, Any], float, list[dict[str,
     request is ``{"id": str, "arrival_step": int | "arrival_s": float, "prompt_token_ids":
     [int] | "prompt_tokens": int, "segments": [[segment_id, num_tokens], ...], "max_tokens":
     int, "n": int, "priority": int}`` (all but max_tokens and a prompt optional)."""
-    unknown = set(job) - {"step_s", "config", "requests", "max_steps", "model"}
+    unknown = set(job) - {"step_s", "config", "requests", "max_steps", "model", "seed"}
     if unknown:
         raise ValueError(f"job: unknown keys {sorted(unknown)}")
     config = dict(CONFIG_DEFAULTS)
