@@ -228,6 +228,10 @@ def run_job(job: dict[str, Any]) -> EngineTrace:
         steps[-1] = _close(steps[-1], time.perf_counter() - t0)
     stats = {"build_s": round(build_s, 3), "run_s": round(time.perf_counter() - t0, 3), "num_steps": len(steps),
              "host_cpu": host_cpu(), "model": model, "torch_threads": _torch_threads()}
+    engine.engine_core.shutdown()       # its worker threads must not compete with the next job's
+    del engine, scheduler, observer
+    import gc
+    gc.collect()
     header = TraceHeader(source="vllm-engine", vllm_version=vllm.__version__, config=config, stats=stats)
     return EngineTrace(header, steps, [records[r["id"]] for r in sorted(pending, key=lambda r: r["_order"])])
 

@@ -138,6 +138,7 @@ def run_vllm_engines(jobs: list[dict[str, Any]], out_dir: str | Path, timeout_s:
     extra = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         extra["VLLM_CPU_OMP_THREADS_BIND"] = str(max(os.sched_getaffinity(0)))
+        extra["OMP_NUM_THREADS"] = "1"
     return run_driver(ENGINE_DRIVER, jobs, Path(out_dir), timeout_s, extra)
 
 
