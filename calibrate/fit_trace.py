@@ -149,7 +149,7 @@ def trace_provenance(header: Any, trace_path: str) -> dict[str, Any]:
     stats = dict(getattr(header, "stats", {}) or {})
     return {"source": "engine trace", "trace": trace_path, "engine": getattr(header, "source", "?"),
             "vllm_version": getattr(header, "vllm_version", None),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host_cpu": stats.get("host_cpu") or platform.processor() or platform.machine(),
             "host": platform.node(), "torch_threads": stats.get("torch_threads"),
             "num_steps": stats.get("num_steps")}

@@ -65,8 +65,9 @@ def latencies_from_requests(requests: Sequence[RequestRecord]) -> Latencies:
     return Latencies(ttft, tpot, e2el, itl, float(n.sum() / span) if span > 0 else 0.0, len(done))
 
 
-def latencies_from_bench(ttfts: Sequence[float], itls: Sequence[Sequence[float]], latencies: Sequence[float],
-                         output_lens: Sequence[int], duration_s: float) -> Latencies:
+def latencies_from_bench(ttfts: Sequence[float] | np.ndarray, itls: Sequence[Sequence[float]],
+                         latencies: Sequence[float] | np.ndarray, output_lens: Sequence[int] | np.ndarray,
+                         duration_s: float) -> Latencies:
     """Figures from `vllm bench serve --save-detailed` columns (successful requests only)."""
     ttft, e2el = np.asarray(ttfts, float), np.asarray(latencies, float)
     n = np.asarray(output_lens, int)
