@@ -12,7 +12,7 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from reports import charts_grid, charts_kv, charts_latency, sections
+from reports import charts_grid, charts_kv, charts_latency, charts_validation, sections
 from reports.data import ReportData, load
 from reports.html import Section, render_page
 from sim.results import atomic_write_text
@@ -20,6 +20,7 @@ from sim.results import atomic_write_text
 SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     sections.plan_recommendation,
     sections.run_summary,
+    charts_validation.validation,
     sections.sweep_overview,
     charts_latency.latency_curves,
     charts_kv.over_time,

@@ -46,6 +46,9 @@ class ReportData:
     num_seeds: int = 1
     plan: dict[str, Any] | None = None
     candidates: pd.DataFrame | None = None
+    validation: dict[str, Any] | None = None       # validation.json (pagesim validate --engine vllm)
+    validation_steps: pd.DataFrame | None = None   # validation_steps.csv: engine_* / pagesim_* per step
+    validation_requests: pd.DataFrame | None = None  # validation_requests.csv: side, metric, seconds
 
 
 def config_label(row: pd.Series | dict[str, Any], names: list[str]) -> str:
@@ -99,6 +102,11 @@ def load(out: Path) -> ReportData:
     if (out / "summary.json").exists():
         data = ReportData(out, "run", name, scenario, summary=json.loads((out / "summary.json").read_text()))
         data.steps, data.steps_label = _read_steps(out / "steps.parquet"), "this run"
+        if (out / "validation.json").exists():
+            data.validation = json.loads((out / "validation.json").read_text())
+            for attr, name in (("validation_steps", "validation_steps.csv"), ("validation_requests", "validation_requests.csv")):
+                if (out / name).exists():
+                    setattr(data, attr, pd.read_csv(out / name))
         return data
     raise ScenarioError(str(out), "", "not a pagesim results folder (no summary.json, sweep.json or plan.json)")
 

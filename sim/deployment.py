@@ -50,9 +50,10 @@ class Deployment:
 
 def complete_profile(measured: CostProfile, datasheet: CostProfile) -> CostProfile:
     """Fill what a one-GPU kernel calibration cannot measure from the datasheet profile:
-    the engine's per-step CPU overhead and, with TP > 1, the all-reduce."""
+    the engine's per-step CPU overhead and, with TP > 1, the all-reduce.  An engine fit measured
+    the whole step, so its overhead is taken as it is, zero included."""
     changes: dict[str, Any] = {}
-    if measured.step_overhead_s == 0.0:
+    if measured.step_overhead_s == 0.0 and measured.kind != "engine-fit":
         changes["step_overhead_s"] = datasheet.step_overhead_s
     if measured.tensor_parallel_size > 1 and measured.allreduce_calls_per_step == 0:
         changes.update(allreduce_s_per_call=datasheet.allreduce_s_per_call,

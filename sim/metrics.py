@@ -164,7 +164,11 @@ class Recorder:
         s.swap_out_blocks.append(0)
 
     def on_step(self, replica: int, start_s: float, duration_s: float, batch: StepBatch, num_finished: int,
-                num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float]) -> None:
+                num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float],
+                usage_after: float | None = None) -> None:
+        """`kv`: the KV state while the step ran (weighted by its duration in the summary);
+        `usage_after`: usage once the step's finished requests are freed, which is what vLLM's
+        SchedulerStats.kv_cache_usage logs for the step and the step table keeps (None: kv[0])."""
         self.num_steps += 1
         self.num_swapped_in_blocks += batch.swap_in_blocks
         self.num_swapped_out_blocks += batch.swap_out_blocks
@@ -181,7 +185,7 @@ class Recorder:
         s.num_waiting.append(num_waiting)
         s.num_preempted.append(len(batch.preempted))
         s.num_finished.append(num_finished)
-        s.kv_cache_usage.append(kv[0])
+        s.kv_cache_usage.append(kv[0] if usage_after is None else usage_after)
         s.kv_token_state_frac.append(kv[1])
         s.kv_internal_frag_frac.append(kv[2])
         s.kv_reserved_frac.append(kv[3])

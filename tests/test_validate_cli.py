@@ -14,7 +14,8 @@ from sim.validate.cli import main
 from sim.validate.vllm_env import VllmUnavailable, find_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
-VALIDATION = sorted((ROOT / "scenarios" / "validation").glob("*.yaml"))
+VALIDATION = sorted(p for p in (ROOT / "scenarios" / "validation").glob("*.yaml")
+                    if not p.name.startswith("engine-"))   # engine-*: the real engine (test_validate_engine.py)
 
 
 def need_vllm() -> None:

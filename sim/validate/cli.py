@@ -1,9 +1,17 @@
-"""`pagesim validate SCENARIO.yaml [...] --engine vllm-scheduler [--out DIR]`.
+"""`pagesim validate SCENARIO.yaml [...] --engine vllm-scheduler | vllm [--out DIR]`.
 
-Runs each scenario's workload through vLLM 0.32's own v1 scheduler (no model: mocked outputs, a
-step clock) and through pagesim's, compares every step, writes both traces, the side-by-side table
-and a summary to DIR, and exits 1 when any step differs (0 when all agree, 2 on bad input or a
-missing vLLM).  Settings the vLLM v1 scheduler does not have are refused in one line.
+``--engine vllm-scheduler`` runs each scenario's workload through vLLM 0.32's own v1 scheduler (no
+model: mocked outputs, a step clock) and through pagesim's, compares every step, writes both
+traces, the side-by-side table and a summary to DIR, and exits 1 when any step differs.
+
+``--engine vllm`` runs the real engine (a tiny model with dummy weights on the CPU build) on a wall
+clock, fits a cost profile to its step times, runs pagesim's simulator on the same requests with
+that profile and compares schedule and latencies (`real_engine.py`); ``--from-trace FILE`` reads an
+engine trace or a `vllm bench serve --save-detailed` JSON instead of running the engine.  Exits 1
+when a deterministic scenario's schedule differs or a figure misses its tolerance.
+
+Exit 0 when all agree, 2 on bad input or a missing vLLM.  Settings vLLM does not have are refused
+in one line.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ DEFAULT_STEP_S = 0.05
 
 def scheduler_job(sc: Any, step_s: float) -> dict[str, Any]:
     """The driver job for a scenario: the engine settings, pagesim's block count, its requests."""
+    return build_job(sc, step_s)[0]
+
+
+def build_job(sc: Any, step_s: float) -> tuple[dict[str, Any], Any]:
+    """(driver job, the `RequestTable` it was made from); settings vLLM lacks are refused."""
     from sim.deployment import build_deployment
     from sim.runner import check_fits, fit_lengths, make_workload
     from sim.validate.vllm_env import job_from_table
@@ -45,14 +58,19 @@ def scheduler_job(sc: Any, step_s: float) -> dict[str, Any]:
               "long_prefill_token_threshold": lim.long_prefill_token_threshold, "max_model_len": lim.max_model_len,
               "async_scheduling": lim.async_scheduling, "watermark": float(eng.watermark or 0.0),
               "scheduler_reserve_full_isl": lim.scheduler_reserve_full_isl}
-    return job_from_table(table, config, step_s)
+    return job_from_table(table, config, step_s), table
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="pagesim validate", description=__doc__.splitlines()[0])
     p.add_argument("scenarios", nargs="+", help="scenario YAML files")
-    p.add_argument("--engine", choices=["vllm-scheduler"], default="vllm-scheduler",
-                   help="vllm-scheduler: vLLM's own scheduler and KV-cache manager on a step clock")
+    p.add_argument("--engine", choices=["vllm-scheduler", "vllm"], default="vllm-scheduler",
+                   help="vllm-scheduler: vLLM's own scheduler and KV-cache manager on a step clock; "
+                        "vllm: the real engine on a wall clock, with a cost profile fitted to it")
+    p.add_argument("--from-trace", type=Path, metavar="FILE",
+                   help="--engine vllm: compare against this engine trace or vllm bench JSON instead of running vLLM")
+    p.add_argument("--profile", type=Path, metavar="PATH",
+                   help="--engine vllm: price pagesim's steps with this profile instead of fitting one")
     p.add_argument("--out", default="results/validate", help="output folder (one subfolder per scenario)")
     p.add_argument("--step-s", type=float, default=DEFAULT_STEP_S, help="seconds per step on both sides")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
@@ -64,6 +82,8 @@ def main(argv: list[str]) -> int:
     from sim.validate.vllm_env import VllmUnavailable, find_vllm, run_vllm_schedulers
 
     scenarios = [load_scenario(path, args.set) for path in args.scenarios]
+    if args.engine == "vllm":
+        return main_engine(scenarios, Path(args.out), args.from_trace, args.profile)
     jobs = [scheduler_job(sc, args.step_s) for sc in scenarios]       # every input checked before any run
     try:
         env = find_vllm()
@@ -100,4 +120,42 @@ def main(argv: list[str]) -> int:
             print(cmp.report)
             worst = 1
     print(f"vLLM scheduler runs: {vllm_s:.1f} s; results in {out}/")
+    return worst
+
+
+def main_engine(scenarios: list[Any], out: Path, from_trace: Path | None, profile: Path | None) -> int:
+    """``--engine vllm``: run (or read) the real engine's trace per scenario, then fit, simulate, compare."""
+    import shutil
+    import tempfile
+
+    from sim.validate.real_engine import engine_job, validate_scenario
+    from sim.validate.vllm_env import VllmUnavailable, run_vllm_engines
+
+    if from_trace is not None and len(scenarios) != 1:
+        raise ScenarioError(str(from_trace), "", "--from-trace compares one scenario; give exactly one")
+    traces: list[Path | None] = [None] * len(scenarios)
+    if from_trace is None:
+        jobs = [engine_job(sc)[0] for sc in scenarios]          # every input checked before any run
+        t0 = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix="pagesim-engine-") as tmp:
+                for i, path in enumerate(run_vllm_engines(jobs, tmp)):
+                    (out / scenarios[i].name).mkdir(parents=True, exist_ok=True)
+                    traces[i] = Path(shutil.copyfile(path, out / scenarios[i].name / "engine_trace.jsonl"))
+        except VllmUnavailable as e:
+            print(f"pagesim: {e}", file=sys.stderr)
+            return 2
+        print(f"vLLM engine runs: {time.perf_counter() - t0:.1f} s")
+    worst = 0
+    for sc, trace in zip(scenarios, traces, strict=True):
+        summary, table = validate_scenario(sc, out / sc.name, from_trace, profile, trace)
+        fit = summary.get("fit") or {}
+        fit_line = (f"; fit R² {fit['r2_held_out']:.3f} held out, median step error {100 * fit['median_rel_err']:.1f}%"
+                    if fit else "")
+        print(f"{sc.name}: {'PASS' if summary['passed'] else 'FAIL'} ({summary['source']}{fit_line})")
+        print(table)
+        for f in summary["failures"]:
+            print(f"  miss: {f}")
+        worst = max(worst, 0 if summary["passed"] else 1)
+    print(f"results in {out}/")
     return worst

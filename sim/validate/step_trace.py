@@ -127,6 +127,8 @@ def read_trace(path: str | Path) -> tuple[TraceHeader, list[StepRecord]]:
                 header = TraceHeader.from_json(obj)
             elif kind == "step":
                 records.append(StepRecord.from_json(obj))
+            elif kind == "request":   # an engine trace's per-request records (engine_trace.py)
+                continue
             else:
                 raise ValueError(f"{path}:{lineno}: unknown record kind {kind!r}")
     return header, records

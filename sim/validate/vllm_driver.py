@@ -63,7 +63,7 @@ def load_job(job: dict[str, Any]) -> tuple[dict[str, Any], float, list[dict[str,
     request is ``{"id": str, "arrival_step": int | "arrival_s": float, "prompt_token_ids":
     [int] | "prompt_tokens": int, "segments": [[segment_id, num_tokens], ...], "max_tokens":
     int, "n": int, "priority": int}`` (all but max_tokens and a prompt optional)."""
-    unknown = set(job) - {"step_s", "config", "requests", "max_steps"}
+    unknown = set(job) - {"step_s", "config", "requests", "max_steps", "model", "seed"}
     if unknown:
         raise ValueError(f"job: unknown keys {sorted(unknown)}")
     config = dict(CONFIG_DEFAULTS)
@@ -97,15 +97,27 @@ def load_job(job: dict[str, Any]) -> tuple[dict[str, Any], float, list[dict[str,
 
 class TokenIds:
     """Deterministic token ids: the same (segment_id, offset) always gets the same id; every other
-    prompt position and every sampled token gets a fresh one, so only segments are shared."""
+    prompt position and every sampled token gets a fresh one, so only segments are shared.
 
-    def __init__(self) -> None:
+    With `vocab_size` (a real model's embedding must accept every id) the k-th fresh id is a hash
+    of k folded into the vocabulary: two different 32-token blocks then coincide with probability
+    ~vocab^-32, so prefix caching still finds exactly the shared segments."""
+
+    def __init__(self, vocab_size: int | None = None) -> None:
         self._next = FIRST_TOKEN_ID
         self._segment: dict[tuple[int, int], int] = {}
+        self._vocab = vocab_size
+
+    def _id(self, k: int) -> int:
+        if self._vocab is None:
+            return k
+        h = (k * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF     # Fibonacci hashing, then xor-shift
+        h ^= h >> 29
+        return FIRST_TOKEN_ID + h % (self._vocab - FIRST_TOKEN_ID)
 
     def fresh(self) -> int:
         self._next += 1
-        return self._next - 1
+        return self._id(self._next - 1)
 
     def prompt(self, r: dict[str, Any]) -> list[int]:
         if "prompt_token_ids" in r:
@@ -121,7 +133,7 @@ class TokenIds:
         if len(ids) > r["_n_prompt"]:
             raise ValueError(f"request {r['id']}: segments are longer than its prompt")
         num_unique = r["_n_prompt"] - len(ids)
-        ids.extend(range(self._next, self._next + num_unique))
+        ids.extend(self._id(k) for k in range(self._next, self._next + num_unique))
         self._next += num_unique
         return ids
 

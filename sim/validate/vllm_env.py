@@ -27,6 +27,7 @@ INSTALL_HINT = "vLLM is not installed for validation; run `make setup-vllm` (vll
 ENV_VAR = "PAGESIM_VLLM_PYTHON"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().with_name("vllm_driver.py")
+ENGINE_DRIVER = Path(__file__).resolve().with_name("engine_driver.py")
 
 _PROBE = (
     "import importlib.util, importlib.metadata as md, json\n"
@@ -93,28 +94,52 @@ def job_from_table(table: Any, config: dict[str, Any], step_s: float) -> dict[st
     return {"step_s": step_s, "config": dict(config), "requests": requests}
 
 
-def run_vllm_schedulers(jobs: list[dict[str, Any]], out_dir: str | Path | None = None,
-                        timeout_s: float = 600.0) -> list[list[StepRecord]]:
-    """Run each job through vLLM's scheduler in one driver process (see `vllm_driver.load_job`
-    for the schema) and return their step records, in order; traces are kept in `out_dir` as
-    ``trace_<i>.jsonl`` when given.  Raises VllmUnavailable, or RuntimeError with the driver's
-    last error line."""
+def run_driver(driver: Path, jobs: list[dict[str, Any]], out_dir: Path, timeout_s: float,
+               extra_env: dict[str, str] | None = None) -> list[Path]:
+    """Run `driver` under vLLM's interpreter on every job in one process (vLLM's import is paid
+    once); return the trace paths ``out_dir/trace_<i>.jsonl``.  Raises VllmUnavailable, or
+    RuntimeError with the driver's last error line."""
     env = find_vllm()
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pagesim-vllm-") as tmp:
-        keep = Path(out_dir) if out_dir is not None else Path(tmp)
-        keep.mkdir(parents=True, exist_ok=True)
         args: list[str] = []
         for i, job in enumerate(jobs):
             job_path = Path(tmp, f"job_{i}.json")
             job_path.write_text(json.dumps(job))
-            args += [str(job_path), str(keep / f"trace_{i}.jsonl")]
-        child_env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-        done = subprocess.run([env.python, str(DRIVER), *args], capture_output=True, text=True,
+            args += [str(job_path), str(out_dir / f"trace_{i}.jsonl")]
+        child_env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+                     **(extra_env or {})}
+        done = subprocess.run([env.python, str(driver), *args], capture_output=True, text=True,
                               timeout=timeout_s, env=child_env, check=False)
         if done.returncode != 0:
             lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-            raise RuntimeError(f"vllm_driver failed (exit {done.returncode}): {lines[-1] if lines else '?'}")
-        return [read_trace(out)[1] for out in args[1::2]]
+            raise RuntimeError(f"{driver.name} failed (exit {done.returncode}): {lines[-1] if lines else '?'}")
+    return [Path(p) for p in args[1::2]]
+
+
+def run_vllm_schedulers(jobs: list[dict[str, Any]], out_dir: str | Path | None = None,
+                        timeout_s: float = 600.0) -> list[list[StepRecord]]:
+    """Run each job through vLLM's scheduler in one driver process (see `vllm_driver.load_job`
+    for the schema) and return their step records, in order; traces are kept in `out_dir` as
+    ``trace_<i>.jsonl`` when given."""
+    with tempfile.TemporaryDirectory(prefix="pagesim-vllm-") as tmp:
+        keep = Path(out_dir) if out_dir is not None else Path(tmp)
+        return [read_trace(p)[1] for p in run_driver(DRIVER, jobs, keep, timeout_s)]
+
+
+def run_vllm_engines(jobs: list[dict[str, Any]], out_dir: str | Path, timeout_s: float = 1800.0) -> list[Path]:
+    """Run each job through vLLM's real engine (`engine_driver.py`, one process, one engine per
+    job) and return the engine-trace paths ``out_dir/trace_<i>.jsonl``.
+
+    vLLM's CPU worker runs one OpenMP thread per core it is bound to; on a shared host the threads'
+    spin-waits on each other make step times erratic (10x on 2 busy cores).  Unless
+    ``VLLM_CPU_OMP_THREADS_BIND`` is set, the engine is bound to one core, the last one this
+    process may use, so a step costs the same whenever it runs."""
+    extra = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        extra["VLLM_CPU_OMP_THREADS_BIND"] = str(max(os.sched_getaffinity(0)))
+        extra["OMP_NUM_THREADS"] = "1"
+    return run_driver(ENGINE_DRIVER, jobs, Path(out_dir), timeout_s, extra)
 
 
 def run_vllm_scheduler(job: dict[str, Any], out_path: str | Path | None = None,
