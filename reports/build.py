@@ -12,7 +12,7 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from reports import charts_grid, charts_kv, charts_latency, charts_validation, sections
+from reports import charts_fleet, charts_grid, charts_kv, charts_latency, charts_validation, sections
 from reports.data import ReportData, load
 from reports.html import Section, render_page
 from sim.results import atomic_write_text
@@ -26,6 +26,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_kv.over_time,
     charts_kv.fragmentation,
     charts_kv.swap,
+    charts_fleet.routing,
     charts_grid.heatmaps,
     charts_latency.cost_pareto,
     sections.plan_sensitivity,

@@ -43,7 +43,9 @@ class EngineConfig:
     async_scheduling: bool | None = None        # None: on for GPU hardware (vLLM 0.32 default), off for CPU
     tensor_parallel_size: int = 1               # --tensor-parallel-size
     num_replicas: int = 1                       # data-parallel engine replicas behind a router
-    router: Literal["round-robin", "least-outstanding-tokens"] = "round-robin"
+    router: Literal["round-robin", "least-outstanding-tokens", "least-kv-usage", "prefix-aware", "weighted"] = "round-robin"
+    router_weights: dict[str, float] = field(default_factory=dict)  # weighted: scorer -> weight (sim.router)
+    router_scrape_interval_s: float = 0.0       # router sees KV usage / queue length scraped this often (0: live)
     allocator: Allocator = "paged"              # contiguous-*: reservation baselines (vLLM paper, Fig. 2)
     num_gpu_blocks_override: int | None = None  # --num-gpu-blocks-override
 
@@ -67,6 +69,16 @@ class EngineConfig:
             raise ctx.at("watermark").error("expected a fraction in [0, 1)", self.watermark)
         if self.scheduler == "vllm-v1" and self.preemption_mode == "swap":
             raise ctx.at("preemption_mode").error("vLLM v1 preempts by recompute only; use scheduler: vllm-v0 for swap")
+        from sim.router import SCORERS
+        for key, w in self.router_weights.items():
+            if key not in SCORERS:
+                raise ctx.at(f"router_weights.{key}").error(f"expected one of {', '.join(SCORERS)}", key)
+            if w < 0:
+                raise ctx.at(f"router_weights.{key}").error("expected a weight >= 0", w)
+        if self.router == "weighted" and not any(w > 0 for w in self.router_weights.values()):
+            raise ctx.at("router_weights").error("weighted routing needs at least one positive weight, e.g. {prefix: 2, queue: 1}",
+                                                 dict(self.router_weights))
+        positive(ctx, "router_scrape_interval_s", self.router_scrape_interval_s, allow_zero=True)
         if self.tensor_parallel_size & (self.tensor_parallel_size - 1):
             raise ctx.at("tensor_parallel_size").error("expected a power of two", self.tensor_parallel_size)
 

@@ -151,10 +151,20 @@ def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float,
         rep.check()
 
 
+def scrape_process(env: simpy.Environment, interval_s: float, scrape: Callable[[], None]) -> Generator[Any, Any, None]:
+    """The router's metrics scrape: a snapshot of every replica each `interval_s`."""
+    while True:
+        scrape()
+        yield env.timeout(interval_s)
+
+
 def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list[Replica], Request], Replica],
-             recorder: Recorder, max_sim_time_s: float | None = None, quiet_stretches: bool = True) -> float:
+             recorder: Recorder, max_sim_time_s: float | None = None, quiet_stretches: bool = True,
+             scrape_interval_s: float = 0.0, scrape: Callable[[], None] | None = None) -> float:
     """Run to completion (or `max_sim_time_s`); returns the simulated end time in seconds.
-    `quiet_stretches=False` takes every step as its own event (the reference for tests)."""
+    `quiet_stretches=False` takes every step as its own event (the reference for tests).
+    With `scrape` and a positive interval, a process calls it every `scrape_interval_s` (quiet
+    stretches are then off: a scrape inside one would see the state at its end)."""
     env = simpy.Environment()
     slots = simpy.Resource(env, capacity=table.max_concurrency) if table.max_concurrency else None
     slot_tokens: list[Any] = [None] * len(table) if slots is not None else []
@@ -170,7 +180,10 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
 
     nxt = NextArrival()
     env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens))
-    quiet_ok = quiet_stretches and not (slots is not None and len(replicas) > 1)
+    scraping = scrape is not None and scrape_interval_s > 0
+    if scraping:
+        env.process(scrape_process(env, scrape_interval_s, scrape))  # type: ignore[arg-type]
+    quiet_ok = quiet_stretches and not (slots is not None and len(replicas) > 1) and not scraping
     for rep in replicas:
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
     if len(table) == 0:

@@ -1,6 +1,6 @@
 """One engine replica as plain state: its scheduler, KV cache, step coster and router counters.
 
-The replica knows nothing about SimPy except how to hand the engine an event to wait on when
+Routing policies live in `sim.router`.  The replica knows nothing about SimPy except how to hand the engine an event to wait on when
 idle (`wait_for_work`), which `add_request` triggers.
 """
 
@@ -48,18 +48,3 @@ class Replica:
 
     def check(self) -> None:
         self.kv.check_invariants(self.scheduler.running, self.scheduler.waiting)
-
-
-def route_round_robin() -> Any:
-    counter = [0]
-
-    def route(replicas: list[Replica], req: Request) -> Replica:
-        rep = replicas[counter[0] % len(replicas)]
-        counter[0] += 1
-        return rep
-    return route
-
-
-def route_least_outstanding(replicas: list[Replica], req: Request) -> Replica:
-    """Fewest outstanding tokens; ties go to the lowest index (deterministic)."""
-    return min(replicas, key=lambda r: (r.outstanding_tokens, r.index))

@@ -13,8 +13,8 @@ from sim.deployment import Deployment, build_deployment, build_replicas
 from sim.engine import simulate
 from sim.errors import ScenarioError
 from sim.metrics import Recorder
-from sim.replica import route_least_outstanding, route_round_robin
 from sim.requests_table import RequestTable
+from sim.router import Router
 from sim.schema import Ctx
 from sim.summary import request_table, step_table, summarize
 from sim.workload import generate
@@ -74,6 +74,18 @@ def check_fits(sc: Scenario, dep: Deployment, table: RequestTable) -> None:
                             f"{cap} tokens; it could never be scheduled")
 
 
+def routing_summary(router: Router, rec: Recorder, measured: np.ndarray) -> dict[str, Any]:
+    """The router's policy, how evenly it spread the load, and each replica's prefix-hit rate."""
+    done = measured & ~np.isnan(rec.finish_s)
+    rates = []
+    for k in range(len(router.routed)):
+        on_k = done & (rec.replica == k)
+        prompt = int(rec.prompt_tokens[on_k].sum())
+        rates.append(float(rec.prefix_hit_tokens[on_k].sum() / prompt) if prompt else 0.0)
+    return {"router": router.policy, "load_imbalance": router.load_imbalance(),
+            "replica_requests": list(router.routed), "replica_prefix_cache_hit_rate": rates}
+
+
 def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
     dep = build_deployment(sc)
     if table is None:
@@ -81,9 +93,12 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
     table, num_too_long = fit_lengths(sc, dep, table)
     check_fits(sc, dep, table)
     replicas = build_replicas(sc, dep)
-    route = route_least_outstanding if sc.engine.router == "least-outstanding-tokens" else route_round_robin()
+    eng = sc.engine
+    router = Router(eng.router, len(replicas), eng.block_size, dep.capacity.num_gpu_blocks,
+                    dict(eng.router_weights), eng.router_scrape_interval_s)
     rec = Recorder(len(table), sc.run.record_steps)
-    end_s = simulate(table, replicas, route, rec, sc.run.max_sim_time_s)
+    end_s = simulate(table, replicas, router.route, rec, sc.run.max_sim_time_s,
+                     scrape_interval_s=eng.router_scrape_interval_s, scrape=lambda: router.scrape(replicas))
     measured = np.ones(len(table), dtype=bool)
     measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:
@@ -102,6 +117,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
         "simulated_time_s": end_s, "seed": sc.run.seed, "workload_source": table.source,
         "num_requests": len(table), "num_too_long": num_too_long, "on_too_long": sc.run.on_too_long,
     })
+    summary.update(routing_summary(router, rec, measured))
     if summary.get("output_throughput"):
         summary["usd_per_million_output_tokens"] = dep.price_per_hour_usd / 3600.0 / summary["output_throughput"] * 1e6
     return RunResult(summary, request_table(rec, measured), step_table(rec), dep, table)

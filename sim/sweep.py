@@ -49,6 +49,8 @@ AXES: dict[str, tuple[str, str]] = {
     "gpu_memory_utilization": ("engine.gpu_memory_utilization", "number"),
     "tensor_parallel_size": ("engine.tensor_parallel_size", "int"),
     "num_replicas": ("engine.num_replicas", "int"),
+    "router": ("engine.router", "str"),
+    "router_scrape_interval_s": ("engine.router_scrape_interval_s", "number"),
     "rate": ("workload.arrival.rate", "rate"),
     "max_concurrency": ("workload.arrival.max_concurrency", "int"),
     "hardware": ("hardware.gpu", "str"),

@@ -10,15 +10,16 @@ from conftest import make_scheduler
 from sim.cost_model import StepCoster, constant_profile
 from sim.engine import simulate
 from sim.metrics import Recorder
-from sim.replica import Replica, route_round_robin
+from sim.replica import Replica
 from sim.requests_table import RequestTable
+from sim.router import Router
 
 
 def run_table(table: RequestTable, step_s: float, *, num_blocks: int = 4000, async_scheduling: bool = False, **kw):
     sched = make_scheduler(num_blocks, async_scheduling=async_scheduling, **kw)
     rep = Replica(0, sched, StepCoster(constant_profile(step_s), 16, "auto", 1), async_scheduling)
     rec = Recorder(len(table))
-    end = simulate(table, [rep], route_round_robin(), rec)
+    end = simulate(table, [rep], Router("round-robin", 1, 16, 1 << 20).route, rec)
     return rec, end
 
 

@@ -10,8 +10,9 @@ from conftest import make_scheduler
 from sim.cost_model import AttnCoeffs, CostProfile, StepCoster
 from sim.engine import simulate
 from sim.metrics import Recorder
-from sim.replica import Replica, route_least_outstanding, route_round_robin
+from sim.replica import Replica
 from sim.requests_table import RequestTable
+from sim.router import Router
 
 PROFILE = CostProfile(kind="roofline", gpu="x", model="x", step_overhead_s=0.0015,
                       linear_tokens=(1.0, 256.0, 8192.0), linear_seconds=(0.006, 0.0075, 0.19),
@@ -26,7 +27,8 @@ def run(table, quiet, *, async_, caching, blocks, replicas=1, **kw):
         sched.record_schedule = False
         reps.append(Replica(i, sched, StepCoster(PROFILE, 16, "auto", 1, async_), async_))
     rec = Recorder(len(table))
-    route = route_least_outstanding if replicas > 1 else route_round_robin()
+    router = Router("least-outstanding-tokens" if replicas > 1 else "round-robin", replicas, 16, 1 << 20)
+    route = router.route
     end = simulate(table, reps, route, rec, quiet_stretches=quiet)
     return rec, end, sum(r.scheduler.num_preemptions for r in reps)
 

@@ -71,6 +71,10 @@ def fake_body(raw: dict[str, Any], file: str, record_steps: bool) -> tuple[dict[
     for key, base in (("ttft", 50.0), ("tpot", 8.0), ("itl", 8.0), ("e2el", 1200.0)):
         s[f"p50_{key}_ms"] = base / (1 - rho) * jitter
         s[f"p99_{key}_ms"] = 2.5 * base / (1 - rho) * jitter
+    router = eng.get("router", "round-robin")
+    s["prefix_cache_hit_rate"] = {"round-robin": 0.4, "least-kv-usage": 0.42, "prefix-aware": 0.85}[router]
+    s["load_imbalance"] = {"round-robin": 1.0, "least-kv-usage": 1.9, "prefix-aware": 1.2}[router]
+    s["median_ttft_ms"] = s["p50_ttft_ms"] * (1 - s["prefix_cache_hit_rate"] / 2)
     ok = s["p99_ttft_ms"] <= 300 and s["p99_tpot_ms"] <= 40
     s["slo_attainment"] = 1.0 if ok else 0.5
     s["request_goodput"] = s["request_throughput"] * s["slo_attainment"]
@@ -106,6 +110,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "sweep": make_sweep(base / "sweep", {"allocator": ["paged", "contiguous-max", "contiguous-pow2", "contiguous-oracle"],
                                              "block_size": [8, 16, 32], "rate": [1, 2, 4, 6, 8], "seeds": 3}),
         "swap": make_sweep(base / "swap", {"swap_space": [0, 1, 4, 16], "rate": [4, 8, 9]}),
+        "routing": make_sweep(base / "routing", {"router": ["round-robin", "least-kv-usage", "prefix-aware"], "rate": [4, 8]}),
         "plan": make_plan(base / "plan"),
     }
 
@@ -118,6 +123,10 @@ def test_sections_per_kind(folders: dict[str, Path]) -> None:
             "KV cache and queues over time"} <= set(titles["sweep"])
     assert "Preemptions and swap" in titles["swap"] and "Preemptions and swap" not in titles["sweep"]
     assert titles["plan"][0] == "Recommendation" and "Which settings matter" in titles["plan"]
+    assert "Routing across replicas" in titles["routing"] and "Routing across replicas" not in titles["sweep"]
+    routing = next(s for s in build_sections(load(folders["routing"])) if s.title == "Routing across replicas")
+    assert "prefix-aware keeps the most prompts cached (85%" in routing.charts[0].reading
+    assert "least-kv-usage, puts 1.9x the mean load" in routing.charts[0].reading
 
 
 def test_every_chart_has_title_axes_and_reading(folders: dict[str, Path]) -> None:

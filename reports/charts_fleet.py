@@ -1,0 +1,69 @@
+"""Fleet charts: how each routing policy spreads the load and keeps prefixes cached.
+
+A sweep with a `router` axis gets a bar chart per policy (prefix-cache hit rate and load
+imbalance) and the TTFT it buys; a single run over several replicas gets its per-replica table.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from reports.data import ReportData, config_labels
+from reports.html import PALETTE, Chart, Section, esc, fmt, style, table_html
+
+
+def routing(data: ReportData) -> Section | None:
+    df = data.configs
+    if df is not None and "router" in data.axes and "router" in df:
+        return _routing_sweep(data, df)
+    s = data.summary
+    if s and int(s.get("num_replicas", 1)) > 1 and s.get("replica_requests"):
+        rows = pd.DataFrame({"replica": range(len(s["replica_requests"])), "requests": s["replica_requests"],
+                             "prefix-cache hit rate": s.get("replica_prefix_cache_hit_rate") or [None] * len(s["replica_requests"])})
+        intro = (f"<p>Router <code>{esc(s.get('router', ''))}</code> over {len(rows)} replicas: load imbalance "
+                 f"(max / mean tokens per replica) {fmt(s.get('load_imbalance'))}, fleet prefix-cache hit rate "
+                 f"{fmt(s.get('prefix_cache_hit_rate'))}.</p>")
+        return Section("Routing across replicas", intro, [], [table_html(rows, caption="Requests and prefix hits per replica")])
+    return None
+
+
+def _routing_sweep(data: ReportData, df: pd.DataFrame) -> Section:
+    others = [a for a in data.axes if a != "router" and a in df]
+    if data.load_axis and data.load_axis in df:                # compare policies at the highest load swept
+        top = pd.to_numeric(df[data.load_axis], errors="coerce").max()
+        df = df[pd.to_numeric(df[data.load_axis], errors="coerce") == top]
+        others = [a for a in others if a != data.load_axis]
+    df = df.assign(_cfg=config_labels(df, others)) if others else df.assign(_cfg="")
+    fig, fig2 = go.Figure(), go.Figure()
+    for i, (cfg, g) in enumerate(df.groupby("_cfg", sort=False)):
+        color = PALETTE[i % len(PALETTE)]
+        label = esc(cfg) if cfg else "all"
+        fig.add_trace(go.Bar(x=g["router"], y=g["prefix_cache_hit_rate"] * 100, name=f"{label} hit rate",
+                             marker_color=color))
+        if "load_imbalance" in g:
+            fig.add_trace(go.Scatter(x=g["router"], y=g["load_imbalance"], name=f"{label} imbalance", yaxis="y2",
+                                     mode="markers", marker={"color": color, "symbol": "diamond", "size": 11}))
+        for col, dash in (("median_ttft_ms", "p50"), ("p99_ttft_ms", "p99")):
+            if col in g:
+                fig2.add_trace(go.Bar(x=g["router"], y=g[col], name=f"{label} TTFT {dash}", marker_color=color,
+                                      opacity=1.0 if dash == "p50" else 0.55))
+    style(fig, "Prefix-cache hit rate and load imbalance by router", "Routing policy", "Prefix-cache hit rate (%)")
+    fig.update_layout(yaxis2={"title": "Load imbalance (max / mean tokens per replica)", "overlaying": "y",
+                              "side": "right", "rangemode": "tozero"}, barmode="group")
+    style(fig2, "Time to first token by router", "Routing policy", "TTFT (ms)")
+    fig2.update_layout(barmode="group")
+    by = df.groupby("router")
+    hit = by["prefix_cache_hit_rate"].mean()
+    ttft = by["median_ttft_ms"].mean() if "median_ttft_ms" in df else pd.Series(dtype=float)
+    r1 = (f"{esc(hit.idxmax())} keeps the most prompts cached ({hit.max() * 100:.0f}% of prompt tokens hit vs "
+          f"{hit.min() * 100:.0f}% for {esc(hit.idxmin())})"
+          + (f"; the most uneven policy, {esc(by['load_imbalance'].mean().idxmax())}, puts "
+             f"{fmt(float(by['load_imbalance'].mean().max()))}x the mean load on its busiest replica."
+             if "load_imbalance" in df else "."))
+    r2 = (f"Median TTFT is lowest with {esc(ttft.idxmin())} ({fmt(float(ttft.min()))} ms) and highest with "
+          f"{esc(ttft.idxmax())} ({fmt(float(ttft.max()))} ms)." if len(ttft) else "TTFT by router.")
+    intro = ("<p>Each replica caches the prefixes of the requests it served: a router that sends repeated "
+             "prompts to the same replica raises the hit rate and cuts prefill work, at the price of a less even "
+             "load; routers reading scraped metrics can herd traffic onto the replica that looked idlest.</p>")
+    return Section("Routing across replicas", intro, [Chart(fig, r1), Chart(fig2, r2)])
