@@ -67,3 +67,30 @@ def _routing_sweep(data: ReportData, df: pd.DataFrame) -> Section:
              "prompts to the same replica raises the hit rate and cuts prefill work, at the price of a less even "
              "load; routers reading scraped metrics can herd traffic onto the replica that looked idlest.</p>")
     return Section("Routing across replicas", intro, [Chart(fig, r1), Chart(fig2, r2)])
+
+
+def slo_classes(data: ReportData) -> Section | None:
+    """Per SLO class: attainment, rejections and latency, for a run with `workload.classes`."""
+    s = data.summary
+    classes = s.get("classes") if s else None
+    if not s or not classes:
+        return None
+    df = pd.DataFrame([{"class": name, **row} for name, row in classes.items()])
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=[esc(c) for c in df["class"]], y=df["slo_attainment"].astype(float) * 100,
+                         name="SLO attainment", marker_color=PALETTE[2]))
+    fig.add_trace(go.Bar(x=[esc(c) for c in df["class"]], y=df["num_rejected"] / df["num_requests"].clip(lower=1) * 100,
+                         name="rejected by admission control", marker_color=PALETTE[3]))
+    style(fig, "SLO attainment and rejections by class", "SLO class", "Share of the class's requests (%)")
+    fig.update_layout(barmode="group")
+    worst = df.loc[df["slo_attainment"].astype(float).idxmin()]
+    reading = (f"Class {esc(worst['class'])} (priority {int(worst['priority'])}) fares worst: "
+               f"{float(worst['slo_attainment']) * 100:.0f}% of its requests meet their targets"
+               + (f", {int(worst['num_rejected'])} were rejected." if int(worst["num_rejected"]) else "."))
+    cols = ["class", "priority", "num_requests", "completed", "num_rejected", "slo_attainment", "request_goodput",
+            "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "ttft_ms_target", "tpot_ms_target"]
+    intro = (f"<p>Scheduling policy <code>{esc(data.scenario.get('engine', {}).get('scheduling_policy', 'fcfs'))}</code>, "
+             f"admission control <code>{esc(s.get('admission', 'none'))}</code>: {int(s.get('num_rejected', 0))} requests "
+             "rejected in all.  A rejected request counts as one that missed its SLO.</p>")
+    return Section("SLO classes and admission control", intro, [Chart(fig, reading)],
+                   [table_html(df[[c for c in cols if c in df]], caption="Per-class results")])

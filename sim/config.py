@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from sim.admission import AdmissionConfig
 from sim.errors import ScenarioError
 from sim.schema import Ctx, build, positive
 from sim.workload import WorkloadConfig
@@ -40,12 +41,14 @@ class EngineConfig:
     watermark: float | None = None              # fraction of blocks kept free at admission (v1: 0, v0: 0.01)
     preemption_mode: Literal["recompute", "swap"] | None = None  # v0 only; None = vLLM's choice
     scheduler: Literal["vllm-v1", "vllm-v0"] = "vllm-v1"
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"   # --scheduling-policy (priority: workload.classes[].priority)
     async_scheduling: bool | None = None        # None: on for GPU hardware (vLLM 0.32 default), off for CPU
     tensor_parallel_size: int = 1               # --tensor-parallel-size
     num_replicas: int = 1                       # data-parallel engine replicas behind a router
     router: Literal["round-robin", "least-outstanding-tokens", "least-kv-usage", "prefix-aware", "weighted"] = "round-robin"
     router_weights: dict[str, float] = field(default_factory=dict)  # weighted: scorer -> weight (sim.router)
     router_scrape_interval_s: float = 0.0       # router sees KV usage / queue length scraped this often (0: live)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # gateway: token bucket / queue length (sim.admission)
     allocator: Allocator = "paged"              # contiguous-*: reservation baselines (vLLM paper, Fig. 2)
     num_gpu_blocks_override: int | None = None  # --num-gpu-blocks-override
 

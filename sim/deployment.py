@@ -102,7 +102,8 @@ def build_deployment(sc: Scenario) -> Deployment:
         max_num_seqs=seqs, max_num_batched_tokens=mbt, max_model_len=max_model_len,
         enable_chunked_prefill=eng.enable_chunked_prefill,
         long_prefill_token_threshold=eng.long_prefill_token_threshold,
-        scheduler_reserve_full_isl=eng.scheduler_reserve_full_isl, async_scheduling=async_)
+        scheduler_reserve_full_isl=eng.scheduler_reserve_full_isl, async_scheduling=async_,
+        scheduling_policy=eng.scheduling_policy)
     price = float(hw.price_per_hour_usd) * eng.tensor_parallel_size * eng.num_replicas
     return Deployment(hardware=hw, capacity=capacity, profile=profile, limits=limits, max_model_len=max_model_len,
                       kv_dtype=eng.kv_cache_dtype, async_scheduling=async_, num_replicas=eng.num_replicas,

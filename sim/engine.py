@@ -19,6 +19,7 @@ from typing import Any
 import simpy
 
 from sim import quiet
+from sim.admission import Admission
 from sim.batch import StepBatch
 from sim.metrics import Recorder
 from sim.replica import Replica
@@ -38,9 +39,12 @@ class NextArrival:
 def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
                     route: Callable[[list[Replica], Request], Replica], recorder: Recorder,
                     slots: simpy.Resource | None, nxt: NextArrival,
-                    slot_tokens: list[Any] | None = None) -> Generator[Any, Any, None]:
-    """Send each request at its arrival time (or when a closed-loop slot frees) to a replica."""
+                    slot_tokens: list[Any] | None = None, admission: Admission | None = None,
+                    on_request_done: Callable[[int], None] | None = None) -> Generator[Any, Any, None]:
+    """Send each request at its arrival time (or when a closed-loop slot frees) to a replica,
+    unless the gateway's admission control rejects it."""
     arrival = table.arrival_s
+    priority = table.extra.get("priority")
     prompt = table.prompt_tokens
     output = table.output_tokens
     next_id = len(table)
@@ -57,6 +61,11 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             slot_tokens[row] = token  # type: ignore[index]
         n = table.n_of(row)
         recorder.on_send(row, env.now, int(prompt[row]), n)
+        if admission is not None and not admission.admit(env.now, replicas):
+            recorder.on_reject(row)
+            on_request_done(row)  # type: ignore[misc]
+            continue
+        prio = 0 if priority is None else int(priority[row])
         segs = table.segments_of(row)
         children = []
         for k in range(n):
@@ -64,7 +73,7 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             if k:
                 next_id += 1
             children.append(Request(rid, env.now, int(prompt[row]), int(output[row]), segs,
-                                    content_key=row, parent_id=row))
+                                    content_key=row, parent_id=row, priority=prio))
         rep = route(replicas, children[0])
         for req in children:
             rep.add_request(req)
@@ -160,7 +169,8 @@ def scrape_process(env: simpy.Environment, interval_s: float, scrape: Callable[[
 
 def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list[Replica], Request], Replica],
              recorder: Recorder, max_sim_time_s: float | None = None, quiet_stretches: bool = True,
-             scrape_interval_s: float = 0.0, scrape: Callable[[], None] | None = None) -> float:
+             scrape_interval_s: float = 0.0, scrape: Callable[[], None] | None = None,
+             admission: Admission | None = None) -> float:
     """Run to completion (or `max_sim_time_s`); returns the simulated end time in seconds.
     `quiet_stretches=False` takes every step as its own event (the reference for tests).
     With `scrape` and a positive interval, a process calls it every `scrape_interval_s` (quiet
@@ -179,7 +189,8 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
             done.succeed()
 
     nxt = NextArrival()
-    env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens))
+    env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens, admission,
+                                on_request_done))
     scraping = scrape is not None and scrape_interval_s > 0
     if scraping:
         env.process(scrape_process(env, scrape_interval_s, scrape))  # type: ignore[arg-type]

@@ -63,6 +63,7 @@ class Recorder:
         self.prefix_hit_tokens = np.zeros(m, dtype=np.int64)
         self.replica = np.full(m, -1, dtype=np.int64)
         self.children_left = np.zeros(m, dtype=np.int64)
+        self.rejected = np.zeros(m, dtype=bool)          # turned away by admission control
         self.itl_gaps: list[float] = []
         self.itl_uniform: list[tuple[float, int]] = []   # (gap, how many tokens had exactly it)
         self.record_steps = record_steps
@@ -81,6 +82,9 @@ class Recorder:
         self.send_s[row] = now_s
         self.prompt_tokens[row] = prompt_tokens
         self.children_left[row] = n
+
+    def on_reject(self, row: int) -> None:
+        self.rejected[row] = True
 
     def on_admitted(self, now_s: float, admitted: list[Request]) -> None:
         fs = self.first_scheduled_s

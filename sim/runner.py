@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sim.admission import Admission
 from sim.config import Scenario
 from sim.deployment import Deployment, build_deployment, build_replicas
 from sim.engine import simulate
@@ -16,7 +17,7 @@ from sim.metrics import Recorder
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.schema import Ctx
-from sim.summary import request_table, step_table, summarize
+from sim.summary import class_summary, request_table, step_table, summarize
 from sim.workload import generate
 
 
@@ -96,9 +97,11 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
     eng = sc.engine
     router = Router(eng.router, len(replicas), eng.block_size, dep.capacity.num_gpu_blocks,
                     dict(eng.router_weights), eng.router_scrape_interval_s)
+    admission = Admission(eng.admission) if eng.admission.policy != "none" else None
     rec = Recorder(len(table), sc.run.record_steps)
     end_s = simulate(table, replicas, router.route, rec, sc.run.max_sim_time_s,
-                     scrape_interval_s=eng.router_scrape_interval_s, scrape=lambda: router.scrape(replicas))
+                     scrape_interval_s=eng.router_scrape_interval_s, scrape=lambda: router.scrape(replicas),
+                     admission=admission)
     measured = np.ones(len(table), dtype=bool)
     measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:
@@ -118,6 +121,10 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
         "num_requests": len(table), "num_too_long": num_too_long, "on_too_long": sc.run.on_too_long,
     })
     summary.update(routing_summary(router, rec, measured))
+    summary["admission"] = eng.admission.policy
+    classes = sc.workload.classes
+    if classes and "slo_class" in table.extra:
+        summary["classes"] = class_summary(rec, measured, sc.slo, classes, table.extra["slo_class"], summary["duration"])
     if summary.get("output_throughput"):
         summary["usd_per_million_output_tokens"] = dep.price_per_hour_usd / 3600.0 / summary["output_throughput"] * 1e6
     return RunResult(summary, request_table(rec, measured), step_table(rec), dep, table)

@@ -9,9 +9,11 @@ vllm/v1/core/sched/async_scheduler.py `AsyncScheduler`.  One step:
    tokens (the threshold applies only when more than one request is running or waiting).  When
    the KV cache cannot hold a request's tokens, the *last* running request is preempted
    (recompute: blocks freed tail first, `num_computed = 0`, back to the *front* of the waiting
-   queue) until the allocation fits; if the victim is the request itself the loop stops.
-2. WAITING requests are admitted only if nothing was preempted this step, FCFS, while budget is
-   left and fewer than `max_num_seqs` run: a prefix-cache lookup (first admission or after
+   queue) until the allocation fits; if the victim is the request itself the loop stops.  With
+   `scheduling_policy: priority` the victim is the first running request with the largest
+   (priority, arrival time), and one already scheduled this step gives its tokens back.
+2. WAITING requests are admitted only if nothing was preempted this step, in FCFS order (or
+   (priority, arrival) order: `PriorityWaiting`), while budget is left and fewer than `max_num_seqs` run: a prefix-cache lookup (first admission or after
    preemption), then the whole remaining sequence is scheduled (a chunk with chunked prefill;
    without it, a prompt larger than the budget left stops admission), and with
    `scheduler_reserve_full_isl` the whole sequence must fit in the free blocks.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +60,7 @@ class SchedulerLimits:
     long_prefill_token_threshold: int = 0
     scheduler_reserve_full_isl: bool = True
     async_scheduling: bool = False
+    scheduling_policy: str = "fcfs"          # fcfs | priority (vLLM --scheduling-policy)
 
 
 @dataclass(slots=True)
@@ -87,6 +91,44 @@ def _extend(cal: dict[int, list[tuple[Request, int]]], key: int, reqs: list[Requ
         lst.extend((r, r.version) for r in reqs)
 
 
+class PriorityWaiting:
+    """vLLM's `PriorityRequestQueue` (vllm/v1/core/sched/request_queue.py): a heap ordered by
+    (priority, arrival time, id) — lower priority values first; a preempted request goes back
+    by its key, not to the front.  vLLM breaks (priority, arrival) ties by the request-id
+    *string*; pagesim by its integer id (only exact arrival-time ties can differ).  Offers the
+    deque operations the scheduler uses."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, float, int, Request]] = []
+
+    def append(self, r: Request) -> None:
+        heapq.heappush(self.heap, (r.priority, r.arrival_s, r.req_id, r))
+
+    def appendleft(self, r: Request) -> None:
+        heapq.heappush(self.heap, (r.priority, r.arrival_s, r.req_id, r))
+
+    def popleft(self) -> Request:
+        return heapq.heappop(self.heap)[3]
+
+    def __getitem__(self, i: int) -> Request:
+        if i != 0:
+            raise IndexError("only the head of a priority queue can be read")
+        return self.heap[0][3]
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def __bool__(self) -> bool:
+        return bool(self.heap)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter([e[3] for e in sorted(self.heap, key=lambda e: e[:3])])
+
+    def remove(self, r: Request) -> None:
+        self.heap = [e for e in self.heap if e[3] is not r]
+        heapq.heapify(self.heap)
+
+
 class SchedulerV1:
     """Running list, waiting queue and the KV cache manager of one replica."""
 
@@ -96,7 +138,8 @@ class SchedulerV1:
         self.record_schedule = record_schedule
         self.running_map: dict[int, Request] = {}   # vLLM's running list: insertion order
         self.explicit: dict[int, Request] = {}      # running requests outside the decode set
-        self.waiting: deque[Request] = deque()
+        self.priority = limits.scheduling_policy == "priority"
+        self.waiting: deque[Request] | PriorityWaiting = PriorityWaiting() if self.priority else deque()
         self.num_preemptions = 0
         self.clock = 0                 # steps scheduled so far
         self.upd = 0                   # clock value of the last applied step
@@ -382,6 +425,11 @@ class SchedulerV1:
                 victim = self._preempt_last(batch)
                 if victim is r:
                     break
+                for j, (q, dq) in enumerate(out):   # priority: a victim scheduled earlier gives its tokens back
+                    if q is victim:
+                        budget += dq
+                        del out[j]
+                        break
                 ok = kv.allocate_slots(r, d)
             if not ok:
                 break
@@ -432,8 +480,13 @@ class SchedulerV1:
         return out
 
     def _preempt_last(self, batch: StepBatch) -> Request:
-        """Preempt the last running request (recompute; v1 has no swap)."""
-        _, r = self.running_map.popitem()
+        """Preempt the last running request (recompute; v1 has no swap); with the priority policy,
+        the first running request with the largest (priority, arrival time)."""
+        if self.priority:
+            r = max(self.running_map.values(), key=lambda q: (q.priority, q.arrival_s))
+            del self.running_map[r.req_id]
+        else:
+            _, r = self.running_map.popitem()
         if r.in_decode_set:
             self._leave(r)
         del self.explicit[r.req_id]
@@ -493,7 +546,10 @@ class SchedulerV1:
             if r.num_output >= r.max_tokens and r.status is not Status.FINISHED:
                 r.status = Status.FINISHED
                 finished.append(r)
-                self.waiting = deque(w for w in self.waiting if w is not r)
+                if isinstance(self.waiting, PriorityWaiting):
+                    self.waiting.remove(r)
+                else:
+                    self.waiting = deque(w for w in self.waiting if w is not r)
         for r, v in self.finish_due.pop(self.upd, ()):
             if r.version == v and r.status is Status.RUNNING:
                 to_finish.append(r)

@@ -6,6 +6,7 @@ metrics (blocks, preemptions, KV usage and fragmentation) use vLLM's metric voca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,53 @@ def _stats(name: str, values_s: np.ndarray, out: dict[str, Any], weights: np.nda
         out[f"p{p}_{name}_ms"] = weighted_percentile(ms, weights, p)
 
 
+def _meets(ttft_s: np.ndarray, e2el_s: np.ndarray, out_tok: np.ndarray, ttft_ms: float | None,
+           tpot_ms: float | None, e2el_ms: float | None) -> np.ndarray:
+    """Which completed requests meet the targets (vllm bench serve's goodput definition)."""
+    good = np.ones(ttft_s.size, dtype=bool)
+    if ttft_ms is not None:
+        good &= ttft_s * 1000 <= ttft_ms
+    if tpot_ms is not None:
+        tp = np.where(out_tok > 1, (e2el_s - ttft_s) / np.maximum(out_tok - 1, 1), 0.0)
+        good &= tp * 1000 <= tpot_ms
+    if e2el_ms is not None:
+        good &= e2el_s * 1000 <= e2el_ms
+    return good
+
+
+def class_summary(rec: Recorder, measured: np.ndarray, slo: SLOConfig, classes: Sequence[Any],
+                  cls: np.ndarray, duration_s: float) -> dict[str, dict[str, Any]]:
+    """Per SLO class: completed, rejected, SLO attainment and goodput against the class's own
+    targets (falling back to the scenario's), and its latency percentiles."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, c in enumerate(classes):
+        mine = measured & (cls == k)
+        done = mine & ~np.isnan(rec.finish_s)
+        ttft = (rec.first_token_s - rec.send_s)[done]
+        e2el = (rec.finish_s - rec.send_s)[done]
+        out_tok = rec.output_tokens[done]
+        targets = [c.ttft_ms if c.ttft_ms is not None else slo.ttft_ms,
+                   c.tpot_ms if c.tpot_ms is not None else slo.tpot_ms,
+                   c.e2el_ms if c.e2el_ms is not None else slo.e2el_ms]
+        good = _meets(ttft, e2el, out_tok, *targets)
+        rejected = int((mine & rec.rejected).sum())
+        judged = good.size + rejected
+        row: dict[str, Any] = {"priority": c.priority, "num_requests": int(mine.sum()), "completed": int(done.sum()),
+                               "num_rejected": rejected, "ttft_ms_target": targets[0], "tpot_ms_target": targets[1],
+                               "e2el_ms_target": targets[2]}
+        has_slo = any(t is not None for t in targets)
+        row["slo_attainment"] = float(good.sum() / judged) if has_slo and judged else None
+        row["request_goodput"] = float(good.sum() / duration_s) if has_slo else None
+        multi = out_tok > 1
+        tpot = (e2el[multi] - ttft[multi]) / (out_tok[multi] - 1)
+        for name, vals in (("ttft", ttft), ("tpot", tpot), ("e2el", e2el)):
+            ms = vals * 1000.0
+            row[f"median_{name}_ms"] = float(np.percentile(ms, 50)) if ms.size else None
+            row[f"p99_{name}_ms"] = float(np.percentile(ms, 99)) if ms.size else None
+        out[c.name] = row
+    return out
+
+
 def request_table(rec: Recorder, measured: np.ndarray) -> pd.DataFrame:
     ttft = rec.first_token_s - rec.send_s
     e2el = rec.finish_s - rec.send_s
@@ -57,7 +105,7 @@ def request_table(rec: Recorder, measured: np.ndarray) -> pd.DataFrame:
         "send_s": rec.send_s, "first_token_s": rec.first_token_s, "finish_s": rec.finish_s,
         "prompt_tokens": rec.prompt_tokens, "output_tokens": out, "ttft_s": ttft, "tpot_s": tpot,
         "e2el_s": e2el, "queue_delay_s": rec.first_scheduled_s - rec.send_s, "num_preemptions": rec.preemptions, "prefix_hit_tokens": rec.prefix_hit_tokens,
-        "replica": rec.replica, "measured": measured,
+        "replica": rec.replica, "measured": measured, "rejected": rec.rejected,
     })
 
 
@@ -88,17 +136,13 @@ def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float)
         "output_throughput": float(out_tok.sum() / duration),
         "total_token_throughput": float((in_tok.sum() + out_tok.sum()) / duration),
     }
-    good = np.ones(done.sum(), dtype=bool)
-    if slo.ttft_ms is not None:
-        good &= ttft * 1000 <= slo.ttft_ms
-    if slo.tpot_ms is not None:
-        tp = np.where(out_tok > 1, (e2el - ttft) / np.maximum(out_tok - 1, 1), 0.0)
-        good &= tp * 1000 <= slo.tpot_ms
-    if slo.e2el_ms is not None:
-        good &= e2el * 1000 <= slo.e2el_ms
+    good = _meets(ttft, e2el, out_tok, slo.ttft_ms, slo.tpot_ms, slo.e2el_ms)
     has_slo = any(v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms))
+    rejected = measured & rec.rejected
+    s["num_rejected"] = int(rejected.sum())
     s["request_goodput"] = float(good.sum() / duration) if has_slo else None
-    s["slo_attainment"] = float(good.mean()) if has_slo and good.size else None
+    judged = good.size + int(rejected.sum())          # a rejected request missed its SLO
+    s["slo_attainment"] = float(good.sum() / judged) if has_slo and judged else None
     _stats("ttft", ttft, s)
     _stats("tpot", tpot, s)
     itl_v, itl_w = rec.itl_samples()

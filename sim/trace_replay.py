@@ -76,6 +76,7 @@ def take(table: RequestTable, idx: np.ndarray) -> RequestTable:
         n=None if table.n is None else table.n[idx],
         segments=None if table.segments is None else [table.segments[i] for i in idx],
         max_concurrency=table.max_concurrency, source=table.source,
+        extra={k: v[idx] for k, v in table.extra.items()},
     )
 
 

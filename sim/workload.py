@@ -77,6 +77,28 @@ class SharedPrefixConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SLOClass:
+    """One request class of ``workload.classes``: its share of the traffic, vLLM priority (lower
+    is more urgent; used by ``engine.scheduling_policy: priority``) and its own latency targets
+    (missing ones fall back to the scenario's ``slo``)."""
+
+    name: str
+    share: float = 1.0
+    priority: int = 0
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    def validate(self, ctx: Ctx) -> None:
+        if not self.name:
+            raise ctx.at("name").error("expected a non-empty class name")
+        positive(ctx, "share", self.share)
+        for key in ("ttft_ms", "tpot_ms", "e2el_ms"):
+            if getattr(self, key) is not None:
+                positive(ctx, key, getattr(self, key))
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadConfig:
     """``workload``: arrivals, lengths (or a trace), request count, parallel samples, shared prefix."""
 
@@ -86,8 +108,13 @@ class WorkloadConfig:
     num_requests: int | None = None             # the caller's num_requests argument wins
     n: int = 1                                  # SamplingParams.n, for sources without an n column
     shared_prefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
+    classes: tuple[SLOClass, ...] = ()          # SLO classes, drawn per request by share
 
     def validate(self, ctx: Ctx) -> None:
+        names = [c.name for c in self.classes]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ctx.at(f"classes[{i}].name").error("duplicate class name", name)
         process = self.arrival.process
         if process == "trace" and not self.trace.enabled:
             raise ctx.at("trace.path").error("required by arrival.process: trace")
@@ -128,8 +155,18 @@ def generate(cfg: WorkloadConfig, *, num_requests: int | None, duration_s: float
         table = replace(table, n=np.full(len(table), cfg.n, dtype=np.int64))
     table = _with_shared_prefix(table, cfg.shared_prefix, rng)
     table = replace(table, max_concurrency=cfg.arrival.max_concurrency)
+    if cfg.classes:
+        table = with_classes(table, cfg.classes, rng)
     table.check()
     return table
+
+
+def with_classes(table: RequestTable, classes: tuple[SLOClass, ...], rng: np.random.Generator) -> RequestTable:
+    """Give each request an SLO class (drawn by share, after every other draw) and its priority."""
+    share = np.asarray([c.share for c in classes], dtype=float)
+    cls = rng.choice(len(classes), size=len(table), p=share / share.sum()).astype(np.int64)
+    prio = np.asarray([c.priority for c in classes], dtype=np.int64)[cls]
+    return replace(table, extra={**table.extra, "slo_class": cls, "priority": prio})
 
 
 def arrival_times(cfg: ArrivalConfig, count: int | None, duration_s: float | None,

@@ -57,7 +57,7 @@ def build_job(sc: Any, step_s: float) -> tuple[dict[str, Any], Any]:
               "max_num_batched_tokens": lim.max_num_batched_tokens, "enable_chunked_prefill": lim.enable_chunked_prefill,
               "long_prefill_token_threshold": lim.long_prefill_token_threshold, "max_model_len": lim.max_model_len,
               "async_scheduling": lim.async_scheduling, "watermark": float(eng.watermark or 0.0),
-              "scheduler_reserve_full_isl": lim.scheduler_reserve_full_isl}
+              "scheduler_reserve_full_isl": lim.scheduler_reserve_full_isl, "policy": lim.scheduling_policy}
     return job_from_table(table, config, step_s), table
 
 

@@ -25,7 +25,7 @@ def build_scheduler(config: dict[str, Any]) -> SchedulerV1:
         max_model_len=int(config["max_model_len"]), enable_chunked_prefill=bool(config["enable_chunked_prefill"]),
         long_prefill_token_threshold=int(config["long_prefill_token_threshold"]),
         scheduler_reserve_full_isl=bool(config["scheduler_reserve_full_isl"]),
-        async_scheduling=bool(config["async_scheduling"]))
+        async_scheduling=bool(config["async_scheduling"]), scheduling_policy=str(config.get("policy", "fcfs")))
     kv = KVCacheManager(int(config["num_gpu_blocks_override"]), int(config["block_size"]),
                         bool(config["enable_prefix_caching"]), int(config["max_model_len"]),
                         float(config.get("watermark", 0.0)))
@@ -46,14 +46,12 @@ def make_requests(r: dict[str, Any], index: int, sched: SchedulerV1, names: dict
         next_id[0] += 1
         names[rid] = name
         out.append(Request(rid, r["_arrival_s"], r["_n_prompt"], int(r["max_tokens"]), segs,
-                           content_key=index, parent_id=rid))
+                           content_key=index, parent_id=rid, priority=int(r.get("priority", 0))))
     return out
 
 
 def run_job(job: dict[str, Any]) -> tuple[TraceHeader, list[StepRecord]]:
     config, step_s, pending = load_job(job)
-    if config.get("policy", "fcfs") != "fcfs":
-        raise ValueError("job.config.policy: pagesim's vllm-v1 scheduler models fcfs only")
     t0 = time.perf_counter()
     sched = build_scheduler(config)
     names: dict[int, str] = {}

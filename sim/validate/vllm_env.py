@@ -87,6 +87,8 @@ def job_from_table(table: Any, config: dict[str, Any], step_s: float) -> dict[st
         r: dict[str, Any] = {"id": str(i), "arrival_s": float(table.arrival_s[i]),
                              "prompt_tokens": int(table.prompt_tokens[i]),
                              "max_tokens": int(table.output_tokens[i]), "n": table.n_of(i)}
+        if "priority" in table.extra:
+            r["priority"] = int(table.extra["priority"][i])
         segments = table.segments_of(i)
         if segments:
             r["segments"] = [[int(s), int(n)] for s, n in segments]
