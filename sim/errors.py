@@ -31,3 +31,9 @@ class ScenarioError(Exception):
 def fail(file: str, key_path: str, message: str, *value: Any) -> ScenarioError:
     """Build a ScenarioError; pass the offending value as the optional fourth argument."""
     return ScenarioError(file, key_path, message, value[0] if value else None, bool(value))
+
+
+class SimulationError(ScenarioError):
+    """The scenario ran into a state where vLLM itself aborts or refuses (e.g. V0 out of CPU swap
+    space).  A `ScenarioError`, so the CLI prints it on one line and a sweep records the point as
+    failed; the key path names the option to change."""
