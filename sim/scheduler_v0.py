@@ -45,8 +45,8 @@ from sim.batch import StepBatch
 from sim.block_manager_v0 import AllocStatus, BlockManagerV0, num_tokens
 from sim.errors import SimulationError
 from sim.request import Request, Status
-from sim.scheduler_v1 import SchedulerLimits, StepOutcome
 from sim.scheduler_v0_budget import SchedulingBudget
+from sim.scheduler_v1 import SchedulerLimits, StepOutcome
 
 
 class SeqGroup:
