@@ -47,28 +47,7 @@ from sim.errors import SimulationError
 from sim.request import Request, Status
 from sim.scheduler_v0_budget import SchedulingBudget
 from sim.scheduler_v1 import SchedulerLimits, StepOutcome
-
-
-class SeqGroup:
-    """One request: its n sequences (forked from one prompt), all in the same queue."""
-
-    __slots__ = ("request_id", "seqs", "prefilling")
-
-    def __init__(self, first: Request):
-        self.request_id = first.parent_id
-        self.seqs = [first]
-        self.prefilling = True        # the prompt (or the recomputed sequence) is not all computed
-
-    def with_status(self, status: Status) -> list[Request]:
-        return [s for s in self.seqs if s.status is status]
-
-    @property
-    def num_unfinished(self) -> int:
-        """vLLM `get_max_num_running_seqs`."""
-        return sum(1 for s in self.seqs if s.status is not Status.FINISHED)
-
-    def __repr__(self) -> str:
-        return f"SeqGroup({self.request_id}, n={len(self.seqs)})"
+from sim.seq_group import SeqGroup
 
 
 class SchedulerV0:
