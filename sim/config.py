@@ -9,7 +9,7 @@ checks cross-section rules (the model fits in memory, prompts fit in `max_model_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,6 +218,24 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     return scenario_from_dict(raw, str(path))
 
 
+def v0_engine_defaults(engine: EngineConfig, raw_engine: Any, ctx: Ctx, max_model_len: int) -> EngineConfig:
+    """vLLM 0.8.5's V0 defaults where the scenario gives none, and what V0 is not simulated with.
+
+    Chunked prefill: V0's `vllm serve` turns it on only for contexts over 32K tokens
+    (`EngineArgs._set_default_args_v0`).  Prefix caching: off by default in V0, and not modelled
+    for it, so asking for it is refused.  Async scheduling: V0 has none (its engine schedules,
+    executes and processes outputs in turn)."""
+    given = raw_engine if isinstance(raw_engine, dict) else {}
+    if engine.async_scheduling:
+        raise ctx.at("engine.async_scheduling").error(
+            "vLLM V0 has no async scheduling; leave it unset or false with scheduler: vllm-v0")
+    if "enable_prefix_caching" in given and engine.enable_prefix_caching:
+        raise ctx.at("engine.enable_prefix_caching").error(
+            "prefix caching is not simulated for scheduler: vllm-v0; set it to false (V0's default)")
+    chunked = engine.enable_chunked_prefill if "enable_chunked_prefill" in given else max_model_len > 32768
+    return replace(engine, enable_prefix_caching=False, enable_chunked_prefill=chunked, async_scheduling=False)
+
+
 def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
     from sim.models import load_model
 
@@ -239,6 +257,8 @@ def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
     if sweep is not None and not isinstance(sweep, dict):
         raise ctx.at("sweep").error("expected a mapping of axis -> list of values", sweep)
     max_len = engine.max_model_len or model.max_model_len
+    if engine.scheduler == "vllm-v0":
+        engine = v0_engine_defaults(engine, raw.get("engine"), ctx, max_len)
     if engine.max_model_len is not None and engine.max_model_len > model.max_model_len:
         raise ctx.at("engine.max_model_len").error(
             f"exceeds the model's maximum context ({model.max_model_len} tokens)", engine.max_model_len)

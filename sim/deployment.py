@@ -4,7 +4,9 @@ Resolves the engine defaults the way vLLM 0.32's `EngineArgs` does for `vllm ser
 (vllm/engine/arg_utils.py `_get_default_max_num_seqs_and_batched_tokens`): GPUs with >= 160 GiB
 get 16384 batched tokens / 1024 seqs, >= 70 GiB (not A100) 8192 / 1024, others 2048 / 256; without
 chunked prefill the token budget is at least max_model_len.  Async scheduling defaults on (the
-GPU engine's default); the CPU build forces it off.
+GPU engine's default); the CPU build forces it off.  `scheduler: vllm-v0` takes vLLM 0.8.5's
+V0 defaults instead (2048 batched tokens with chunked prefill, else max(max_model_len, 2048);
+256 seqs; watermark 0.01; synchronous) and builds `sim.scheduler_v0` over `sim.block_manager_v0`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sim.block_manager_v0 import BlockManagerV0
 from sim.config import Scenario
 from sim.cost_model import CostProfile, StepCoster, constant_profile, load_profile
 from sim.errors import ScenarioError
@@ -20,6 +23,7 @@ from sim.kv_cache_manager import KVCacheManager
 from sim.memory import compute_kv_capacity
 from sim.replica import Replica
 from sim.roofline import roofline_profile
+from sim.scheduler_v0 import SchedulerV0
 from sim.scheduler_v1 import SchedulerLimits, SchedulerV1
 from sim.schema import Ctx
 
@@ -76,7 +80,10 @@ def build_deployment(sc: Scenario) -> Deployment:
     eng = sc.engine
     hw = load_hardware(sc.hardware.gpu, dict(sc.hardware.overrides), ctx.at("hardware"))
     max_model_len = eng.max_model_len or sc.model.max_model_len
-    default_mbt, default_seqs = serve_defaults(hw.memory_gib, hw.name)
+    if eng.scheduler == "vllm-v0":      # vLLM 0.8.5 SchedulerConfig: 2048 tokens (chunked), 256 seqs
+        default_mbt, default_seqs = 2048, 256
+    else:
+        default_mbt, default_seqs = serve_defaults(hw.memory_gib, hw.name)
     mbt = eng.max_num_batched_tokens or default_mbt
     if not eng.enable_chunked_prefill:
         mbt = max(mbt, max_model_len)
@@ -97,7 +104,7 @@ def build_deployment(sc: Scenario) -> Deployment:
         profile = complete_profile(profile, roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype))
     else:
         profile = roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype)
-    async_ = eng.async_scheduling if eng.async_scheduling is not None else True
+    async_ = eng.async_scheduling if eng.async_scheduling is not None else eng.scheduler != "vllm-v0"
     limits = SchedulerLimits(
         max_num_seqs=seqs, max_num_batched_tokens=mbt, max_model_len=max_model_len,
         enable_chunked_prefill=eng.enable_chunked_prefill,
@@ -112,11 +119,11 @@ def build_deployment(sc: Scenario) -> Deployment:
 
 def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
     eng = sc.engine
-    if eng.scheduler != "vllm-v1":
-        raise ScenarioError(sc.path, "engine.scheduler", "only vllm-v1 is simulated in this version", eng.scheduler, True)
     if eng.allocator != "paged":
         raise ScenarioError(sc.path, "engine.allocator", "only the paged allocator is simulated in this version",
                             eng.allocator, True)
+    if eng.scheduler == "vllm-v0":
+        return [_v0_replica(i, sc, dep) for i in range(dep.num_replicas)]
     reps = []
     for i in range(dep.num_replicas):
         kv = KVCacheManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching,
@@ -126,3 +133,12 @@ def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
                             dep.async_scheduling)
         reps.append(Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants))
     return reps
+
+
+def _v0_replica(index: int, sc: Scenario, dep: Deployment) -> Replica:
+    eng = sc.engine
+    watermark = 0.01 if eng.watermark is None else eng.watermark     # vLLM 0.8.5 CacheConfig default
+    kv = BlockManagerV0(dep.capacity.num_gpu_blocks, dep.capacity.num_cpu_blocks, eng.block_size, watermark)
+    sched = SchedulerV0(dep.limits, kv, eng.preemption_mode, sc.path, eng.swap_space)
+    coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes, False)
+    return Replica(index, sched, coster, False, sc.run.check_invariants)

@@ -31,3 +31,17 @@ class ScenarioError(Exception):
 def fail(file: str, key_path: str, message: str, *value: Any) -> ScenarioError:
     """Build a ScenarioError; pass the offending value as the optional fourth argument."""
     return ScenarioError(file, key_path, message, value[0] if value else None, bool(value))
+
+
+class SimulationError(ScenarioError):
+    """The scenario ran into a state where vLLM itself aborts or refuses (e.g. V0 out of CPU swap
+    space).  A `ScenarioError`, so the CLI prints it on one line and a sweep records the point as
+    failed; the key path names the option to change.  Rebuildable from its `args` (SimPy re-raises
+    a process's exception as `type(e)(*e.args)`; pickling does the same)."""
+
+    def __init__(self, file: str, key_path: str, message: str):
+        super().__init__(file, key_path, message)
+        self.args = (file, key_path, message)
+
+    def __str__(self) -> str:
+        return self._render()
