@@ -229,6 +229,9 @@ def v0_engine_defaults(engine: EngineConfig, raw_engine: Any, ctx: Ctx, max_mode
     if engine.async_scheduling:
         raise ctx.at("engine.async_scheduling").error(
             "vLLM V0 has no async scheduling; leave it unset or false with scheduler: vllm-v0")
+    if engine.scheduling_policy != "fcfs":
+        raise ctx.at("engine.scheduling_policy").error(
+            "only fcfs is simulated for scheduler: vllm-v0 (priority is modelled for vllm-v1)", engine.scheduling_policy)
     if "enable_prefix_caching" in given and engine.enable_prefix_caching:
         raise ctx.at("engine.enable_prefix_caching").error(
             "prefix caching is not simulated for scheduler: vllm-v0; set it to false (V0's default)")

@@ -93,6 +93,8 @@ def build_deployment(sc: Scenario) -> Deployment:
         gpu_memory_utilization=eng.gpu_memory_utilization, swap_space_gib=eng.swap_space,
         tensor_parallel_size=eng.tensor_parallel_size, max_num_batched_tokens=mbt, max_num_seqs=seqs,
         num_gpu_blocks_override=eng.num_gpu_blocks_override, max_model_len=max_model_len, ctx=ctx)
+    if eng.scheduler == "vllm-v0" or eng.allocator != "paged":
+        capacity = replace(capacity, null_block=False)     # only vLLM v1's block pool reserves block 0
     if sc.hardware.constant_step_s is not None:
         profile = constant_profile(sc.hardware.constant_step_s)
     elif sc.hardware.profile is not None:

@@ -155,7 +155,7 @@ def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float,
         if recorder.on_finish(now, req):
             on_request_done(req.parent_id)
     recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), rep.scheduler.num_running,
-                     len(rep.scheduler.waiting), kv_state, rep.kv.pool.usage if outcome.finished else None)
+                     len(rep.scheduler.waiting), kv_state, rep.kv_state()[0] if outcome.finished else None)
     if rep.check_invariants:
         rep.check()
 

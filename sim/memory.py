@@ -68,11 +68,12 @@ class KVCapacity:
     activation_peak_bytes: int          # transient peak of the profile run (modelled)
     available_kv_bytes: int             # what vLLM divides into blocks (0 when overridden and negative)
     other_bytes: int = 0                # non-torch + TP buffers + CUDA graphs (documented constants)
+    null_block: bool = True             # vLLM v1 keeps block 0 out of use; V0 and contiguous allocators do not
 
     @property
     def num_usable_gpu_blocks(self) -> int:
-        """Blocks that can hold tokens: all but the null block."""
-        return self.num_gpu_blocks - 1
+        """Blocks that can hold tokens: all but the null block (v1)."""
+        return self.num_gpu_blocks - (1 if self.null_block else 0)
 
     @property
     def max_concurrent_tokens(self) -> int:
@@ -90,7 +91,8 @@ class KVCapacity:
             f"GPU KV cache size: {int(concurrency * max_model_len):,} tokens, "
             f"Maximum concurrency for {max_model_len:,} tokens per request: {concurrency:.2f}x",
             f"KV blocks: {self.num_gpu_blocks:,} of {self.block_size} tokens ({self.block_bytes / (1 << 20):.2f} MiB); "
-            f"{self.num_usable_gpu_blocks:,} usable (block 0 is the null block) = {self.max_concurrent_tokens:,} tokens",
+            f"{self.num_usable_gpu_blocks:,} usable{' (block 0 is the null block)' if self.null_block else ''} "
+            f"= {self.max_concurrent_tokens:,} tokens",
             f"CPU swap blocks: {self.num_cpu_blocks:,}",
         ]
 

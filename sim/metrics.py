@@ -71,6 +71,7 @@ class Recorder:
         self.num_steps = 0
         self.num_swapped_out_blocks = 0
         self.num_swapped_in_blocks = 0
+        self.num_copied_blocks = 0                        # v0 copy-on-write block copies
         # duration-weighted sums over steps (kept even without the step table)
         self.busy_s = 0.0
         self.kv_weighted = [0.0, 0.0, 0.0, 0.0, 0.0]
@@ -176,6 +177,7 @@ class Recorder:
         self.num_steps += 1
         self.num_swapped_in_blocks += batch.swap_in_blocks
         self.num_swapped_out_blocks += batch.swap_out_blocks
+        self.num_copied_blocks += batch.copy_blocks
         self._weigh(duration_s, kv, num_running)
         if not self.record_steps:
             return

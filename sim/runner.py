@@ -41,7 +41,7 @@ def fit_lengths(sc: Scenario, dep: Deployment, table: RequestTable) -> tuple[Req
     """Apply `run.on_too_long` to requests longer than max_model_len; (table, how many changed)."""
     if len(table) == 0 or sc.run.on_too_long == "error":
         return table, 0
-    limit = min(dep.max_model_len, (dep.capacity.num_gpu_blocks - 1) * sc.engine.block_size)
+    limit = min(dep.max_model_len, dep.capacity.num_usable_gpu_blocks * sc.engine.block_size)
     total = table.prompt_tokens + table.output_tokens
     over = total > limit
     k = int(over.sum())
@@ -69,7 +69,7 @@ def check_fits(sc: Scenario, dep: Deployment, table: RequestTable) -> None:
         raise ScenarioError(sc.path, "workload", f"request {i} needs {int(total[i])} tokens (prompt {int(table.prompt_tokens[i])} "
                             f"+ output {int(table.output_tokens[i])}) but max_model_len is {dep.max_model_len}; "
                             "raise engine.max_model_len, cap workload.lengths or set run.on_too_long (drop | truncate)")
-    cap = (dep.capacity.num_gpu_blocks - 1) * sc.engine.block_size
+    cap = dep.capacity.num_usable_gpu_blocks * sc.engine.block_size
     if total[i] > cap:
         raise ScenarioError(sc.path, "engine", f"request {i} needs {int(total[i])} tokens but the KV cache holds only "
                             f"{cap} tokens; it could never be scheduled")

@@ -155,6 +155,7 @@ def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float)
     s["num_steps"] = rec.num_steps
     s["num_swapped_out_blocks"] = rec.num_swapped_out_blocks
     s["num_swapped_in_blocks"] = rec.num_swapped_in_blocks
+    s["num_copied_blocks"] = rec.num_copied_blocks
     hits = rec.prefix_hit_tokens[done].sum()
     s["prefix_cache_hit_rate"] = float(hits / in_tok.sum()) if in_tok.sum() else 0.0
     tot = rec.busy_s or 1.0

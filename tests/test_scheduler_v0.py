@@ -231,6 +231,8 @@ def test_engine_completes_every_request_with_balanced_swap_traffic_deterministic
     s = r1.summary
     assert s["completed"] == 120 and s["num_preemptions"] > 0
     assert s["num_swapped_out_blocks"] == s["num_swapped_in_blocks"] > 0
+    assert s["num_copied_blocks"] > 0                # n=2 groups copy their shared last prompt block
+    assert s["num_gpu_blocks"] == 512 and "null block" not in " ".join(r1.deployment.describe())
     steps = r1.steps
     assert not ((steps["swap_in_blocks"] > 0) & (steps["num_preempted"] > 0)).any()
     r2 = run(check_invariants=False)          # same run without the checks: bit for bit the same
@@ -253,6 +255,8 @@ def test_v0_refuses_prefix_caching_and_async_scheduling_in_one_line():
         load_scenario(SCENARIO, ["engine.enable_prefix_caching=true"])
     with pytest.raises(ScenarioError, match="engine.async_scheduling"):
         load_scenario(SCENARIO, ["engine.async_scheduling=true"])
+    with pytest.raises(ScenarioError, match="engine.scheduling_policy"):
+        load_scenario(SCENARIO, ["engine.scheduling_policy=priority"])
     sc = load_scenario(SCENARIO)               # V0 defaults: no prefix caching, no chunked prefill at 8K context
     assert sc.engine.enable_prefix_caching is False and sc.engine.enable_chunked_prefill is False
     assert sc.engine.async_scheduling is False
