@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from sim.config import Scenario
+from sim.cost_model import StepCoster
 from sim.deployment import Deployment, build_deployment, build_replicas
 from sim.engine import simulate
 from sim.errors import ScenarioError
@@ -74,7 +76,10 @@ def check_fits(sc: Scenario, dep: Deployment, table: RequestTable) -> None:
                             f"{cap} tokens; it could never be scheduled")
 
 
-def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
+def run_scenario(sc: Scenario, table: RequestTable | None = None,
+                 step_times_s: Sequence[float] | None = None) -> RunResult:
+    """`step_times_s`: price the k-th step at the k-th of these seconds instead of the profile (a
+    measured engine's steps replayed, `sim.validate.replay`); sync, one replica, every step an event."""
     dep = build_deployment(sc)
     if table is None:
         table = make_workload(sc)
@@ -83,7 +88,12 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
     replicas = build_replicas(sc, dep)
     route = route_least_outstanding if sc.engine.router == "least-outstanding-tokens" else route_round_robin()
     rec = Recorder(len(table), sc.run.record_steps)
-    end_s = simulate(table, replicas, route, rec, sc.run.max_sim_time_s)
+    if step_times_s is not None:
+        if len(replicas) != 1 or dep.async_scheduling:
+            raise ValueError("replaying step times needs one replica and sync scheduling")
+        from sim.validate.replay import StepReplay
+        replicas[0].coster = cast(StepCoster, StepReplay(step_times_s, replicas[0].coster))
+    end_s = simulate(table, replicas, route, rec, sc.run.max_sim_time_s, quiet_stretches=step_times_s is None)
     measured = np.ones(len(table), dtype=bool)
     measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:

@@ -134,6 +134,23 @@ def test_async_scheduling_is_refused_for_the_cpu_engine():
     assert "async_scheduling" in str(e.value)
 
 
+def test_replaying_a_runs_own_step_times_reproduces_it():
+    """The replay prices step k at the k-th given duration, whatever the profile says: pagesim fed
+    its own step times under a 1 s constant step reproduces its run step for step."""
+    from sim.config import load_scenario
+    from sim.runner import run_scenario
+    path = ROOT / "scenarios" / "validation" / "engine-poisson-light.yaml"
+    sc = load_scenario(path, ["run.num_requests=40", "run.record_steps=true"])
+    a = run_scenario(sc)
+    slow = load_scenario(path, ["run.num_requests=40", "run.record_steps=true", "hardware.constant_step_s=1.0"])
+    b = run_scenario(slow, a.workload, step_times_s=a.steps["duration_s"].tolist())
+    assert len(b.steps) == len(a.steps)
+    np.testing.assert_allclose(b.steps["start_s"], a.steps["start_s"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(b.requests["ttft_s"], a.requests["ttft_s"], rtol=0, atol=1e-9)
+    c = run_scenario(slow, a.workload, step_times_s=a.steps["duration_s"].tolist()[:5])   # the rest at 1 s
+    assert c.requests["e2el_s"].max() > 10.0
+
+
 @pytest.mark.vllm
 def test_saturated_start_through_the_real_engine(tmp_path):
     """The smallest engine scenario (32 requests at t=0, preemptions) end to end: same schedule at
@@ -154,6 +171,7 @@ def test_saturated_start_through_the_real_engine(tmp_path):
     assert v["vllm_version"] == "0.32.0" and v["deterministic_arrivals"]
     assert v["steps"]["schedule_identical"], v["failures"]       # timing misses are reported, not asserted
     assert v["steps"]["engine_preemptions"] > 0
+    assert v["replay"]["pct_identical"] == 100.0 and v["replay"]["max_abs_rel_err"] < 0.01
     profile = load_profile(out / "profile.json")
     assert profile.kind == "engine-fit" and profile.provenance["source"] == "engine trace"
     assert profile.provenance["vllm_version"] == "0.32.0" and profile.provenance["host_cpu"]
