@@ -178,3 +178,18 @@ def test_saturated_start_through_the_real_engine(tmp_path):
     from reports.build import build_report
     html = build_report(out).read_text()
     assert "Validation against the real engine" in html
+
+
+def test_host_drift_sees_a_slow_second_and_cancels_a_shape_misfit():
+    from sim.validate.replay import host_drift
+    start = [0.01 * i for i in range(300)]                         # three 1 s windows
+    shape = [i % 3 + 1 for i in range(300)]                        # decode batches of 1, 2, 3
+    predicted = [0.01] * 300
+    misfit = {1: 1.0, 2: 1.5, 3: 0.7}                              # the fit is off per shape, all run long
+    slow = [1.3 if 100 <= i < 200 else 1.0 for i in range(300)]    # the middle second runs 30 % slower
+    measured = [p * misfit[k] * f for p, k, f in zip(predicted, shape, slow, strict=True)]
+    d = host_drift(start, measured, predicted, shape)
+    assert d is not None and d["num_windows"] == 3
+    assert d["min_ratio"] == pytest.approx(1.0) and d["max_ratio"] == pytest.approx(1.3)
+    assert host_drift(start[:50], measured[:50], predicted[:50], shape[:50]) is None      # one window
+    assert host_drift(start, measured, predicted, [-1] * 300) is None                       # no decode-only steps

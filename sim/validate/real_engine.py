@@ -184,6 +184,7 @@ def validate_scenario(sc: Scenario, out_dir: Path, from_trace: Path | None = Non
     replay: dict[str, Any] | None = None
     if measured.trace is not None and not sc.engine.async_scheduling:
         replay, replay_latency = replay_measured_steps(sim_sc, measured)
+        replay["host_drift"] = _host_drift(measured.trace, fit)
         replay_latency.to_csv(out_dir / "validation_replay_latency.csv", index=False)
         failures += [f"replay with measured step times: {r.metric} {100 * r.rel_err:+.1f}% "
                      f"(tolerance {100 * r.tolerance:.0f}%)" for r in replay_latency.itertuples() if not r.ok]
@@ -224,10 +225,31 @@ def replay_measured_steps(sim_sc: Scenario, measured: Measured) -> tuple[dict[st
     return summary, latency
 
 
+def _host_drift(trace: EngineTrace, fit: dict[str, Any] | None) -> dict[str, float] | None:
+    """`replay.host_drift` of the trace against the fitted step times (None without a fit)."""
+    if fit is None:
+        return None
+    from calibrate.fit_trace import FEATURES, StepShape, predict
+
+    from .replay import host_drift
+
+    coef = np.array([fit["coefficients"][k] for k in FEATURES])
+    shapes = [StepShape(s.num_prefill_tokens, s.num_decode_tokens, s.decode_ctx_tokens, s.prefill_pairs, s.duration_s)
+              for s in trace.steps]
+    return host_drift([s.start_s for s in trace.steps], [s.duration_s for s in trace.steps],
+                      predict(coef, shapes).tolist(),
+                      [-1 if s.num_prefill_tokens else s.num_decode_tokens for s in trace.steps])
+
+
 def format_replay(replay: dict[str, Any]) -> str:
     errs = ", ".join(f"{k.removesuffix('_ms')} {100 * v:+.1f}%" for k, v in replay["rel_err"].items())
-    return (f"replay with the measured step times: {errs}; {replay['pagesim_steps']} pagesim steps "
+    line = (f"replay with the measured step times: {errs}; {replay['pagesim_steps']} pagesim steps "
             f"({replay['pct_identical']:.1f}% identical)")
+    drift = replay.get("host_drift")
+    if drift:
+        line += (f"\nhost speed drift: decode steps ran at {drift['min_ratio']:.2f}-{drift['max_ratio']:.2f} "
+                 f"x their typical time across {drift['num_windows']} windows of {drift['window_s']:g} s")
+    return line
 
 
 def _request_samples(measured: Latencies, simulated: Latencies) -> pd.DataFrame:
