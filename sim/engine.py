@@ -101,18 +101,20 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                     e0 = pending_start + pending_dt
                     recorder.on_tokens(e0, pending_dt, sched.update_from_output(first, e0))
                 states = sched.advance_quiet(len(stretch.durations))
+                rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
                 if async_:
                     pending = sched.quiet_batch()
                 yield env.timeout(stretch.end_s - env.now)
                 sched.last_update_s = env.now
                 if first is not None:
                     recorder.on_step(rep.index, stretch.starts[0], stretch.durations[0], first, 0,
-                                     sched.num_running, len(sched.waiting), states[0])
+                                     sched.num_running, rep.num_waiting_seen, states[0])
                 quiet.record(rep, recorder, stretch, states, 1 if first is not None else 0)
                 if async_:
                     pending_start, pending_dt = stretch.end_s, stretch.pending_dt
                 continue
         batch = sched.schedule() if sched.has_work else None
+        rep.num_unseen_arrivals = 0
         if batch is not None and batch.is_empty:
             sched.update_from_output(batch, env.now)   # closes the (empty) batch
             batch = None
@@ -155,7 +157,7 @@ def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float,
         if recorder.on_finish(now, req):
             on_request_done(req.parent_id)
     recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), rep.scheduler.num_running,
-                     len(rep.scheduler.waiting), kv_state, rep.kv_state()[0] if outcome.finished else None)
+                     rep.num_waiting_seen, kv_state, rep.kv_state()[0] if outcome.finished else None)
     if rep.check_invariants:
         rep.check()
 

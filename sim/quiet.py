@@ -91,6 +91,6 @@ def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[tuple[flo
     """Metrics of the applied steps (from index `first`), as the step-by-step engine records them."""
     sched = rep.scheduler
     d = sched.num_members
-    running, waiting = sched.num_running, len(sched.waiting)
+    running, waiting = sched.num_running, rep.num_waiting_seen
     for j in range(first, len(stretch.durations)):
         rec.on_decode_step(rep.index, stretch.starts[j], stretch.durations[j], d, running, waiting, states[j])

@@ -26,14 +26,24 @@ class Replica:
         self.async_scheduling = async_scheduling
         self.check_invariants = check_invariants
         self.outstanding_tokens = 0       # router signal: prompt + output tokens of unfinished requests
+        # Requests added since the scheduler last scheduled.  vLLM adds a request to its scheduler
+        # only between steps, so a step's num_waiting (SchedulerStats, made in update_from_output)
+        # leaves out requests that arrived while it ran; pagesim adds them at once and subtracts these.
+        self.num_unseen_arrivals = 0
         self._wakeup: simpy.Event | None = None
 
     def add_request(self, req: Request) -> None:
         req.replica = self.index
         self.outstanding_tokens += req.num_prompt_tokens + req.max_tokens
         self.scheduler.add_request(req)
+        self.num_unseen_arrivals += 1
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
+
+    @property
+    def num_waiting_seen(self) -> int:
+        """Waiting requests as vLLM's step statistics count them: those the last scheduling saw."""
+        return len(self.scheduler.waiting) - self.num_unseen_arrivals
 
     def on_finished(self, req: Request) -> None:
         self.outstanding_tokens -= req.num_prompt_tokens + req.max_tokens

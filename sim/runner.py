@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from sim.admission import Admission
 from sim.config import Scenario
+from sim.cost_model import StepCoster
 from sim.deployment import Deployment, build_deployment, build_replicas
 from sim.engine import simulate
 from sim.errors import ScenarioError
@@ -87,7 +89,10 @@ def routing_summary(router: Router, rec: Recorder, measured: np.ndarray) -> dict
             "replica_requests": list(router.routed), "replica_prefix_cache_hit_rate": rates}
 
 
-def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
+def run_scenario(sc: Scenario, table: RequestTable | None = None,
+                 step_times_s: Sequence[float] | None = None) -> RunResult:
+    """`step_times_s`: price the k-th step at the k-th of these seconds instead of the profile (a
+    measured engine's steps replayed, `sim.validate.replay`); sync, one replica, every step an event."""
     dep = build_deployment(sc)
     if table is None:
         table = make_workload(sc)
@@ -99,9 +104,14 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None) -> RunResult:
                     dict(eng.router_weights), eng.router_scrape_interval_s)
     admission = Admission(eng.admission) if eng.admission.policy != "none" else None
     rec = Recorder(len(table), sc.run.record_steps)
+    if step_times_s is not None:
+        if len(replicas) != 1 or dep.async_scheduling:
+            raise ValueError("replaying step times needs one replica and sync scheduling")
+        from sim.validate.replay import StepReplay
+        replicas[0].coster = cast(StepCoster, StepReplay(step_times_s, replicas[0].coster))
     end_s = simulate(table, replicas, router.route, rec, sc.run.max_sim_time_s,
                      scrape_interval_s=eng.router_scrape_interval_s, scrape=lambda: router.scrape(replicas),
-                     admission=admission)
+                     admission=admission, quiet_stretches=step_times_s is None)
     measured = np.ones(len(table), dtype=bool)
     measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:

@@ -80,3 +80,16 @@ def test_same_seed_same_numbers(rng):
     b, _ = run_table(table, 0.015, max_num_seqs=8, num_blocks=60)
     assert np.array_equal(a.finish_s, b.finish_s) and np.array_equal(a.preemptions, b.preemptions)
     assert a.preemptions.sum() > 0
+
+
+
+def test_step_waiting_count_leaves_out_arrivals_during_the_step():
+    # vLLM adds a request to its scheduler only between steps, so the statistics of the step during
+    # which it arrives (made in update_from_output) do not count it as waiting.  a at 0 s, b during
+    # step 0; c and d during step 4 (the end of a decode stretch), admitted as a and b finish.
+    table = RequestTable(np.array([0.0, 0.005, 0.0452, 0.0453]), np.full(4, 64), np.full(4, 8))
+    sched = make_scheduler(4000, max_num_seqs=2)
+    rep = Replica(0, sched, StepCoster(constant_profile(0.01), 16, "auto", 1), False)
+    rec = Recorder(len(table), record_steps=True)
+    simulate(table, [rep], Router("round-robin", 1, 16, 1 << 20).route, rec)
+    assert list(rec.steps.num_waiting)[:11] == [0, 0, 0, 0, 0, 2, 2, 2, 1, 0, 0]

@@ -134,6 +134,23 @@ def test_async_scheduling_is_refused_for_the_cpu_engine():
     assert "async_scheduling" in str(e.value)
 
 
+def test_replaying_a_runs_own_step_times_reproduces_it():
+    """The replay prices step k at the k-th given duration, whatever the profile says: pagesim fed
+    its own step times under a 1 s constant step reproduces its run step for step."""
+    from sim.config import load_scenario
+    from sim.runner import run_scenario
+    path = ROOT / "scenarios" / "validation" / "engine-poisson-light.yaml"
+    sc = load_scenario(path, ["run.num_requests=40", "run.record_steps=true"])
+    a = run_scenario(sc)
+    slow = load_scenario(path, ["run.num_requests=40", "run.record_steps=true", "hardware.constant_step_s=1.0"])
+    b = run_scenario(slow, a.workload, step_times_s=a.steps["duration_s"].tolist())
+    assert len(b.steps) == len(a.steps)
+    np.testing.assert_allclose(b.steps["start_s"], a.steps["start_s"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(b.requests["ttft_s"], a.requests["ttft_s"], rtol=0, atol=1e-9)
+    c = run_scenario(slow, a.workload, step_times_s=a.steps["duration_s"].tolist()[:5])   # the rest at 1 s
+    assert c.requests["e2el_s"].max() > 10.0
+
+
 @pytest.mark.vllm
 def test_saturated_start_through_the_real_engine(tmp_path):
     """The smallest engine scenario (32 requests at t=0, preemptions) end to end: same schedule at
@@ -154,9 +171,25 @@ def test_saturated_start_through_the_real_engine(tmp_path):
     assert v["vllm_version"] == "0.32.0" and v["deterministic_arrivals"]
     assert v["steps"]["schedule_identical"], v["failures"]       # timing misses are reported, not asserted
     assert v["steps"]["engine_preemptions"] > 0
+    assert v["replay"]["pct_identical"] == 100.0 and v["replay"]["max_abs_rel_err"] < 0.01
     profile = load_profile(out / "profile.json")
     assert profile.kind == "engine-fit" and profile.provenance["source"] == "engine trace"
     assert profile.provenance["vllm_version"] == "0.32.0" and profile.provenance["host_cpu"]
     from reports.build import build_report
     html = build_report(out).read_text()
     assert "Validation against the real engine" in html
+
+
+def test_host_drift_sees_a_slow_second_and_cancels_a_shape_misfit():
+    from sim.validate.replay import host_drift
+    start = [0.01 * i for i in range(300)]                         # three 1 s windows
+    shape = [i % 3 + 1 for i in range(300)]                        # decode batches of 1, 2, 3
+    predicted = [0.01] * 300
+    misfit = {1: 1.0, 2: 1.5, 3: 0.7}                              # the fit is off per shape, all run long
+    slow = [1.3 if 100 <= i < 200 else 1.0 for i in range(300)]    # the middle second runs 30 % slower
+    measured = [p * misfit[k] * f for p, k, f in zip(predicted, shape, slow, strict=True)]
+    d = host_drift(start, measured, predicted, shape)
+    assert d is not None and d["num_windows"] == 3
+    assert d["min_ratio"] == pytest.approx(1.0) and d["max_ratio"] == pytest.approx(1.3)
+    assert host_drift(start[:50], measured[:50], predicted[:50], shape[:50]) is None      # one window
+    assert host_drift(start, measured, predicted, [-1] * 300) is None                       # no decode-only steps

@@ -181,6 +181,13 @@ def validate_scenario(sc: Scenario, out_dir: Path, from_trace: Path | None = Non
     _request_samples(measured.latencies, simulated).to_csv(out_dir / "validation_requests.csv", index=False)
     failures = [f"{r.metric} {100 * r.rel_err:+.1f}% (tolerance {100 * r.tolerance:.0f}%)"
                 for r in latency.itertuples() if not r.ok]
+    replay: dict[str, Any] | None = None
+    if measured.trace is not None and not sc.engine.async_scheduling:
+        replay, replay_latency = replay_measured_steps(sim_sc, measured)
+        replay["host_drift"] = _host_drift(measured.trace, fit)
+        replay_latency.to_csv(out_dir / "validation_replay_latency.csv", index=False)
+        failures += [f"replay with measured step times: {r.metric} {100 * r.rel_err:+.1f}% "
+                     f"(tolerance {100 * r.tolerance:.0f}%)" for r in replay_latency.itertuples() if not r.ok]
     if deterministic and steps_summary is not None and not steps_summary["schedule_identical"]:
         failures.insert(0, f"schedule differs from step {steps_summary['first_divergent_step']}")
     header = measured.trace.header if measured.trace is not None else None
@@ -189,12 +196,60 @@ def validate_scenario(sc: Scenario, out_dir: Path, from_trace: Path | None = Non
                "engine_stats": {k: v for k, v in (header.stats if header else {}).items() if k != "model"},
                "deterministic_arrivals": deterministic, "num_requests": len(measured.table),
                "profile": str(profile_path) if profile_path else sc.hardware.profile, "fit": fit,
-               "steps": steps_summary, "latency": latency.to_dict("records"), "passed": not failures,
+               "steps": steps_summary, "latency": latency.to_dict("records"), "replay": replay, "passed": not failures,
                "failures": failures}
     write_results(out_dir, result.summary, result.requests, result.steps, sim_sc.raw,
                   {"validation_source": measured.source})
     (out_dir / "validation.json").write_text(json.dumps(_finite(summary), indent=2, default=str) + "\n")
-    return summary, format_table(latency, steps_summary)
+    printed = format_table(latency, steps_summary)
+    if replay is not None:
+        printed += "\n" + format_replay(replay)
+    return summary, printed
+
+
+def replay_measured_steps(sim_sc: Scenario, measured: Measured) -> tuple[dict[str, Any], pd.DataFrame]:
+    """pagesim with the engine's own step durations (`replay.py`): (summary, latency table).  Tells
+    a scheduling difference from a step-time difference: this run has no cost model to be wrong."""
+    from sim.runner import run_scenario
+
+    if measured.trace is None:
+        raise ValueError("a replay needs the engine's step times (an engine trace, not a bench JSON)")
+    steps = measured.trace.steps
+    result = run_scenario(sim_sc, measured.table, step_times_s=[s.duration_s for s in steps])
+    latency = compare_latency(measured.latencies, latencies_from_run(result.requests, result.summary))
+    _, cmp = compare_steps(engine_step_table(steps), result.steps)
+    figures = {r.metric: float(r.rel_err) for r in latency.itertuples() if not np.isnan(r.tolerance)}
+    summary = {"rel_err": figures, "max_abs_rel_err": max((abs(v) for v in figures.values()), default=0.0),
+               "pagesim_steps": cmp["pagesim_steps"], "engine_steps": cmp["engine_steps"],
+               "pct_identical": cmp["pct_identical"], "passed": bool(latency["ok"].all())}
+    return summary, latency
+
+
+def _host_drift(trace: EngineTrace, fit: dict[str, Any] | None) -> dict[str, float] | None:
+    """`replay.host_drift` of the trace against the fitted step times (None without a fit)."""
+    if fit is None:
+        return None
+    from calibrate.fit_trace import FEATURES, StepShape, predict
+
+    from .replay import host_drift
+
+    coef = np.array([fit["coefficients"][k] for k in FEATURES])
+    shapes = [StepShape(s.num_prefill_tokens, s.num_decode_tokens, s.decode_ctx_tokens, s.prefill_pairs, s.duration_s)
+              for s in trace.steps]
+    return host_drift([s.start_s for s in trace.steps], [s.duration_s for s in trace.steps],
+                      predict(coef, shapes).tolist(),
+                      [-1 if s.num_prefill_tokens else s.num_decode_tokens for s in trace.steps])
+
+
+def format_replay(replay: dict[str, Any]) -> str:
+    errs = ", ".join(f"{k.removesuffix('_ms')} {100 * v:+.1f}%" for k, v in replay["rel_err"].items())
+    line = (f"replay with the measured step times: {errs}; {replay['pagesim_steps']} pagesim steps "
+            f"({replay['pct_identical']:.1f}% identical)")
+    drift = replay.get("host_drift")
+    if drift:
+        line += (f"\nhost speed drift: decode steps ran at {drift['min_ratio']:.2f}-{drift['max_ratio']:.2f} "
+                 f"x their typical time across {drift['num_windows']} windows of {drift['window_s']:g} s")
+    return line
 
 
 def _request_samples(measured: Latencies, simulated: Latencies) -> pd.DataFrame:
