@@ -12,7 +12,8 @@ from reports.data import ReportData, config_labels
 from reports.html import PALETTE, Chart, Section, esc, fmt, style
 
 KV_PARTS = (("kv_token_state_frac", "token states", "#2ca02c"), ("kv_internal_frag_frac", "internal fragmentation", "#ff7f0e"),
-            ("kv_reserved_frac", "reserved (not yet used)", "#d62728"), ("kv_cached_free_frac", "cached, free (prefix cache)", "#9467bd"))
+            ("kv_reserved_frac", "reserved (not yet used)", "#d62728"), ("kv_cached_free_frac", "cached, free (prefix cache)", "#9467bd"),
+            ("kv_external_frag_frac", "external fragmentation (free, outside the largest hole)", "#8c564b"))
 
 
 def over_time(data: ReportData) -> Section | None:
@@ -88,10 +89,11 @@ def fragmentation(data: ReportData) -> Section | None:
             fig.add_trace(go.Bar(x=xs, y=agg[col] * 100, name=name, marker_color=color))
     fig.update_layout(barmode="stack")
     style(fig, f"KV cache use by {' and '.join(groups)}{note}", x_title, "Share of KV cache (%)")
-    waste = (agg.get("kv_internal_frag_frac", 0) + agg.get("kv_reserved_frac", 0)) * 100
+    waste = (agg.get("kv_internal_frag_frac", 0) + agg.get("kv_reserved_frac", 0)
+             + agg.get("kv_external_frag_frac", 0)) * 100
     best, worst = int(waste.idxmin()), int(waste.idxmax())
-    r1 = (f"Internal fragmentation plus reservations waste {waste[best]:.1f}% of the cache with {labels[best]} "
-          f"and {waste[worst]:.1f}% with {labels[worst]}.")
+    r1 = (f"Internal and external fragmentation plus reservations waste {waste[best]:.1f}% of the cache with "
+          f"{labels[best]} and {waste[worst]:.1f}% with {labels[worst]}.")
     charts = [Chart(fig, r1)]
     if "mean_num_running" in agg:
         ci = agg["mean_num_running_ci"].fillna(0) if "mean_num_running_ci" in agg else None

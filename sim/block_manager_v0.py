@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import deque
 from enum import Enum
 
+from sim.kv_state import KVState
 from sim.request import Request
 
 
@@ -235,7 +236,7 @@ class BlockManagerV0:
         return moved
 
     # ------------------------------------------------------------------ observability
-    def state_fractions(self) -> tuple[float, float, float, float, float]:
+    def state_fractions(self) -> KVState:
         """(kv_cache_usage, token-state, internal-fragmentation, reserved, cached-free) as fractions
         of the GPU's token slots.  Token state counts appended slots (vLLM's num_full_slots), shared
         blocks once; internal fragmentation is the empty slots of blocks in use."""
@@ -243,7 +244,7 @@ class BlockManagerV0:
         slots_total = g.num_blocks * self.block_size
         used = g.num_blocks - g.num_free
         filled = g.num_filled_slots
-        return used / g.num_blocks, filled / slots_total, (used * self.block_size - filled) / slots_total, 0.0, 0.0
+        return used / g.num_blocks, filled / slots_total, (used * self.block_size - filled) / slots_total, 0.0, 0.0, 0.0
 
     def check_invariants(self, running: list[Request] | None = None, waiting: object = None) -> None:
         """Both pools consistent; ref counts equal the number of tables holding each block; the

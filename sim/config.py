@@ -269,9 +269,16 @@ def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
     if mbt is not None and not engine.enable_chunked_prefill and mbt < max_len:
         raise ctx.at("engine.max_num_batched_tokens").error(
             f"must be >= max_model_len ({max_len}) when chunked prefill is disabled (vLLM refuses this)", mbt)
-    if engine.scheduler == "vllm-v1" and engine.allocator != "paged" and engine.enable_prefix_caching:
-        raise ctx.at("engine.enable_prefix_caching").error(
-            f"prefix caching needs the paged allocator (allocator is {engine.allocator})")
+    if engine.allocator != "paged":
+        raw_engine = raw.get("engine")
+        given: dict[str, Any] = raw_engine if isinstance(raw_engine, dict) else {}
+        if engine.scheduler != "vllm-v1":
+            raise ctx.at("engine.allocator").error(
+                "the contiguous baselines run with scheduler: vllm-v1 only", engine.allocator)
+        if "enable_prefix_caching" in given and engine.enable_prefix_caching:
+            raise ctx.at("engine.enable_prefix_caching").error(
+                f"prefix caching needs the paged allocator (allocator is {engine.allocator})")
+        engine = replace(engine, enable_prefix_caching=False)   # contiguous systems have no prefix cache
     name = str(raw.get("name") or Path(file).stem)
     return Scenario(name=name, path=file, model=model, hardware=hardware, engine=engine, workload=workload,
                     slo=slo, run=run, raw=raw, sweep=sweep)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sim.block_manager_v0 import BlockManagerV0
 from sim.config import Scenario
+from sim.contiguous import ContiguousKVManager
 from sim.cost_model import CostProfile, StepCoster, constant_profile, load_profile
 from sim.errors import ScenarioError
 from sim.hardware import load_hardware
@@ -121,15 +122,16 @@ def build_deployment(sc: Scenario) -> Deployment:
 
 def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
     eng = sc.engine
-    if eng.allocator != "paged":
-        raise ScenarioError(sc.path, "engine.allocator", "only the paged allocator is simulated in this version",
-                            eng.allocator, True)
     if eng.scheduler == "vllm-v0":
         return [_v0_replica(i, sc, dep) for i in range(dep.num_replicas)]
     reps = []
     for i in range(dep.num_replicas):
-        kv = KVCacheManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching,
-                            dep.max_model_len, eng.watermark or 0.0)
+        kv: KVCacheManager | ContiguousKVManager
+        if eng.allocator == "paged":
+            kv = KVCacheManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching,
+                                dep.max_model_len, eng.watermark or 0.0)
+        else:
+            kv = ContiguousKVManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.allocator, dep.max_model_len)
         sched = SchedulerV1(dep.limits, kv)
         coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes,
                             dep.async_scheduling)

@@ -21,6 +21,7 @@ import simpy
 from sim import quiet
 from sim.admission import Admission
 from sim.batch import StepBatch
+from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.replica import Replica
 from sim.request import Request
@@ -147,7 +148,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
 
 
 def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float, dt: float,
-           kv_state: tuple[float, float, float, float, float], recorder: Recorder,
+           kv_state: KVState, recorder: Recorder,
            on_request_done: Callable[[int], None]) -> None:
     now = env.now
     outcome = rep.scheduler.update_from_output(batch, now)

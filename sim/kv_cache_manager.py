@@ -26,6 +26,7 @@ import numpy as np
 
 from sim.block_hash import block_hash, shared_prefix_hashes
 from sim.block_pool import BlockPool
+from sim.kv_state import KVState
 from sim.request import Request, Status
 
 PRIVATE_SHIFT = 1 << 24
@@ -203,7 +204,7 @@ class KVCacheManager:
         return self.pool.usage
 
     # ------------------------------------------------------------------ observability
-    def state_fractions(self, computed: int) -> tuple[float, float, float, float, float]:
+    def state_fractions(self, computed: int) -> KVState:
         """(kv_cache_usage, token-state, internal-fragmentation, reserved, cached-free) as
         fractions of the pool's token slots, given the running requests' computed tokens.
         Internal fragmentation = allocated slots past each request's computed tokens (its last,
@@ -215,7 +216,7 @@ class KVCacheManager:
         internal = self.num_blocks_held * bs - computed
         token_state = used_blocks * bs - internal
         return (used_blocks / (pool.num_blocks - 1), token_state / slots, internal / slots, 0.0,
-                pool.num_cached_free * bs / slots)
+                pool.num_cached_free * bs / slots, 0.0)
 
     def check_invariants(self, running: list[Request], waiting: object) -> None:
         """Allocator invariants plus: ref counts equal the number of request owners."""

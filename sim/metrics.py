@@ -15,12 +15,13 @@ time; goodput = requests meeting every SLO given / benchmark duration.  `kv_cach
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from sim.batch import StepBatch
+from sim.kv_state import KVState
 from sim.request import Request
 
 
@@ -40,12 +41,13 @@ class StepColumns:
     kv_internal_frag_frac: list[float]
     kv_reserved_frac: list[float]
     kv_cached_free_frac: list[float]
+    kv_external_frag_frac: list[float]
     swap_in_blocks: list[int]
     swap_out_blocks: list[int]
 
     @classmethod
     def empty(cls) -> StepColumns:
-        return cls(*([] for _ in range(16)))
+        return cls(*([] for _ in range(len(fields(cls)))))
 
 
 class Recorder:
@@ -74,7 +76,7 @@ class Recorder:
         self.num_copied_blocks = 0                        # v0 copy-on-write block copies
         # duration-weighted sums over steps (kept even without the step table)
         self.busy_s = 0.0
-        self.kv_weighted = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self.kv_weighted = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         self.kv_usage_max = 0.0
         self.running_weighted = 0.0
 
@@ -130,7 +132,7 @@ class Recorder:
         w = np.asarray([c for _, c in self.itl_uniform] + [1] * len(self.itl_gaps), dtype=np.int64)
         return vals, w
 
-    def _weigh(self, dt: float, kv: tuple[float, float, float, float, float], num_running: int) -> None:
+    def _weigh(self, dt: float, kv: KVState, num_running: int) -> None:
         self.busy_s += dt
         w = self.kv_weighted
         w[0] += dt * kv[0]
@@ -138,12 +140,13 @@ class Recorder:
         w[2] += dt * kv[2]
         w[3] += dt * kv[3]
         w[4] += dt * kv[4]
+        w[5] += dt * kv[5]
         if kv[0] > self.kv_usage_max:
             self.kv_usage_max = kv[0]
         self.running_weighted += dt * num_running
 
     def on_decode_step(self, replica: int, start_s: float, duration_s: float, num_members: int,
-                       num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float]) -> None:
+                       num_running: int, num_waiting: int, kv: KVState) -> None:
         """A quiet step (only decodes, nothing finished): its tokens' gaps and its step row."""
         self.itl_uniform.append((duration_s, num_members))
         self.num_steps += 1
@@ -165,11 +168,12 @@ class Recorder:
         s.kv_internal_frag_frac.append(kv[2])
         s.kv_reserved_frac.append(kv[3])
         s.kv_cached_free_frac.append(kv[4])
+        s.kv_external_frag_frac.append(kv[5])
         s.swap_in_blocks.append(0)
         s.swap_out_blocks.append(0)
 
     def on_step(self, replica: int, start_s: float, duration_s: float, batch: StepBatch, num_finished: int,
-                num_running: int, num_waiting: int, kv: tuple[float, float, float, float, float],
+                num_running: int, num_waiting: int, kv: KVState,
                 usage_after: float | None = None) -> None:
         """`kv`: the KV state while the step ran (weighted by its duration in the summary);
         `usage_after`: usage once the step's finished requests are freed, which is what vLLM's
@@ -196,5 +200,6 @@ class Recorder:
         s.kv_internal_frag_frac.append(kv[2])
         s.kv_reserved_frac.append(kv[3])
         s.kv_cached_free_frac.append(kv[4])
+        s.kv_external_frag_frac.append(kv[5])
         s.swap_in_blocks.append(batch.swap_in_blocks)
         s.swap_out_blocks.append(batch.swap_out_blocks)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.cost_model import step_time_s
+from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.replica import Replica
 
@@ -86,7 +87,7 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
     return Stretch(starts, durs, starts[-1] + durs[-1], pending_dt=next_dt)
 
 
-def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[tuple[float, float, float, float, float]],
+def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[KVState],
            first: int = 0) -> None:
     """Metrics of the applied steps (from index `first`), as the step-by-step engine records them."""
     sched = rep.scheduler

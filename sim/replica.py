@@ -11,6 +11,7 @@ from typing import Any
 import simpy
 
 from sim.cost_model import StepCoster
+from sim.kv_state import KVState
 from sim.request import Request
 
 
@@ -52,7 +53,7 @@ class Replica:
         self._wakeup = env.event()
         return self._wakeup
 
-    def kv_state(self) -> tuple[float, float, float, float, float]:
+    def kv_state(self) -> KVState:
         """(usage, token-state, internal-fragmentation, reserved, cached-free) fractions of KV slots."""
         return self.scheduler.kv_state()
 

@@ -44,6 +44,7 @@ from collections import deque
 from sim.batch import StepBatch
 from sim.block_manager_v0 import AllocStatus, BlockManagerV0, num_tokens
 from sim.errors import SimulationError
+from sim.kv_state import KVState
 from sim.request import Request, Status
 from sim.scheduler_v0_budget import SchedulingBudget
 from sim.scheduler_v1 import SchedulerLimits, StepOutcome
@@ -95,7 +96,7 @@ class SchedulerV0:
     def has_work(self) -> bool:
         return bool(self.waiting_groups or self.running_groups or self.swapped_groups)
 
-    def kv_state(self) -> tuple[float, float, float, float, float]:
+    def kv_state(self) -> KVState:
         return self.kv.state_fractions()
 
     def _fail(self, key: str, message: str) -> SimulationError:

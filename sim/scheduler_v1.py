@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.batch import StepBatch
+from sim.contiguous import ContiguousKVManager
 from sim.kv_cache_manager import KVCacheManager, cdiv
+from sim.kv_state import KVState
 from sim.request import Request, Status
 
 
@@ -132,7 +134,7 @@ class PriorityWaiting:
 class SchedulerV1:
     """Running list, waiting queue and the KV cache manager of one replica."""
 
-    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager, record_schedule: bool = False):
+    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager | ContiguousKVManager, record_schedule: bool = False):
         self.limits = limits
         self.kv = kv
         self.record_schedule = record_schedule
@@ -181,7 +183,7 @@ class SchedulerV1:
                 r.num_output = r.base_output + self.upd - r.base_upd
                 r.ph = self.clock - self.upd
 
-    def kv_state(self) -> tuple[float, float, float, float, float]:
+    def kv_state(self) -> KVState:
         computed = self.members_base + self.num_members * self.clock
         for r in self.explicit.values():
             computed += r.num_computed
@@ -260,7 +262,7 @@ class SchedulerV1:
             counts.append(k)
         return counts
 
-    def advance_quiet(self, m: int) -> list[tuple[float, float, float, float, float]]:
+    def advance_quiet(self, m: int) -> list[KVState]:
         """Take `m` quiet steps (see `quiet_steps`) at once: member block allocations in vLLM's
         order, the step clock, and (async) the trivial application of the steps in flight.
         Returns the KV state after each step's allocations."""

@@ -160,7 +160,7 @@ def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float)
     s["prefix_cache_hit_rate"] = float(hits / in_tok.sum()) if in_tok.sum() else 0.0
     tot = rec.busy_s or 1.0
     for key, acc in zip(("kv_cache_usage_mean", "kv_token_state_frac", "kv_internal_frag_frac", "kv_reserved_frac",
-                         "kv_cached_free_frac"), rec.kv_weighted, strict=True):
+                         "kv_cached_free_frac", "kv_external_frag_frac"), rec.kv_weighted, strict=True):
         s[key] = acc / tot          # averaged over the engine's busy time
     s["kv_cache_usage_max"] = rec.kv_usage_max
     s["mean_num_running"] = rec.running_weighted / tot

@@ -11,6 +11,7 @@ import pytest
 from sim.block_hash import shared_prefix_hashes
 from sim.config import load_scenario
 from sim.errors import ScenarioError
+from sim.kv_state import KVState
 from sim.request import Request
 from sim.router import PrefixIndex, Router
 from sim.runner import run_scenario
@@ -28,8 +29,8 @@ class FakeReplica:
         self.scheduler = FakeScheduler(waiting)
         self.outstanding_tokens = outstanding
 
-    def kv_state(self) -> tuple[float, float, float, float, float]:
-        return (self.usage, 0.0, 0.0, 0.0, 0.0)
+    def kv_state(self) -> KVState:
+        return (self.usage, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def req(i: int, segments: tuple[tuple[int, int], ...] = (), prompt: int = 100) -> Request:

@@ -39,6 +39,7 @@ def make_requests(r: dict[str, Any], index: int, sched: SchedulerV1, names: dict
     segs = tuple((int(s), int(k)) for s, k in r.get("segments", ()))
     ids = [r["id"]] if n == 1 else [f"{i}_{r['id']}" for i in range(n)]
     if n > 1:
+        assert isinstance(sched.kv, KVCacheManager)
         sched.kv.shared_content.add(index)   # siblings share every prompt block
     out = []
     for name in ids:
@@ -58,6 +59,7 @@ def run_job(job: dict[str, Any]) -> tuple[TraceHeader, list[StepRecord]]:
     next_id = [0]
     queue: deque[StepBatch] = deque()
     queue_size = 2 if config["async_scheduling"] else 1
+    assert isinstance(sched.kv, KVCacheManager)
     pool = sched.kv.pool
     records: list[StepRecord] = []
     step, nxt = 0, 0
