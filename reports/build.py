@@ -28,6 +28,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_kv.swap,
     charts_fleet.routing,
     charts_fleet.slo_classes,
+    charts_fleet.autoscaling,
     charts_grid.heatmaps,
     charts_latency.cost_pareto,
     sections.plan_sensitivity,

@@ -94,3 +94,37 @@ def slo_classes(data: ReportData) -> Section | None:
              "rejected in all.  A rejected request counts as one that missed its SLO.</p>")
     return Section("SLO classes and admission control", intro, [Chart(fig, reading)],
                    [table_html(df[[c for c in cols if c in df]], caption="Per-class results")])
+
+
+def autoscaling(data: ReportData) -> Section | None:
+    """Replicas, the scaling metric and SLO attainment over the run, and what the day cost."""
+    s = data.summary
+    if not s or not s.get("timeline_t_s"):
+        return None
+    t = s["timeline_t_s"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=t, y=s["timeline_started"], name="replicas started (billed)", mode="lines",
+                             line={"shape": "hv", "color": PALETTE[0]}))
+    fig.add_trace(go.Scatter(x=t, y=s["timeline_ready"], name="replicas ready (serving)", mode="lines",
+                             line={"shape": "hv", "color": PALETTE[2], "dash": "dot"}))
+    fig.add_trace(go.Scatter(x=t, y=s["timeline_metric"], name=f"metric: {esc(s.get('autoscaling_metric', ''))}",
+                             mode="lines", yaxis="y2", line={"color": PALETTE[1], "width": 1}))
+    style(fig, "Replicas and the scaling metric over time", "Simulated time (s)", "Replicas")
+    fig.update_layout(yaxis2={"title": f"{esc(s.get('autoscaling_metric', ''))} (per ready replica)",
+                              "overlaying": "y", "side": "right", "rangemode": "tozero"})
+    r1 = (f"The fleet ran {fmt(s.get('mean_replicas'))} replicas on average and at most {int(s.get('max_replicas_started', 0))} "
+          f"({int(s.get('num_scale_ups', 0))} scale-ups, {int(s.get('num_scale_downs', 0))} scale-downs): "
+          f"{fmt(s.get('replica_hours'))} replica-hours, ${fmt(s.get('fleet_cost_usd'))} in all.")
+    att = [None if a is None else a * 100 for a in s.get("timeline_slo_attainment") or []]
+    charts = [Chart(fig, r1)]
+    if any(a is not None for a in att):
+        fig2 = go.Figure(go.Scatter(x=t, y=att, mode="lines+markers", name="SLO attainment",
+                                    line={"color": PALETTE[3]}, marker={"size": 4}))
+        style(fig2, "SLO attainment over time (requests by arrival window)", "Simulated time (s)",
+              "Requests meeting the SLO (%)")
+        vals = [a for a in att if a is not None]
+        worst = min(vals)
+        r2 = (f"Attainment stays between {worst:.0f}% and {max(vals):.0f}%; the worst window starts at "
+              f"{fmt(t[att.index(worst)])} s" + (" (new replicas were still provisioning)." if worst < 99 else "."))
+        charts.append(Chart(fig2, r2))
+    return Section("Autoscaling over the run", "", charts)

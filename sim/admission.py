@@ -13,7 +13,7 @@ did not meet its SLO) and appear as `num_rejected` in the summary.  Pure: the en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,6 +54,7 @@ class Admission:
         self.tokens = float(cfg.burst)
         self.last_s = 0.0
         self.num_rejected = 0
+        self.ready: Callable[[int], bool] | None = None   # autoscaling: replicas that take requests
 
     def admit(self, now_s: float, replicas: Sequence[Any]) -> bool:
         cfg = self.cfg
@@ -68,7 +69,8 @@ class Admission:
                 ok = False
         elif cfg.policy == "queue-length":
             assert cfg.max_waiting is not None
-            ok = any(len(rep.scheduler.waiting) < cfg.max_waiting for rep in replicas)
+            ok = any(len(rep.scheduler.waiting) < cfg.max_waiting for i, rep in enumerate(replicas)
+                     if self.ready is None or self.ready(i))
         if not ok:
             self.num_rejected += 1
         return ok

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from sim.admission import AdmissionConfig
+from sim.autoscaler import AutoscalingConfig
 from sim.errors import ScenarioError
 from sim.schema import Ctx, build, positive
 from sim.workload import WorkloadConfig
@@ -49,6 +50,7 @@ class EngineConfig:
     router_weights: dict[str, float] = field(default_factory=dict)  # weighted: scorer -> weight (sim.router)
     router_scrape_interval_s: float = 0.0       # router sees KV usage / queue length scraped this often (0: live)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # gateway: token bucket / queue length (sim.admission)
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)  # replicas over time (sim.autoscaler)
     allocator: Allocator = "paged"              # contiguous-*: reservation baselines (vLLM paper, Fig. 2)
     num_gpu_blocks_override: int | None = None  # --num-gpu-blocks-override
 

@@ -20,6 +20,7 @@ import simpy
 
 from sim import quiet
 from sim.admission import Admission
+from sim.autoscaler import Autoscaler
 from sim.batch import StepBatch
 from sim.kv_state import KVState
 from sim.metrics import Recorder
@@ -31,10 +32,11 @@ from sim.requests_table import RequestTable
 class NextArrival:
     """When the next request reaches a replica (inf: none known); quiet stretches stop before it."""
 
-    __slots__ = ("s",)
+    __slots__ = ("s", "count")
 
     def __init__(self) -> None:
         self.s = float("inf")
+        self.count = 0            # requests arrived so far (the autoscaler's request-rate metric)
 
 
 def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
@@ -62,6 +64,7 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             slot_tokens[row] = token  # type: ignore[index]
         n = table.n_of(row)
         recorder.on_send(row, env.now, int(prompt[row]), n)
+        nxt.count += 1
         if admission is not None and not admission.admit(env.now, replicas):
             recorder.on_reject(row)
             on_request_done(row)  # type: ignore[misc]
@@ -163,6 +166,16 @@ def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float,
         rep.check()
 
 
+def autoscale_process(env: simpy.Environment, scaler: Autoscaler, replicas: list[Replica],
+                      nxt: NextArrival) -> Generator[Any, Any, None]:
+    """The autoscaler's loop: every interval, scrape the replicas and scale (sim.autoscaler)."""
+    seen = 0
+    while True:
+        yield env.timeout(scaler.cfg.interval_s)
+        scaler.tick(env.now, replicas, nxt.count - seen)
+        seen = nxt.count
+
+
 def scrape_process(env: simpy.Environment, interval_s: float, scrape: Callable[[], None]) -> Generator[Any, Any, None]:
     """The router's metrics scrape: a snapshot of every replica each `interval_s`."""
     while True:
@@ -173,7 +186,7 @@ def scrape_process(env: simpy.Environment, interval_s: float, scrape: Callable[[
 def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list[Replica], Request], Replica],
              recorder: Recorder, max_sim_time_s: float | None = None, quiet_stretches: bool = True,
              scrape_interval_s: float = 0.0, scrape: Callable[[], None] | None = None,
-             admission: Admission | None = None) -> float:
+             admission: Admission | None = None, autoscaler: Autoscaler | None = None) -> float:
     """Run to completion (or `max_sim_time_s`); returns the simulated end time in seconds.
     `quiet_stretches=False` takes every step as its own event (the reference for tests).
     With `scrape` and a positive interval, a process calls it every `scrape_interval_s` (quiet
@@ -197,7 +210,12 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     scraping = scrape is not None and scrape_interval_s > 0
     if scraping:
         env.process(scrape_process(env, scrape_interval_s, scrape))  # type: ignore[arg-type]
-    quiet_ok = quiet_stretches and not (slots is not None and len(replicas) > 1) and not scraping
+    if autoscaler is not None:
+        env.process(autoscale_process(env, autoscaler, replicas, nxt))
+    # a tick inside a quiet stretch would read KV usage from its end; queue length and arrivals
+    # do not change inside one, so only KV-usage scaling needs every step as its own event
+    quiet_ok = (quiet_stretches and not (slots is not None and len(replicas) > 1) and not scraping
+                and (autoscaler is None or autoscaler.cfg.metric != "kv_usage"))
     for rep in replicas:
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
     if len(table) == 0:
@@ -206,4 +224,6 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     if max_sim_time_s is not None:
         until = simpy.AnyOf(env, [done, env.timeout(max_sim_time_s)])
     env.run(until=until)
+    if autoscaler is not None:
+        autoscaler.finish(env.now)
     return float(env.now)

@@ -31,7 +31,7 @@ Pure Python; the engine (SimPy) calls `route(replicas, request)` at each arrival
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sim.block_hash import shared_prefix_hashes
@@ -90,6 +90,7 @@ class Router:
         self.waiting = [0] * num_replicas
         self.routed = [0] * num_replicas              # requests sent to each replica
         self.routed_tokens = [0] * num_replicas       # their prompt + output tokens
+        self.ready: Callable[[int], bool] | None = None   # autoscaling: which replicas take requests
 
     # ------------------------------------------------------------------ metrics
     def scrape(self, replicas: Sequence[Any]) -> None:
@@ -100,8 +101,15 @@ class Router:
 
     # ------------------------------------------------------------------ routing
     def route(self, replicas: Sequence[Any], req: Request) -> Any:
-        """The replica that gets `req` (and its parallel samples)."""
-        n = len(replicas)
+        """The replica that gets `req` (and its parallel samples), among the ready ones when an
+        autoscaler decides which are (`self.ready`)."""
+        if self.ready is not None:
+            idx = [i for i in range(len(replicas)) if self.ready(i)]
+            if len(idx) < len(replicas):
+                return self._route_among(replicas, req, idx)
+        return self._route_among(replicas, req, list(range(len(replicas))))
+
+    def _route_among(self, replicas: Sequence[Any], req: Request, idx: list[int]) -> Any:
         if self.scrape_interval_s <= 0 and self.policy in ("least-kv-usage", "weighted"):
             self.scrape(replicas)
         hashes: list[int] = []
@@ -109,17 +117,17 @@ class Router:
             hashes = shared_prefix_hashes(req.segments, self.block_size)
         p = self.policy
         if p == "round-robin":
-            k = self.next_rr % n
+            k = idx[self.next_rr % len(idx)]
             self.next_rr += 1
         elif p == "least-outstanding-tokens":
-            k = min(range(n), key=lambda i: (replicas[i].outstanding_tokens, i))
+            k = min(idx, key=lambda i: (replicas[i].outstanding_tokens, i))
         elif p == "least-kv-usage":
-            k = self._rotate_best([-u for u in self.kv_usage])
+            k = self._rotate_best([-u for u in self.kv_usage], idx)
         elif p == "prefix-aware":
-            matched = [self.index.matched_blocks(i, hashes) for i in range(n)]
-            k = min(range(n), key=lambda i: (-matched[i], replicas[i].outstanding_tokens, i))
+            matched = {i: self.index.matched_blocks(i, hashes) for i in idx}
+            k = min(idx, key=lambda i: (-matched[i], replicas[i].outstanding_tokens, i))
         else:
-            k = self._rotate_best(self._weighted_scores(replicas, req, hashes))
+            k = self._rotate_best(self._weighted_scores(replicas, req, hashes), idx)
         if hashes:
             self.index.record(k, hashes)
         self.last = k
@@ -149,13 +157,14 @@ class Router:
                 scores[i] += w["outstanding_tokens"] * (1.0 - tok[i] / top_t if top_t else 1.0)
         return scores
 
-    def _rotate_best(self, scores: list[float]) -> int:
-        """The best-scoring replica; among equals, the first after the last one chosen."""
+    def _rotate_best(self, scores: list[float], idx: list[int]) -> int:
+        """The best-scoring replica of `idx`; among equals, the first after the last one chosen."""
         n = len(scores)
-        best = max(scores)
+        best = max(scores[i] for i in idx)
+        allowed = set(idx)
         for j in range(1, n + 1):
             i = (self.last + j) % n
-            if scores[i] >= best - 1e-12:
+            if i in allowed and scores[i] >= best - 1e-12:
                 return i
         raise AssertionError("unreachable")
 

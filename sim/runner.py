@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sim.admission import Admission
+from sim.autoscaler import Autoscaler
 from sim.config import Scenario
 from sim.cost_model import StepCoster
 from sim.deployment import Deployment, build_deployment, build_replicas
@@ -19,7 +20,7 @@ from sim.metrics import Recorder
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.schema import Ctx
-from sim.summary import class_summary, request_table, step_table, summarize
+from sim.summary import class_summary, meets, request_table, step_table, summarize
 from sim.workload import generate
 
 
@@ -89,6 +90,37 @@ def routing_summary(router: Router, rec: Recorder, measured: np.ndarray) -> dict
             "replica_requests": list(router.routed), "replica_prefix_cache_hit_rate": rates}
 
 
+def autoscaling_summary(scaler: Autoscaler, rec: Recorder, measured: np.ndarray, sc: Scenario,
+                        dep: Deployment) -> dict[str, Any]:
+    """Replica-hours and the day's cost, the scaling timeline, and SLO attainment per tick window."""
+    hours = scaler.billed_s / 3600.0
+    price_per_replica = dep.price_per_hour_usd / max(dep.num_replicas, 1)
+    tl = scaler.timeline
+    edges = np.asarray([0.0, *tl.t_s, np.inf])
+    done = measured & ~np.isnan(rec.finish_s)
+    ttft = rec.first_token_s - rec.send_s
+    e2el = rec.finish_s - rec.send_s
+    slo = sc.slo
+    good = np.zeros(len(done), dtype=bool)
+    good[done] = _good_mask(ttft[done], e2el[done], rec.output_tokens[done], slo)
+    window = np.searchsorted(edges, rec.send_s, side="right") - 1      # the tick window each request arrived in
+    attain: list[float | None] = []
+    for w in range(len(tl.t_s)):
+        mine = measured & (window == w)
+        attain.append(float(good[mine].sum() / mine.sum()) if mine.any() else None)
+    return {"autoscaling_metric": scaler.cfg.metric, "replica_hours": hours,
+            "fleet_cost_usd": hours * price_per_replica,
+            "mean_replicas": scaler.billed_s / max(scaler.last_tick_s, 1e-12),
+            "max_replicas_started": max(tl.started, default=0),
+            "num_scale_ups": scaler.num_scale_ups, "num_scale_downs": scaler.num_scale_downs,
+            "timeline_t_s": tl.t_s, "timeline_ready": tl.ready, "timeline_started": tl.started,
+            "timeline_metric": tl.metric, "timeline_slo_attainment": attain}
+
+
+def _good_mask(ttft_s: np.ndarray, e2el_s: np.ndarray, out_tok: np.ndarray, slo: Any) -> np.ndarray:
+    return meets(ttft_s, e2el_s, out_tok, slo.ttft_ms, slo.tpot_ms, slo.e2el_ms)
+
+
 def run_scenario(sc: Scenario, table: RequestTable | None = None,
                  step_times_s: Sequence[float] | None = None) -> RunResult:
     """`step_times_s`: price the k-th step at the k-th of these seconds instead of the profile (a
@@ -103,6 +135,11 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
     router = Router(eng.router, len(replicas), eng.block_size, dep.capacity.num_gpu_blocks,
                     dict(eng.router_weights), eng.router_scrape_interval_s)
     admission = Admission(eng.admission) if eng.admission.policy != "none" else None
+    scaler = Autoscaler(eng.autoscaling, len(replicas)) if eng.autoscaling.metric != "none" else None
+    if scaler is not None:
+        router.ready = scaler.ready
+        if admission is not None:
+            admission.ready = scaler.ready
     rec = Recorder(len(table), sc.run.record_steps)
     if step_times_s is not None:
         if len(replicas) != 1 or dep.async_scheduling:
@@ -111,7 +148,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
         replicas[0].coster = cast(StepCoster, StepReplay(step_times_s, replicas[0].coster))
     end_s = simulate(table, replicas, router.route, rec, sc.run.max_sim_time_s,
                      scrape_interval_s=eng.router_scrape_interval_s, scrape=lambda: router.scrape(replicas),
-                     admission=admission, quiet_stretches=step_times_s is None)
+                     admission=admission, autoscaler=scaler, quiet_stretches=step_times_s is None)
     measured = np.ones(len(table), dtype=bool)
     measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:
@@ -132,6 +169,8 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
     })
     summary.update(routing_summary(router, rec, measured))
     summary["admission"] = eng.admission.policy
+    if scaler is not None:
+        summary.update(autoscaling_summary(scaler, rec, measured, sc, dep))
     classes = sc.workload.classes
     if classes and "slo_class" in table.extra:
         summary["classes"] = class_summary(rec, measured, sc.slo, classes, table.extra["slo_class"], summary["duration"])

@@ -48,7 +48,7 @@ def _stats(name: str, values_s: np.ndarray, out: dict[str, Any], weights: np.nda
         out[f"p{p}_{name}_ms"] = weighted_percentile(ms, weights, p)
 
 
-def _meets(ttft_s: np.ndarray, e2el_s: np.ndarray, out_tok: np.ndarray, ttft_ms: float | None,
+def meets(ttft_s: np.ndarray, e2el_s: np.ndarray, out_tok: np.ndarray, ttft_ms: float | None,
            tpot_ms: float | None, e2el_ms: float | None) -> np.ndarray:
     """Which completed requests meet the targets (vllm bench serve's goodput definition)."""
     good = np.ones(ttft_s.size, dtype=bool)
@@ -76,7 +76,7 @@ def class_summary(rec: Recorder, measured: np.ndarray, slo: SLOConfig, classes: 
         targets = [c.ttft_ms if c.ttft_ms is not None else slo.ttft_ms,
                    c.tpot_ms if c.tpot_ms is not None else slo.tpot_ms,
                    c.e2el_ms if c.e2el_ms is not None else slo.e2el_ms]
-        good = _meets(ttft, e2el, out_tok, *targets)
+        good = meets(ttft, e2el, out_tok, *targets)
         rejected = int((mine & rec.rejected).sum())
         judged = good.size + rejected
         row: dict[str, Any] = {"priority": c.priority, "num_requests": int(mine.sum()), "completed": int(done.sum()),
@@ -136,7 +136,7 @@ def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float)
         "output_throughput": float(out_tok.sum() / duration),
         "total_token_throughput": float((in_tok.sum() + out_tok.sum()) / duration),
     }
-    good = _meets(ttft, e2el, out_tok, slo.ttft_ms, slo.tpot_ms, slo.e2el_ms)
+    good = meets(ttft, e2el, out_tok, slo.ttft_ms, slo.tpot_ms, slo.e2el_ms)
     has_slo = any(v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms))
     rejected = measured & rec.rejected
     s["num_rejected"] = int(rejected.sum())

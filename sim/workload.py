@@ -43,12 +43,26 @@ class ArrivalConfig:
     burstiness: float = 1.0             # gamma only: shape; CV of the gaps = 1/sqrt(burstiness)
     max_concurrency: int | None = None  # closed loop: at most this many in flight (vllm --max-concurrency)
     normalize: bool = True              # vLLM: rescale so the last arrival is at N/rate exactly
+    curve: tuple[tuple[float, float], ...] = ()   # poisson with a rate over time: [[t_s, req/s], ...], linear between
 
     @property
     def rate_rps(self) -> float | None:
+        if self.curve:
+            return max(r for _, r in self.curve)
         return float("inf") if isinstance(self.rate, str) else self.rate
 
     def validate(self, ctx: Ctx) -> None:
+        if self.curve:
+            if self.process != "poisson":
+                raise ctx.at("curve").error("a rate curve drives a (non-homogeneous) poisson process; set process: poisson")
+            if self.rate is not None:
+                raise ctx.at("rate").error("give a rate or a curve, not both", self.rate)
+            times = [t for t, _ in self.curve]
+            if len(self.curve) < 2 or times[0] < 0 or any(b <= a for a, b in zip(times, times[1:], strict=False)):
+                raise ctx.at("curve").error("expected at least two [time_s, rate] points with increasing times >= 0")
+            if any(r < 0 for _, r in self.curve) or not any(r > 0 for _, r in self.curve):
+                raise ctx.at("curve").error("expected rates >= 0, not all zero")
+            return
         if isinstance(self.rate, str) and self.rate.strip().lower() not in ("inf", "infinity"):
             raise ctx.at("rate").error("expected a number of requests/s or 'inf'", self.rate)
         if self.rate_rps is not None:
@@ -172,6 +186,8 @@ def with_classes(table: RequestTable, classes: tuple[SLOClass, ...], rng: np.ran
 def arrival_times(cfg: ArrivalConfig, count: int | None, duration_s: float | None,
                   rng: np.random.Generator, ctx: Ctx) -> np.ndarray:
     """Synthetic arrival times in seconds (sorted), as vllm bench serve's get_request computes them."""
+    if cfg.curve:
+        return curve_arrivals(cfg.curve, count, duration_s, rng)
     rate = cfg.rate_rps
     assert rate is not None
     if count is None and duration_s is None:
@@ -199,6 +215,32 @@ def arrival_times(cfg: ArrivalConfig, count: int | None, duration_s: float | Non
     return times
 
 
+def curve_arrivals(curve: tuple[tuple[float, float], ...], count: int | None, duration_s: float | None,
+                   rng: np.random.Generator) -> np.ndarray:
+    """A Poisson process whose rate follows `curve` (piecewise linear; 0 outside it), by time
+    rescaling: unit-rate arrivals mapped through the inverse of the cumulative rate
+    Lambda(t) = integral of rate, which is exact between the curve's points (quadratic there)."""
+    t = np.asarray([p[0] for p in curve], dtype=float)
+    r = np.asarray([p[1] for p in curve], dtype=float)
+    end = t[-1] if duration_s is None else min(t[-1], duration_s)
+    cum = np.concatenate(([0.0], np.cumsum((r[1:] + r[:-1]) / 2 * np.diff(t))))
+    total = float(np.interp(end, t, cum)) if end < t[-1] else float(cum[-1])
+    target = np.cumsum(rng.exponential(1.0, size=max(int(total + 10 * math.sqrt(total) + 100), 1)))
+    target = target[target <= total]
+    if count is not None:
+        target = target[:count]
+    # invert Lambda on each segment: Lambda(t_i + u) = cum_i + r_i u + (r_{i+1} - r_i) u^2 / (2 dt_i)
+    i = np.clip(np.searchsorted(cum, target, side="right") - 1, 0, len(t) - 2)
+    dt = t[i + 1] - t[i]
+    a = (r[i + 1] - r[i]) / (2 * dt)
+    b = r[i]
+    c = cum[i] - target
+    with np.errstate(invalid="ignore", divide="ignore"):
+        disc = np.sqrt(np.maximum(b * b - 4 * a * c, 0.0))
+        u = np.where(np.abs(a) > 1e-12, (-b + disc) / (2 * a), -c / np.where(b > 0, b, 1.0))
+    return t[i] + np.clip(u, 0.0, dt)
+
+
 def _gaps(cfg: ArrivalConfig, count: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     if cfg.process == "constant":
         return np.full(count, 1.0 / rate)
@@ -208,6 +250,8 @@ def _gaps(cfg: ArrivalConfig, count: int, rate: float, rng: np.random.Generator)
 
 
 def _label(cfg: ArrivalConfig) -> str:
+    if cfg.curve:
+        return f"poisson, rate curve {min(r for _, r in cfg.curve):g}-{cfg.rate_rps:g} req/s over {cfg.curve[-1][0]:g} s"
     shape = f", burstiness {cfg.burstiness:g}" if cfg.process == "gamma" else ""
     return f"{cfg.process} {cfg.rate_rps:g} req/s{shape}"
 
