@@ -29,6 +29,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_fleet.routing,
     charts_fleet.slo_classes,
     charts_fleet.autoscaling,
+    charts_fleet.disaggregation,
     charts_grid.heatmaps,
     charts_latency.cost_pareto,
     sections.plan_sensitivity,

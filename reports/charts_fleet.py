@@ -128,3 +128,44 @@ def autoscaling(data: ReportData) -> Section | None:
               f"{fmt(t[att.index(worst)])} s" + (" (new replicas were still provisioning)." if worst < 99 else "."))
         charts.append(Chart(fig2, r2))
     return Section("Autoscaling over the run", "", charts)
+
+
+def disaggregation(data: ReportData) -> Section | None:
+    """Co-located against prefill/decode layouts at equal GPU count (a `pd_layout` sweep), or one
+    disaggregated run's KV-transfer figures."""
+    df = data.configs
+    if df is not None and "pd_layout" in data.axes and "pd_layout" in df:
+        x_axis = data.load_axis if data.load_axis and data.load_axis in df else None
+        fig, fig2 = go.Figure(), go.Figure()
+        for i, (layout, g) in enumerate(df.groupby("pd_layout", sort=False)):
+            g = g.sort_values(x_axis) if x_axis else g
+            x = g[x_axis] if x_axis else [esc(layout)] * len(g)
+            color = PALETTE[i % len(PALETTE)]
+            for col, dash, what in (("p99_ttft_ms", "solid", "TTFT p99"), ("p99_tpot_ms", "dot", "TPOT p99")):
+                if col in g:
+                    target = fig if col.endswith("ttft_ms") else fig2
+                    target.add_trace(go.Scatter(x=x, y=g[col], mode="lines+markers", name=f"{esc(layout)} {what}",
+                                                line={"color": color, "dash": dash}))
+        x_title = "Offered load (requests/s)" if x_axis == "rate" else (x_axis or "layout")
+        style(fig, "Time to first token by layout (p99)", x_title, "TTFT p99 (ms)")
+        style(fig2, "Time per output token by layout (p99)", x_title, "TPOT p99 (ms)")
+        by = df.groupby("pd_layout")
+        ttft, tpot = by["p99_ttft_ms"].mean(), by["p99_tpot_ms"].mean()
+        r1 = (f"{esc(ttft.idxmin())} gives the lowest TTFT p99 ({fmt(float(ttft.min()))} ms averaged over the loads), "
+              f"{esc(ttft.idxmax())} the highest ({fmt(float(ttft.max()))} ms).")
+        r2 = (f"{esc(tpot.idxmin())} gives the steadiest decoding (TPOT p99 {fmt(float(tpot.min()))} ms), "
+              f"{esc(tpot.idxmax())} the least steady ({fmt(float(tpot.max()))} ms): prefills no longer interrupt decodes "
+              "on a decode-only replica.")
+        intro = ("<p>Layouts at equal GPU count: <code>NC</code> is N co-located replicas, <code>xPyD</code> x prefill "
+                 "and y decode replicas with each prompt's KV cache moved between them.  Disaggregation trades "
+                 "TTFT (a prefill queue and a transfer) for steady TPOT.</p>")
+        return Section("Prefill/decode disaggregation", intro, [Chart(fig, r1), Chart(fig2, r2)])
+    s = data.summary
+    if s and s.get("num_disaggregated"):
+        rows = pd.DataFrame([{"prefill replicas": s.get("prefill_replicas"), "decode replicas": s.get("decode_replicas"),
+                              "prefill GPU": s.get("prefill_gpu"), "link": s.get("kv_link"),
+                              "requests disaggregated": s.get("num_disaggregated"),
+                              "KV transfer mean (ms)": s.get("mean_kv_transfer_ms"),
+                              "KV transfer p99 (ms)": s.get("p99_kv_transfer_ms")}])
+        return Section("Prefill/decode disaggregation", "", [], [table_html(rows, caption="KV transfers")])
+    return None

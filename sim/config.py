@@ -17,6 +17,7 @@ import yaml
 
 from sim.admission import AdmissionConfig
 from sim.autoscaler import AutoscalingConfig
+from sim.disaggregation import DisaggregationConfig
 from sim.errors import ScenarioError
 from sim.schema import Ctx, build, positive
 from sim.workload import WorkloadConfig
@@ -51,6 +52,8 @@ class EngineConfig:
     router_scrape_interval_s: float = 0.0       # router sees KV usage / queue length scraped this often (0: live)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # gateway: token bucket / queue length (sim.admission)
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)  # replicas over time (sim.autoscaler)
+    disaggregation: DisaggregationConfig = field(default_factory=DisaggregationConfig)  # P/D pools (sim.disaggregation)
+    pd_layout: str | None = None                # "4C" = 4 co-located replicas, "1P3D" = 1 prefill + 3 decode (sets both)
     allocator: Allocator = "paged"              # contiguous-*: reservation baselines (vLLM paper, Fig. 2)
     num_gpu_blocks_override: int | None = None  # --num-gpu-blocks-override
 
@@ -241,6 +244,22 @@ def v0_engine_defaults(engine: EngineConfig, raw_engine: Any, ctx: Ctx, max_mode
     return replace(engine, enable_prefix_caching=False, enable_chunked_prefill=chunked, async_scheduling=False)
 
 
+def apply_pd_layout(engine: EngineConfig, ctx: Ctx) -> EngineConfig:
+    """`pd_layout: NC` (N co-located replicas) or `xPyD` (x prefill + y decode replicas)."""
+    import re
+    text = str(engine.pd_layout).strip().upper()
+    m = re.fullmatch(r"(\d+)C", text)
+    if m and int(m.group(1)) > 0:
+        return replace(engine, num_replicas=int(m.group(1)),
+                       disaggregation=replace(engine.disaggregation, prefill_replicas=0))
+    m = re.fullmatch(r"(\d+)P(\d+)D", text)
+    if m and int(m.group(1)) > 0 and int(m.group(2)) > 0:
+        return replace(engine, num_replicas=int(m.group(2)),
+                       disaggregation=replace(engine.disaggregation, prefill_replicas=int(m.group(1))))
+    raise ctx.error("expected NC (N co-located replicas) or xPyD (x prefill + y decode replicas), e.g. 4C or 1P3D",
+                    engine.pd_layout)
+
+
 def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
     from sim.models import load_model
 
@@ -271,6 +290,14 @@ def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
     if mbt is not None and not engine.enable_chunked_prefill and mbt < max_len:
         raise ctx.at("engine.max_num_batched_tokens").error(
             f"must be >= max_model_len ({max_len}) when chunked prefill is disabled (vLLM refuses this)", mbt)
+    if engine.pd_layout is not None:
+        engine = apply_pd_layout(engine, ctx.at("engine.pd_layout"))
+    if engine.disaggregation.enabled:
+        if engine.scheduler != "vllm-v1" or engine.allocator != "paged":
+            raise ctx.at("engine.disaggregation").error(
+                "prefill/decode disaggregation runs with scheduler: vllm-v1 and the paged allocator")
+        if workload.n != 1:
+            raise ctx.at("workload.n").error("parallel sampling is not simulated with disaggregation", workload.n)
     if engine.allocator != "paged":
         raw_engine = raw.get("engine")
         given: dict[str, Any] = raw_engine if isinstance(raw_engine, dict) else {}

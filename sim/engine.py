@@ -22,6 +22,7 @@ from sim import quiet
 from sim.admission import Admission
 from sim.autoscaler import Autoscaler
 from sim.batch import StepBatch
+from sim.disaggregation import PrefillPoolSetup, goes_to_prefill_pool, transfer_time_s
 from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.replica import Replica
@@ -43,7 +44,8 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
                     route: Callable[[list[Replica], Request], Replica], recorder: Recorder,
                     slots: simpy.Resource | None, nxt: NextArrival,
                     slot_tokens: list[Any] | None = None, admission: Admission | None = None,
-                    on_request_done: Callable[[int], None] | None = None) -> Generator[Any, Any, None]:
+                    on_request_done: Callable[[int], None] | None = None,
+                    prefill: PrefillPool | None = None) -> Generator[Any, Any, None]:
     """Send each request at its arrival time (or when a closed-loop slot frees) to a replica,
     unless the gateway's admission control rejects it."""
     arrival = table.arrival_s
@@ -79,9 +81,49 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             children.append(Request(rid, env.now, int(prompt[row]), int(output[row]), segs,
                                     content_key=row, parent_id=row, priority=prio))
         rep = route(replicas, children[0])
+        if prefill is not None and goes_to_prefill_pool(prefill.setup.cfg, int(prompt[row])):
+            prefill.send(children[0], rep)
+            continue
         for req in children:
             rep.add_request(req)
     nxt.s = float("inf")
+
+
+class PrefillPool:
+    """P/D disaggregation at run time (sim.disaggregation): the prefill leg of each request on a
+    prefill replica, the KV transfer into the decode replica chosen at arrival (one transfer at a
+    time per decode replica), then the decode leg."""
+
+    def __init__(self, env: simpy.Environment, setup: PrefillPoolSetup, decode: list[Replica]):
+        self.env = env
+        self.setup = setup
+        self.links = [simpy.Resource(env, capacity=1) for _ in decode]
+        self.legs: dict[int, tuple[Request, Replica]] = {}      # req_id -> (decode leg, its replica)
+        self.transfer_s: list[float] = []
+        for rep in setup.replicas:
+            rep.handoff = self.handoff
+
+    def send(self, req: Request, decode_rep: Replica) -> None:
+        decode_rep.outstanding_tokens += req.num_prompt_tokens + req.max_tokens
+        self.legs[req.req_id] = (req, decode_rep)
+        p_leg = Request(req.req_id, req.arrival_s, req.num_prompt_tokens, 1, req.segments,
+                        content_key=req.content_key, parent_id=req.parent_id, priority=req.priority)
+        self.setup.route(self.setup.replicas, p_leg).add_request(p_leg)
+
+    def handoff(self, p_leg: Request, now_s: float) -> None:
+        self.env.process(self._transfer(p_leg))
+
+    def _transfer(self, p_leg: Request) -> Generator[Any, Any, None]:
+        req, rep = self.legs.pop(p_leg.req_id)
+        t0 = self.env.now
+        with self.links[rep.index].request() as turn:
+            yield turn
+            yield self.env.timeout(transfer_time_s(self.setup.cfg, req.num_prompt_tokens,
+                                                   self.setup.kv_bytes_per_token_per_rank))
+        self.transfer_s.append(self.env.now - t0)
+        req.num_computed = req.num_prompt_tokens - 1      # the KV is here; the last prompt token is recomputed
+        req.prefix_hit_tokens = max(p_leg.prefix_hit_tokens, 0)
+        rep.add_request(req, counted=True)
 
 
 def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
@@ -155,10 +197,14 @@ def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float,
            on_request_done: Callable[[int], None]) -> None:
     now = env.now
     outcome = rep.scheduler.update_from_output(batch, now)
+    if rep.handoff is not None:          # a prefill replica: its one token is not the client's
+        outcome.first_tokens = []
     recorder.on_tokens(now, dt, outcome)
     for req in outcome.finished:
         rep.on_finished(req)
-        if recorder.on_finish(now, req):
+        if rep.handoff is not None:
+            rep.handoff(req, now)
+        elif recorder.on_finish(now, req):
             on_request_done(req.parent_id)
     recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), rep.scheduler.num_running,
                      rep.num_waiting_seen, kv_state, rep.kv_state()[0] if outcome.finished else None)
@@ -186,7 +232,8 @@ def scrape_process(env: simpy.Environment, interval_s: float, scrape: Callable[[
 def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list[Replica], Request], Replica],
              recorder: Recorder, max_sim_time_s: float | None = None, quiet_stretches: bool = True,
              scrape_interval_s: float = 0.0, scrape: Callable[[], None] | None = None,
-             admission: Admission | None = None, autoscaler: Autoscaler | None = None) -> float:
+             admission: Admission | None = None, autoscaler: Autoscaler | None = None,
+             prefill: PrefillPoolSetup | None = None) -> float:
     """Run to completion (or `max_sim_time_s`); returns the simulated end time in seconds.
     `quiet_stretches=False` takes every step as its own event (the reference for tests).
     With `scrape` and a positive interval, a process calls it every `scrape_interval_s` (quiet
@@ -205,8 +252,9 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
             done.succeed()
 
     nxt = NextArrival()
+    pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
     env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens, admission,
-                                on_request_done))
+                                on_request_done, pool))
     scraping = scrape is not None and scrape_interval_s > 0
     if scraping:
         env.process(scrape_process(env, scrape_interval_s, scrape))  # type: ignore[arg-type]
@@ -215,9 +263,12 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     # a tick inside a quiet stretch would read KV usage from its end; queue length and arrivals
     # do not change inside one, so only KV-usage scaling needs every step as its own event
     quiet_ok = (quiet_stretches and not (slots is not None and len(replicas) > 1) and not scraping
-                and (autoscaler is None or autoscaler.cfg.metric != "kv_usage"))
+                and (autoscaler is None or autoscaler.cfg.metric != "kv_usage") and pool is None)
     for rep in replicas:
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
+    if prefill is not None:
+        for rep in prefill.replicas:
+            env.process(serve_replica(env, rep, recorder, on_request_done, None))
     if len(table) == 0:
         return 0.0
     until: Any = done
@@ -226,4 +277,6 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     env.run(until=until)
     if autoscaler is not None:
         autoscaler.finish(env.now)
+    if pool is not None:
+        recorder.kv_transfer_s = pool.transfer_s
     return float(env.now)

@@ -66,6 +66,7 @@ class Recorder:
         self.replica = np.full(m, -1, dtype=np.int64)
         self.children_left = np.zeros(m, dtype=np.int64)
         self.rejected = np.zeros(m, dtype=bool)          # turned away by admission control
+        self.kv_transfer_s: list[float] = []             # P/D: each prompt's KV transfer (queueing included)
         self.itl_gaps: list[float] = []
         self.itl_uniform: list[tuple[float, int]] = []   # (gap, how many tokens had exactly it)
         self.record_steps = record_steps

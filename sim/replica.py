@@ -6,6 +6,7 @@ idle (`wait_for_work`), which `add_request` triggers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import simpy
@@ -31,11 +32,14 @@ class Replica:
         # only between steps, so a step's num_waiting (SchedulerStats, made in update_from_output)
         # leaves out requests that arrived while it ran; pagesim adds them at once and subtracts these.
         self.num_unseen_arrivals = 0
+        self.handoff: Callable[[Request, float], None] | None = None   # P/D: a prefill replica hands requests on
         self._wakeup: simpy.Event | None = None
 
-    def add_request(self, req: Request) -> None:
+    def add_request(self, req: Request, counted: bool = False) -> None:
+        """`counted`: its tokens were already added to `outstanding_tokens` (P/D: at arrival)."""
         req.replica = self.index
-        self.outstanding_tokens += req.num_prompt_tokens + req.max_tokens
+        if not counted:
+            self.outstanding_tokens += req.num_prompt_tokens + req.max_tokens
         self.scheduler.add_request(req)
         self.num_unseen_arrivals += 1
         if self._wakeup is not None and not self._wakeup.triggered:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from sim.admission import Admission
-from sim.autoscaler import Autoscaler
+from sim.autoscaler import Autoscaler, AutoscalingConfig
 from sim.config import Scenario
 from sim.cost_model import StepCoster
 from sim.deployment import Deployment, build_deployment, build_replicas
+from sim.disaggregation import PrefillPoolSetup
 from sim.engine import simulate
 from sim.errors import ScenarioError
 from sim.metrics import Recorder
@@ -121,6 +122,25 @@ def _good_mask(ttft_s: np.ndarray, e2el_s: np.ndarray, out_tok: np.ndarray, slo:
     return meets(ttft_s, e2el_s, out_tok, slo.ttft_ms, slo.tpot_ms, slo.e2el_ms)
 
 
+def prefill_pool(sc: Scenario, num_decode: int) -> tuple[PrefillPoolSetup | None, float]:
+    """The prefill pool of a disaggregated deployment (its own GPU type if asked) and its price."""
+    pd = sc.engine.disaggregation
+    if not pd.enabled:
+        return None, 0.0
+    hw = sc.hardware
+    if pd.prefill_gpu is not None and pd.prefill_gpu != hw.gpu:
+        hw = replace(hw, gpu=pd.prefill_gpu, profile=None)      # a profile was measured on the decode GPU
+    p_sc = replace(sc, hardware=hw, engine=replace(sc.engine, num_replicas=pd.prefill_replicas,
+                                                   autoscaling=AutoscalingConfig()))
+    p_dep = build_deployment(p_sc)
+    reps = build_replicas(p_sc, p_dep)
+    for i, rep in enumerate(reps):
+        rep.index = num_decode + i             # step-table rows: decode replicas first, then prefill
+    router = Router(pd.prefill_router, len(reps), sc.engine.block_size, p_dep.capacity.num_gpu_blocks)
+    per_rank = sc.model.kv_bytes_per_token(sc.engine.kv_cache_dtype, sc.engine.tensor_parallel_size)
+    return PrefillPoolSetup(pd, reps, router.route, per_rank), p_dep.price_per_hour_usd
+
+
 def run_scenario(sc: Scenario, table: RequestTable | None = None,
                  step_times_s: Sequence[float] | None = None) -> RunResult:
     """`step_times_s`: price the k-th step at the k-th of these seconds instead of the profile (a
@@ -140,6 +160,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
         router.ready = scaler.ready
         if admission is not None:
             admission.ready = scaler.ready
+    prefill, p_price = prefill_pool(sc, len(replicas))
     rec = Recorder(len(table), sc.run.record_steps)
     if step_times_s is not None:
         if len(replicas) != 1 or dep.async_scheduling:
@@ -148,7 +169,8 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
         replicas[0].coster = cast(StepCoster, StepReplay(step_times_s, replicas[0].coster))
     end_s = simulate(table, replicas, router.route, rec, sc.run.max_sim_time_s,
                      scrape_interval_s=eng.router_scrape_interval_s, scrape=lambda: router.scrape(replicas),
-                     admission=admission, autoscaler=scaler, quiet_stretches=step_times_s is None)
+                     admission=admission, autoscaler=scaler, quiet_stretches=step_times_s is None,
+                     prefill=prefill)
     measured = np.ones(len(table), dtype=bool)
     measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:
@@ -174,6 +196,14 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
     classes = sc.workload.classes
     if classes and "slo_class" in table.extra:
         summary["classes"] = class_summary(rec, measured, sc.slo, classes, table.extra["slo_class"], summary["duration"])
+    if prefill is not None:
+        tr = np.asarray(rec.kv_transfer_s) * 1000.0
+        summary.update({"prefill_replicas": len(prefill.replicas), "decode_replicas": len(replicas),
+                        "prefill_gpu": prefill.cfg.prefill_gpu or dep.hardware.name, "kv_link": prefill.cfg.link,
+                        "num_disaggregated": int(tr.size),
+                        "mean_kv_transfer_ms": float(tr.mean()) if tr.size else 0.0,
+                        "p99_kv_transfer_ms": float(np.percentile(tr, 99)) if tr.size else 0.0})
+        summary["price_per_hour_usd"] = dep.price_per_hour_usd + p_price
     if summary.get("output_throughput"):
-        summary["usd_per_million_output_tokens"] = dep.price_per_hour_usd / 3600.0 / summary["output_throughput"] * 1e6
+        summary["usd_per_million_output_tokens"] = summary["price_per_hour_usd"] / 3600.0 / summary["output_throughput"] * 1e6
     return RunResult(summary, request_table(rec, measured), step_table(rec), dep, table)

@@ -50,6 +50,7 @@ AXES: dict[str, tuple[str, str]] = {
     "tensor_parallel_size": ("engine.tensor_parallel_size", "int"),
     "num_replicas": ("engine.num_replicas", "int"),
     "router": ("engine.router", "str"),
+    "pd_layout": ("engine.pd_layout", "str"),
     "router_scrape_interval_s": ("engine.router_scrape_interval_s", "number"),
     "rate": ("workload.arrival.rate", "rate"),
     "max_concurrency": ("workload.arrival.max_concurrency", "int"),
