@@ -1,5 +1,5 @@
 """Wall time and peak memory of the fleet benchmark (bench/fleet_1h_16x.yaml): 360,000 requests,
-16 replicas.  `python bench/bench_fleet.py [--requests N] [--profile]`."""
+16 replicas.  `python bench/bench_fleet.py [--requests N] [--router round-robin] [--profile]`."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=None, help="fewer requests than the hour's 360,000")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--router", default=None, help="engine.router (the scenario's: least-outstanding-tokens)")
     args = ap.parse_args()
     sets = [f"run.num_requests={args.requests}"] if args.requests else []
+    if args.router:
+        sets.append(f"engine.router={args.router}")
     t0 = time.perf_counter()
     sc = load_scenario(HERE / "fleet_1h_16x.yaml", sets)
     prof = cProfile.Profile() if args.profile else None

@@ -46,12 +46,14 @@ class _NoBlocks:
     nfree: int = 1 << 62
 
 
-def reservation_tokens(mode: str, final_len: int, max_model_len: int) -> int:
-    """Token slots reserved for a request whose prompt + output is `final_len` tokens."""
+def reservation_tokens(mode: str, final_len: int, max_model_len: int, capacity: int | None = None) -> int:
+    """Token slots reserved for a request whose prompt + output is `final_len` tokens (pow2: at most
+    `max_model_len` and the whole cache, so a request that fits the cache can always be placed)."""
     if mode == "contiguous-max":
         return max_model_len
     if mode == "contiguous-pow2":
-        return min(1 << max(final_len - 1, 0).bit_length(), max_model_len)
+        cap = max_model_len if capacity is None else min(max_model_len, capacity)
+        return min(1 << max(final_len - 1, 0).bit_length(), cap)
     if mode == "contiguous-oracle":
         return final_len
     raise ValueError(f"unknown contiguous allocator {mode!r}")
@@ -65,6 +67,9 @@ class ContiguousKVManager:
             raise ValueError(f"unknown contiguous allocator {mode!r}")
         self.mode = mode
         self.capacity = num_gpu_blocks * page_tokens     # token slots
+        if mode == "contiguous-max" and max_model_len > self.capacity:
+            raise ValueError(f"contiguous-max reserves max_model_len ({max_model_len}) tokens per request but the "
+                             f"KV cache holds {self.capacity}; lower engine.max_model_len")
         self.max_model_len = max_model_len
         self.block_size = 1                              # the scheduler's arithmetic is in tokens
         self.enable_caching = False
@@ -93,7 +98,7 @@ class ContiguousKVManager:
         if req.req_id in self.regions:
             return True
         final = req.num_prompt_tokens + req.max_tokens
-        size = reservation_tokens(self.mode, final, self.max_model_len)
+        size = reservation_tokens(self.mode, final, self.max_model_len, self.capacity)
         i = next((k for k, ln in enumerate(self.hole_lens) if ln >= size), -1)
         if i < 0:
             return False

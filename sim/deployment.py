@@ -131,7 +131,10 @@ def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
             kv = KVCacheManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching,
                                 dep.max_model_len, eng.watermark or 0.0)
         else:
-            kv = ContiguousKVManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.allocator, dep.max_model_len)
+            try:
+                kv = ContiguousKVManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.allocator, dep.max_model_len)
+            except ValueError as e:
+                raise ScenarioError(sc.path, "engine.allocator", str(e)) from None
         sched = SchedulerV1(dep.limits, kv)
         coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes,
                             dep.async_scheduling)

@@ -28,16 +28,50 @@ from sim.metrics import Recorder
 from sim.replica import Replica
 from sim.request import Request
 from sim.requests_table import RequestTable
+from sim.router import Router
 
 
 class NextArrival:
-    """When the next request reaches a replica (inf: none known); quiet stretches stop before it."""
+    """When the next request reaches a replica (inf: none known); quiet stretches stop before it.
 
-    __slots__ = ("s", "count")
+    When nothing but the router decides where a request goes (no admission control, autoscaler,
+    P/D pool or closed loop), `for_replica` can look past arrivals that cannot land on a replica,
+    so its quiet stretch runs on through them (exact: the router reads nothing a stretch changes):
+
+    * round robin: the replica each future arrival lands on is known in advance;
+    * least outstanding tokens: a replica whose (outstanding tokens, index) is beaten by c others'
+      cannot get any of the next c arrivals — the others' counts only fall (finishes) unless an
+      arrival lands on them, each arrival raises only one of them, and its own count stays put (a
+      stretch has no finishes) — so its horizon is the (c+1)-th arrival from now.
+
+    Otherwise every replica stops at the next arrival anywhere."""
+
+    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n")
 
     def __init__(self) -> None:
         self.s = float("inf")
         self.count = 0            # requests arrived so far (the autoscaler's request-rate metric)
+        self.row = 0              # table row of the next arrival
+        self.rr: Router | None = None
+        self.lot: list[Replica] | None = None
+        self.arrival: Any = None
+        self.n = 1
+
+    def for_replica(self, i: int) -> float:
+        if self.s == float("inf"):
+            return self.s
+        rr = self.rr
+        if rr is not None:
+            j = self.row + (i - rr.next_rr) % self.n
+            return float(self.arrival[j]) if j < self.arrival.shape[0] else float("inf")
+        lot = self.lot
+        if lot is not None:
+            mine = (lot[i].outstanding_tokens, i)
+            beaten_by = sum(1 for k, r in enumerate(lot) if k != i and (r.outstanding_tokens, k) < mine)
+            if beaten_by:
+                j = self.row + beaten_by
+                return float(self.arrival[j]) if j < self.arrival.shape[0] else float("inf")
+        return self.s
 
 
 def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
@@ -56,6 +90,7 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
     for row in range(len(table)):
         t = float(arrival[row])
         nxt.s = t
+        nxt.row = row
         if t > env.now:
             yield env.timeout(t - env.now)
         if slots is not None:
@@ -138,9 +173,10 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
     pending_dt = 0.0
     while True:
         if quiet_ok and sched.num_members > 1:
-            stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, nxt.s)  # type: ignore[union-attr]
+            horizon = nxt.for_replica(rep.index)  # type: ignore[union-attr]
+            stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, horizon)
                        if async_ and pending is not None else
-                       None if async_ else quiet.plan_sync(rep, env.now, nxt.s))  # type: ignore[union-attr]
+                       None if async_ else quiet.plan_sync(rep, env.now, horizon))
             if stretch is not None:
                 first = pending if async_ and pending is not None and pending.samplers else None
                 if first is not None:     # the step in flight hands new members their tokens: apply it for real
@@ -252,6 +288,14 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
             done.succeed()
 
     nxt = NextArrival()
+    router = getattr(route, "__self__", None)
+    if (isinstance(router, Router) and router.ready is None and len(replicas) > 1
+            and admission is None and autoscaler is None and prefill is None and slots is None):
+        nxt.arrival, nxt.n = table.arrival_s, len(replicas)
+        if router.policy == "round-robin":
+            nxt.rr = router
+        elif router.policy == "least-outstanding-tokens":
+            nxt.lot = replicas
     pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
     env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens, admission,
                                 on_request_done, pool))

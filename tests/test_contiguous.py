@@ -27,6 +27,14 @@ def test_reservation_sizes() -> None:
     assert reservation_tokens("contiguous-pow2", 512, 4096) == 512
     assert reservation_tokens("contiguous-pow2", 3000, 2048) == 2048      # never beyond max_model_len
     assert reservation_tokens("contiguous-oracle", 300, 4096) == 300
+    assert reservation_tokens("contiguous-pow2", 3000, 8192, capacity=3500) == 3500   # never beyond the cache
+
+
+def test_contiguous_max_longer_than_the_cache_is_refused_in_one_line() -> None:
+    with pytest.raises(ScenarioError) as e:
+        run_scenario(load_scenario(BASE, ["engine.allocator=contiguous-max", "engine.num_gpu_blocks_override=256",
+                                          "workload.lengths.input.high=300", "workload.lengths.output.high=100"]))
+    assert "engine.allocator" in str(e.value) and "max_model_len" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_first_fit_coalescing_and_external_fragmentation_by_hand() -> None:
