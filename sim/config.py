@@ -46,6 +46,7 @@ class EngineConfig:
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"   # --scheduling-policy (priority: workload.classes[].priority)
     async_scheduling: bool | None = None        # None: on for GPU hardware (vLLM 0.32 default), off for CPU
     tensor_parallel_size: int = 1               # --tensor-parallel-size
+    enable_expert_parallel: bool = False        # --enable-expert-parallel: MoE experts split whole across the TP group
     num_replicas: int = 1                       # data-parallel engine replicas behind a router
     router: Literal["round-robin", "least-outstanding-tokens", "least-kv-usage", "prefix-aware", "weighted"] = "round-robin"
     router_weights: dict[str, float] = field(default_factory=dict)  # weighted: scorer -> weight (sim.router)

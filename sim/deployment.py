@@ -93,7 +93,8 @@ def build_deployment(sc: Scenario) -> Deployment:
         sc.model, hw, block_size=eng.block_size, kv_cache_dtype=eng.kv_cache_dtype,
         gpu_memory_utilization=eng.gpu_memory_utilization, swap_space_gib=eng.swap_space,
         tensor_parallel_size=eng.tensor_parallel_size, max_num_batched_tokens=mbt, max_num_seqs=seqs,
-        num_gpu_blocks_override=eng.num_gpu_blocks_override, max_model_len=max_model_len, ctx=ctx)
+        num_gpu_blocks_override=eng.num_gpu_blocks_override, max_model_len=max_model_len, ctx=ctx,
+        enable_expert_parallel=eng.enable_expert_parallel)
     if eng.scheduler == "vllm-v0" or eng.allocator != "paged":
         capacity = replace(capacity, null_block=False)     # only vLLM v1's block pool reserves block 0
     if sc.hardware.constant_step_s is not None:
@@ -104,9 +105,11 @@ def build_deployment(sc: Scenario) -> Deployment:
         if profile.tensor_parallel_size != eng.tensor_parallel_size:
             raise ScenarioError(sc.path, "hardware.profile",
                                 f"profile was measured at TP={profile.tensor_parallel_size}, engine uses TP={eng.tensor_parallel_size}")
-        profile = complete_profile(profile, roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype))
+        profile = complete_profile(profile, roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype,
+                                                             expert_parallel=eng.enable_expert_parallel))
     else:
-        profile = roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype)
+        profile = roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype,
+                                   expert_parallel=eng.enable_expert_parallel)
     async_ = eng.async_scheduling if eng.async_scheduling is not None else eng.scheduler != "vllm-v0"
     limits = SchedulerLimits(
         max_num_seqs=seqs, max_num_batched_tokens=mbt, max_model_len=max_model_len,

@@ -10,7 +10,9 @@ vllm/v1/core/kv_cache_utils.py `get_kv_cache_config_from_groups`):
     num_gpu_blocks = available_kv // (page bytes per layer * num_layers)
 
 with page bytes per layer = 2 (K and V) * block_size * kv_heads_per_rank * head_dim * dtype bytes
-(vllm/v1/kv_cache_interface.py `AttentionSpec.page_size_bytes`; fp8 / int8 KV: 1 byte).
+(vllm/v1/kv_cache_interface.py `AttentionSpec.page_size_bytes`; fp8 / int8 KV: 1 byte); with
+multi-head latent attention (`MLAAttentionSpec`) block_size * (kv_lora_rank + qk_rope_head_dim) *
+dtype bytes, the same on every TP rank.
 `num_gpu_blocks` counts every block vLLM allocates; the block pool keeps block 0 as its null
 block (vllm/v1/core/block_pool.py), so `num_gpu_blocks - 1` blocks can hold tokens.  vLLM's
 start-up check (`_check_enough_kv_cache_memory`) plans against those usable blocks too.
@@ -103,6 +105,12 @@ def activation_peak_bytes(model: Any, tp: int, max_num_batched_tokens: int, max_
     h, d = model.hidden_size, model.head_size
     inter = model.intermediate_size // tp
     mlp = (3 if model.gated_mlp else 2) * inter                      # gate/up (or fc1) + activation out
+    if getattr(model, "num_experts", 0):
+        # fused_moe's workspaces for the T x k expert-token pairs: gate/up out (2N), activation out
+        # (N) and the per-pair down output (hidden) before the top-k sum (N = one rank's expert width)
+        n = model.moe_intermediate_size // tp
+        moe = model.num_experts_per_tok * (3 * n + h)
+        mlp = max(mlp if model.num_dense_layers else 0, moe)
     q, kv = model.num_attention_heads // tp * d, model.kv_heads_per_rank(tp) * d
     attn = (q + 2 * kv) + q                                          # qkv output + attention output
     layer = 2 * h + max(mlp, attn) + (h if tp > 1 else 0)            # + residual, input, all-reduce out
@@ -121,20 +129,27 @@ def _gib(num_bytes: float) -> str:
 def compute_kv_capacity(model: Any, hw: Any, *, block_size: int, kv_cache_dtype: str,
                         gpu_memory_utilization: float, swap_space_gib: float, tensor_parallel_size: int,
                         max_num_batched_tokens: int, max_num_seqs: int, num_gpu_blocks_override: int | None = None,
-                        max_model_len: int | None = None, ctx: Ctx | None = None) -> KVCapacity:
+                        max_model_len: int | None = None, ctx: Ctx | None = None,
+                        enable_expert_parallel: bool = False) -> KVCapacity:
     """KV blocks per GPU for this engine; ScenarioError (one line) when the model does not fit.
 
     `max_model_len` defaults to the model's; one request of that length must fit in the usable
     blocks, as vLLM checks at start-up.  `num_gpu_blocks_override` replaces the profiled count
     (vLLM's --num-gpu-blocks-override) and skips the memory checks, as vLLM does.
+    `enable_expert_parallel`: an MoE model's experts are split whole across the TP group.
     """
     ctx = ctx or Ctx("")
     file = ctx.file
     tp = tensor_parallel_size
     max_len = max_model_len or model.max_model_len
-    model.check_tensor_parallel(tp, Ctx(file, "engine.tensor_parallel_size"))
+    ep = enable_expert_parallel and getattr(model, "num_experts", 0) > 0
+    if ep:
+        model.check_tensor_parallel(tp, Ctx(file, "engine.tensor_parallel_size"), expert_parallel=True)
+        weights = model.weight_bytes(tp, expert_parallel=True)
+    else:
+        model.check_tensor_parallel(tp, Ctx(file, "engine.tensor_parallel_size"))
+        weights = model.weight_bytes(tp)
     block_bytes = model.kv_bytes_per_token(kv_cache_dtype, tp) * block_size
-    weights = model.weight_bytes(tp)
     act = activation_peak_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
     other = NON_TORCH_BYTES + (TP_COMM_BYTES if tp > 1 else 0) + CUDA_GRAPH_BYTES
     total = int(hw.memory_gib * GIB)
