@@ -90,7 +90,7 @@ def roofline_profile(model: Any, hw: Any, tp: int, kv_dtype: str, block_sizes: t
     decode: dict[int, AttnCoeffs] = {}
     prefill: dict[int, AttnCoeffs] = {}
     heads = max(1, model.num_attention_heads // tp)
-    pair_flops = 4.0 * heads * model.head_dim * layers
+    pair_flops = 4.0 * heads * model.head_size * layers   # head_size: head_dim or hidden / heads
     kv_token_s = kv_tok / bw
     if getattr(model, "kv_lora_rank", 0):
         pair_flops = 2.0 * heads * (model.qk_nope_head_dim + model.qk_rope_head_dim + model.v_head_dim) * layers
