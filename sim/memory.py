@@ -99,7 +99,8 @@ class KVCapacity:
         ]
 
 
-def activation_peak_bytes(model: Any, tp: int, max_num_batched_tokens: int, max_num_seqs: int) -> int:
+def activation_peak_bytes(model: Any, tp: int, max_num_batched_tokens: int, max_num_seqs: int,
+                          expert_parallel: bool = False) -> int:
     """Transient peak of vLLM's profile run (forward of the token budget, then the sampler), per GPU."""
     tokens, act = max_num_batched_tokens, model.activation_bytes
     h, d = model.hidden_size, model.head_size
@@ -108,7 +109,7 @@ def activation_peak_bytes(model: Any, tp: int, max_num_batched_tokens: int, max_
     if getattr(model, "num_experts", 0):
         # fused_moe's workspaces for the T x k expert-token pairs: gate/up out (2N), activation out
         # (N) and the per-pair down output (hidden) before the top-k sum (N = one rank's expert width)
-        n = model.moe_intermediate_size // tp
+        n = model.moe_intermediate_size // (1 if expert_parallel else tp)   # EP: whole experts
         moe = model.num_experts_per_tok * (3 * n + h)
         mlp = max(mlp if model.num_dense_layers else 0, moe)
     q, kv = model.num_attention_heads // tp * d, model.kv_heads_per_rank(tp) * d
@@ -150,7 +151,7 @@ def compute_kv_capacity(model: Any, hw: Any, *, block_size: int, kv_cache_dtype:
         model.check_tensor_parallel(tp, Ctx(file, "engine.tensor_parallel_size"))
         weights = model.weight_bytes(tp)
     block_bytes = model.kv_bytes_per_token(kv_cache_dtype, tp) * block_size
-    act = activation_peak_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
+    act = activation_peak_bytes(model, tp, max_num_batched_tokens, max_num_seqs, ep)
     other = NON_TORCH_BYTES + (TP_COMM_BYTES if tp > 1 else 0) + CUDA_GRAPH_BYTES
     total = int(hw.memory_gib * GIB)
     requested = math.ceil(total * gpu_memory_utilization)

@@ -14,7 +14,7 @@ import pytest
 from sim.config import load_scenario
 from sim.errors import ScenarioError
 from sim.hardware import PRESETS as GPUS
-from sim.memory import GIB, compute_kv_capacity
+from sim.memory import GIB, activation_peak_bytes, compute_kv_capacity
 from sim.models import PRESETS, ModelSpec, from_hf_config
 from sim.moe import (
     busiest_rank_experts,
@@ -115,6 +115,17 @@ def test_mixtral_active_parameters_hand_worked():
     layer = 41_943_040 + 2 * 176_160_768 + 32_768 + 8_192
     assert MIXTRAL.num_active_params == 32 * layer + 2 * 32_000 * 4096 + 4096
     assert MIXTRAL.num_params == MIXTRAL.num_active_params + 32 * 6 * 176_160_768
+
+
+def test_moe_activation_peak():
+    # Mixtral TP 2, one sequence of 8192 tokens: the forward dominates; no dense layer, so the MoE
+    # layer's live tensors: residual + input (2 x 4096) + fused_moe's k=2 pairs x (gate/up 2 x 7168 +
+    # act 7168 + down output 4096) + the all-reduce output (4096), bf16
+    layer = 2 * 4096 + 2 * (3 * 7168 + 4096) + 4096
+    assert activation_peak_bytes(MIXTRAL, 2, 8192, 1) == 8192 * layer * 2
+    # with EP every GPU computes whole experts: N = 14336
+    layer_ep = 2 * 4096 + 2 * (3 * 14336 + 4096) + 4096
+    assert activation_peak_bytes(MIXTRAL, 2, 8192, 1, expert_parallel=True) == 8192 * layer_ep * 2
 
 
 def test_expert_parallel_memory():
