@@ -38,7 +38,8 @@ def _resolve(data: ReportData) -> tuple[Any, Any, dict[str, Any]] | None:
         return None
     if not getattr(model, "num_experts", 0):
         return None
-    engine = sc.get("engine") if isinstance(sc.get("engine"), dict) else {}
+    raw_engine = sc.get("engine")
+    engine: dict[str, Any] = raw_engine if isinstance(raw_engine, dict) else {}
     return model, hw, engine
 
 
