@@ -257,5 +257,6 @@ def test_example_scenario_builds():
     assert sc.model.name == "deepseek-v3" and not sc.engine.enable_expert_parallel
     sc_ep = load_scenario(ROOT / "scenarios" / "moe-deepseek-v3-8xh200.yaml", ["engine.enable_expert_parallel=true"])
     assert sc_ep.engine.enable_expert_parallel
+    assert load_scenario(ROOT / "scenarios" / "moe-mixtral-8x7b-2xh100.yaml").model == MIXTRAL
     with pytest.raises(ScenarioError, match="enable_expert_parallel"):
         load_scenario(ROOT / "scenarios" / "moe-deepseek-v3-8xh200.yaml", ["engine.enable_expert_parallel=maybe"])
