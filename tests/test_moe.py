@@ -260,3 +260,15 @@ def test_example_scenario_builds():
     assert load_scenario(ROOT / "scenarios" / "moe-mixtral-8x7b-2xh100.yaml").model == MIXTRAL
     with pytest.raises(ScenarioError, match="enable_expert_parallel"):
         load_scenario(ROOT / "scenarios" / "moe-deepseek-v3-8xh200.yaml", ["engine.enable_expert_parallel=maybe"])
+
+
+def test_report_section_only_for_moe(tmp_path: Path):
+    from reports.charts_moe import moe
+    from reports.data import ReportData
+    engine = {"tensor_parallel_size": 8, "kv_cache_dtype": "fp8"}
+    sec = moe(ReportData(tmp_path, "run", "x", {"model": "deepseek-v3", "hardware": {"gpu": "H200"}, "engine": engine},
+                         summary={"num_gpu_blocks": 83_407}))
+    assert sec is not None and sec.title == "Mixture of experts"
+    assert "35,136" in sec.tables_html[0] and "312,320" in sec.tables_html[0]     # MLA vs ordinary K/V bytes
+    assert moe(ReportData(tmp_path, "run", "x", {"model": "llama-3-8b", "engine": engine})) is None
+    assert moe(ReportData(tmp_path, "run", "x", {"model": "no-such-model"})) is None
