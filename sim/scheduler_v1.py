@@ -473,7 +473,7 @@ class SchedulerV1:
             d = min(self._demand(r, thr), budget)
             if d <= 0:
                 continue
-            ok = kv.allocate_slots(r, d, num_lookahead_tokens=self.lookahead) if self.lookahead else kv.allocate_slots(r, d)
+            ok = self._allocate_lookahead(r, d) if self.lookahead else kv.allocate_slots(r, d)
             while not ok:
                 victim = self._preempt_last(batch)
                 if victim is r:
@@ -483,12 +483,20 @@ class SchedulerV1:
                         budget += dq
                         del out[j]
                         break
-                ok = kv.allocate_slots(r, d, num_lookahead_tokens=self.lookahead) if self.lookahead else kv.allocate_slots(r, d)
+                ok = self._allocate_lookahead(r, d) if self.lookahead else kv.allocate_slots(r, d)
             if not ok:
                 break
             out.append((r, d))
             budget -= d
         return out
+
+    def _allocate_lookahead(self, r: Request, n: int, hit_tokens: int = 0, hits: np.ndarray | None = None,
+                            full_sequence_must_fit: bool = False) -> bool:
+        """`allocate_slots` with the drafter's lookahead slots (spec decode: paged allocator only)."""
+        kv = self.kv
+        assert isinstance(kv, KVCacheManager)
+        return kv.allocate_slots(r, n, hit_tokens, hits, full_sequence_must_fit=full_sequence_must_fit,
+                                 has_scheduled_reqs=bool(self.running_map), num_lookahead_tokens=self.lookahead)
 
     def _admit_waiting(self, batch: StepBatch, budget: int, thr: int) -> list[tuple[Request, int]]:
         lim = self.limits
@@ -510,9 +518,7 @@ class SchedulerV1:
                 break
             n = min(n, budget)
             if self.lookahead:
-                ok = kv.allocate_slots(req, n, hit_tokens, hits, full_sequence_must_fit=lim.scheduler_reserve_full_isl,
-                                       has_scheduled_reqs=bool(self.running_map),
-                                       num_lookahead_tokens=self.lookahead)
+                ok = self._allocate_lookahead(req, n, hit_tokens, hits, lim.scheduler_reserve_full_isl)
             else:
                 ok = kv.allocate_slots(req, n, hit_tokens, hits, full_sequence_must_fit=lim.scheduler_reserve_full_isl,
                                        has_scheduled_reqs=bool(self.running_map))
@@ -626,7 +632,7 @@ class SchedulerV1:
 
     def _update_from_output_spec(self, batch: StepBatch, now_s: float) -> StepOutcome:
         """Spec decode (synchronous): each sampler's drafts are accepted or rejected
-        (`SpecDecoder.draw`), `num_computed` rolls back by the rejected ones, the request gets
+        (the `SpecDecoder`'s draws), `num_computed` rolls back by the rejected ones, the request gets
         accepted + 1 tokens (capped at max_tokens) as one chunk (one ITL gap, as
         `vllm bench serve` sees a streamed chunk), and k new drafts unless it finished."""
         spec = self.spec
@@ -639,16 +645,28 @@ class SchedulerV1:
         gaps: list[float] = []
         drafts = self.drafts
         k = spec.k
+        buf = spec.buf                         # accepted lengths of full k-drafts, drawn in chunks
+        pos = spec.pos
+        hist = spec.accepted_hist
         ntok = 0
         nver = 0
         nemit = 0
+        ndraft_tokens = 0
         for r, drafted in zip(batch.samplers, batch.spec_drafts, strict=True):
             if r.status is not Status.RUNNING:
                 continue
             acc = 0
             if drafted:
-                acc = spec.draw(drafted)
-                spec.observe(drafted, acc)
+                if pos >= len(buf):
+                    spec.refill()
+                    buf = spec.buf
+                    pos = 0
+                acc = buf[pos]
+                pos += 1
+                if acc > drafted:          # a draft cut short accepts a prefix of a full one
+                    acc = drafted
+                hist[acc] += 1
+                ndraft_tokens += drafted
                 if r.num_computed > 0:
                     r.num_computed -= drafted - acc
             emit = min(acc + 1, r.max_tokens - r.num_output)
@@ -666,6 +684,8 @@ class SchedulerV1:
                 self._finish(r, finished)
             else:
                 drafts[r.req_id] = k          # update_draft_token_ids: k drafts for the next step
+        spec.pos = pos
+        spec.num_draft_tokens += ndraft_tokens
         spec.end_step(nver, nemit)
         return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None, num_tokens=ntok)
 

@@ -154,31 +154,41 @@ class SpecDecoder:
         self.rng = rng
         self.buf: list[int] = []               # accepted lengths for a full k-token draft
         self.pos = 0
-        self.num_drafts = 0                    # vllm:spec_decode_num_drafts
         self.num_draft_tokens = 0              # vllm:spec_decode_num_draft_tokens
-        self.num_accepted_tokens = 0           # vllm:spec_decode_num_accepted_tokens
-        self.num_accepted_tokens_per_pos = [0] * self.k
+        self.accepted_hist = [0] * (self.k + 1)  # drafts by accepted length: the other counters derive from it
         self.num_emitted_tokens = 0            # tokens handed to clients by verified sequences
         self.step_seqs = array("q")            # per step with drafts: sequences verified
         self.step_emitted = array("q")         # per step with drafts: tokens they emitted
 
+    def refill(self) -> None:
+        ok = self.rng.random((DRAW_CHUNK, self.k)) < self.rates
+        self.buf = np.cumprod(ok, axis=1).sum(axis=1).tolist()
+        self.pos = 0
+
     def draw(self, num_drafted: int) -> int:
         """Accepted drafts out of `num_drafted` (a prefix of a k-draft: min(accepted of k, n))."""
         if self.pos >= len(self.buf):
-            ok = self.rng.random((DRAW_CHUNK, self.k)) < self.rates
-            self.buf = np.cumprod(ok, axis=1).sum(axis=1).tolist()
-            self.pos = 0
+            self.refill()
         a: int = self.buf[self.pos]
         self.pos += 1
         return a if a < num_drafted else num_drafted
 
     def observe(self, num_drafted: int, num_accepted: int) -> None:
-        self.num_drafts += 1
+        self.accepted_hist[num_accepted] += 1
         self.num_draft_tokens += num_drafted
-        self.num_accepted_tokens += num_accepted
-        pp = self.num_accepted_tokens_per_pos
-        for i in range(num_accepted):
-            pp[i] += 1
+
+    @property
+    def num_drafts(self) -> int:                                 # vllm:spec_decode_num_drafts
+        return sum(self.accepted_hist)
+
+    @property
+    def num_accepted_tokens(self) -> int:                        # vllm:spec_decode_num_accepted_tokens
+        return sum(j * n for j, n in enumerate(self.accepted_hist))
+
+    @property
+    def num_accepted_tokens_per_pos(self) -> list[int]:          # ..._num_accepted_tokens_per_pos
+        h = self.accepted_hist
+        return [sum(h[i + 1:]) for i in range(self.k)]
 
     def end_step(self, num_seqs: int, num_emitted: int) -> None:
         if num_seqs:
