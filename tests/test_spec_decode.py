@@ -297,3 +297,16 @@ def test_bad_config_refused_in_one_line(bad, where):
 def test_async_scheduling_with_spec_decode_refused():
     with pytest.raises(ScenarioError, match="async_scheduling"):
         scenario(EAGLE, async_scheduling=True)
+
+
+def test_report_section_only_when_spec_decoding_is_used(tmp_path):
+    from reports.charts_spec import spec_decode
+    from reports.data import ReportData
+    on = run_scenario(scenario(EAGLE))
+    sec = spec_decode(ReportData(tmp_path, "run", "x", {"engine": {"speculative_config": EAGLE}},
+                                 summary=on.summary))
+    assert sec is not None and sec.title == "Speculative decoding" and len(sec.charts) == 2
+    # the acceptance-model line is 0.7^i
+    assert list(sec.charts[0].fig.data[1].y) == pytest.approx([0.7, 0.49, 0.343])
+    off = run_scenario(scenario(None))
+    assert spec_decode(ReportData(tmp_path, "run", "x", {}, summary=off.summary)) is None
