@@ -429,6 +429,9 @@ class SchedulerV1:
             if due:
                 kv.append_blocks(due)
         elif events is not None and sum(k for _, k in events) <= pool.nfree:
+            if la and all(k == 1 for _, k in events):
+                kv.append_blocks([r for r, _ in events])   # spec decode: one block each, in order (pop_few)
+                events = []
             for r, k in events:
                 if r.in_decode_set:
                     kv.append_blocks([r])
@@ -639,7 +642,9 @@ class SchedulerV1:
         assert spec is not None
         self.inflight.remove(batch)
         self.upd = batch.clock_after
+        prev_s = self.last_update_s        # a token then: its gap is the step's duration (counted, not kept)
         self.last_update_s = now_s
+        num_uniform = 0
         first: list[Request] = []
         finished: list[Request] = []
         gaps: list[float] = []
@@ -677,8 +682,11 @@ class SchedulerV1:
             if drafted:
                 nver += 1
                 nemit += emit
-            if r.last_token_s >= 0.0:
-                gaps.append(now_s - r.last_token_s)
+            last = r.last_token_s
+            if last == prev_s and last >= 0.0:
+                num_uniform += 1
+            elif last >= 0.0:
+                gaps.append(now_s - last)
             r.last_token_s = now_s
             if r.num_output >= r.max_tokens:
                 self._finish(r, finished)
@@ -687,7 +695,8 @@ class SchedulerV1:
         spec.pos = pos
         spec.num_draft_tokens += ndraft_tokens
         spec.end_step(nver, nemit)
-        return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None, num_tokens=ntok)
+        return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,
+                           num_uniform_gaps=num_uniform, num_tokens=ntok)
 
     def _finish(self, r: Request, finished: list[Request]) -> None:
         if r.in_decode_set:
