@@ -310,3 +310,24 @@ def test_report_section_only_when_spec_decoding_is_used(tmp_path):
     assert list(sec.charts[0].fig.data[1].y) == pytest.approx([0.7, 0.49, 0.343])
     off = run_scenario(scenario(None))
     assert spec_decode(ReportData(tmp_path, "run", "x", {}, summary=off.summary)) is None
+
+
+def test_rate_zero_step_by_step_costs_the_verification_and_the_proposer():
+    # one request alone, n-gram k = 2, every draft rejected: the same steps as without speculation,
+    # each decode step longer by linear(3) - linear(1) (3 query tokens instead of 1), two more KV
+    # tokens read, and 10 µs of n-gram CPU; the prefill step only by the proposer's 10 µs
+    from sim.deployment import build_deployment
+    one = {**BASE, "run": {"seed": 0, "num_requests": 1}}
+    ng = {"method": "ngram", "num_speculative_tokens": 2, "acceptance_rate": 0.0}
+    off = run_scenario(scenario_from_dict({**one, "engine": {"async_scheduling": False}}, "t.yaml"))
+    on = run_scenario(scenario_from_dict({**one, "engine": {"async_scheduling": False, "speculative_config": ng}}, "t.yaml"))
+    d_off, d_on = off.steps["duration_s"].to_numpy(), on.steps["duration_s"].to_numpy()
+    assert len(d_off) == len(d_on) == int(off.workload.output_tokens[0])
+    prof = build_deployment(scenario_from_dict(one, "t.yaml")).profile
+    a = prof.attention(prof.decode_attention, "auto", 16)
+    per_decode = prof.linear_s(3) - prof.linear_s(1) + 2 * a.s_per_kv_token + 10e-6
+    assert d_on[0] - d_off[0] == pytest.approx(10e-6, rel=1e-6)
+    np.testing.assert_allclose(d_on[1:-1] - d_off[1:-1], per_decode, rtol=1e-6)
+    # the last step drafts too (vLLM's proposer runs before it knows the request is done)
+    assert d_on[-1] - d_off[-1] == pytest.approx(per_decode, rel=1e-6)
+    assert on.summary["completed"] == 1 and on.summary["spec_decode_num_accepted_tokens"] == 0
