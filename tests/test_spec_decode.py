@@ -286,12 +286,28 @@ def test_drafter_memory_shrinks_the_kv_cache():
     ({"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.7, "acceptance_rates_per_pos": [1, 1, 1]},
      "speculative_config"),
     ({"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": 0.7, "k": 3}, "k"),
+    ({"method": "eagle", "num_speculative_tokens": 2,
+      "measured_acceptance": {"num_drafts": 100, "num_accepted_tokens_per_pos": [50, 60]}},
+     "measured_acceptance.num_accepted_tokens_per_pos[1]"),
+    ({"method": "eagle", "num_speculative_tokens": 3,
+      "measured_acceptance": {"num_drafts": 100, "num_accepted_tokens_per_pos": [50, 20]}},
+     "measured_acceptance.num_accepted_tokens_per_pos"),
 ])
 def test_bad_config_refused_in_one_line(bad, where):
     with pytest.raises(ScenarioError) as e:
         scenario(bad)
     msg = str(e.value)
     assert "\n" not in msg and "t.yaml" in msg and "engine.speculative_config" in msg and where in msg
+
+
+def test_measured_acceptance_reproduces_the_counters_it_came_from():
+    # counters of a (hypothetical) vLLM run: 10,000 drafts, positions 1..3 accepted 6,000 / 3,000 /
+    # 900 times -> conditional rates 0.6, 0.5, 0.3 -> mean acceptance length 1 + 0.6 + 0.3 + 0.09 = 1.99
+    m = {"method": "eagle", "num_speculative_tokens": 3,
+         "measured_acceptance": {"num_drafts": 10000, "num_accepted_tokens_per_pos": [6000, 3000, 900]}}
+    s = run_scenario(scenario(m)).summary
+    assert s["spec_decode_mean_acceptance_length"] == pytest.approx(1.99, abs=0.05)
+    assert s["spec_decode_per_pos_acceptance_rate"] == pytest.approx([0.6, 0.3, 0.09], abs=0.03)
 
 
 def test_async_scheduling_with_spec_decode_refused():
