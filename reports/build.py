@@ -21,6 +21,7 @@ from reports import (
     charts_validation,
     sections,
 )
+from reports.charts_spec import spec_decode
 from reports.data import ReportData, load
 from reports.html import Section, render_page
 from sim.results import atomic_write_text
@@ -39,6 +40,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_fleet.slo_classes,
     charts_fleet.autoscaling,
     charts_fleet.disaggregation,
+    spec_decode,
     charts_grid.heatmaps,
     charts_latency.cost_pareto,
     sections.plan_sensitivity,

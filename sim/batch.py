@@ -44,6 +44,10 @@ class StepBatch:
     stale_members: list[bool] = field(default_factory=list)  # v1: was that stale request a decode-set member
     num_members: int = 0              # v1: decode-set members scheduled (one token each)
     clock_after: int = 0              # v1: the scheduler's step clock after this step
+    num_spec_tokens: int = 0          # spec decode: draft tokens verified (decodes carry 1 + drafts tokens)
+    spec_drafts: list[int] = field(default_factory=list)  # spec decode: drafts scheduled per sampler (aligned)
+    num_draft_seqs: int = 0           # spec decode: sequences the proposer drafts for after this step
+    draft_ctx_tokens: int = 0         # spec decode: their context tokens (the drafter's attention reads)
 
     def add(self, req: Request, num_new_tokens: int) -> None:
         """Append a scheduled request, updating the shape totals."""
@@ -66,6 +70,13 @@ class StepBatch:
             self.num_prefill_seqs += 1
             self.prefill_pairs += num_new_tokens * (num_computed + (num_new_tokens + 1) / 2)
 
+    def add_spec_decode(self, num_new_tokens: int, num_computed: int) -> None:
+        """A decode verifying `num_new_tokens - 1` drafts: one sequence, 1 + drafts query tokens,
+        its KV read once up to the last draft (see sim.cost_model)."""
+        self.num_decode_tokens += 1
+        self.num_spec_tokens += num_new_tokens - 1
+        self.decode_ctx_tokens += num_computed + num_new_tokens
+
     def sampler_mask_at(self, i: int) -> bool:
         idx = self.sampler_idx
         if not idx.size:
@@ -84,7 +95,7 @@ class StepBatch:
 
     @property
     def num_tokens(self) -> int:
-        return self.num_prefill_tokens + self.num_decode_tokens
+        return self.num_prefill_tokens + self.num_decode_tokens + self.num_spec_tokens
 
     @property
     def is_empty(self) -> bool:

@@ -39,6 +39,8 @@ def print_summary(s: dict[str, Any], lines: list[str], wall_s: float) -> None:
         ("Mean queue delay (ms)", "mean_queue_delay_ms"), ("Preemptions", "num_preemptions"),
         ("KV cache usage, mean", "kv_cache_usage_mean"), ("Prefix cache hit rate", "prefix_cache_hit_rate"),
         ("KV internal fragmentation", "kv_internal_frag_frac"), ("KV cached-free", "kv_cached_free_frac"),
+        ("Spec decode mean acceptance length", "spec_decode_mean_acceptance_length"),
+        ("Spec decode draft acceptance rate", "spec_decode_acceptance_rate"),
         ("Engine steps", "num_steps"), ("Cost (USD/h)", "price_per_hour_usd"),
         ("USD per 1M output tokens", "usd_per_million_output_tokens"),
     ]

@@ -20,6 +20,7 @@ from sim.autoscaler import AutoscalingConfig
 from sim.disaggregation import DisaggregationConfig
 from sim.errors import ScenarioError
 from sim.schema import Ctx, build, positive
+from sim.spec_decode import SpeculativeConfig
 from sim.workload import WorkloadConfig
 
 Allocator = Literal["paged", "contiguous-max", "contiguous-pow2", "contiguous-oracle"]
@@ -57,6 +58,7 @@ class EngineConfig:
     pd_layout: str | None = None                # "4C" = 4 co-located replicas, "1P3D" = 1 prefill + 3 decode (sets both)
     allocator: Allocator = "paged"              # contiguous-*: reservation baselines (vLLM paper, Fig. 2)
     num_gpu_blocks_override: int | None = None  # --num-gpu-blocks-override
+    speculative_config: SpeculativeConfig | None = None  # --speculative-config (sim.spec_decode); None: off
 
     _aliases = {"block_size_tokens": "block_size"}
 
@@ -309,6 +311,13 @@ def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
             raise ctx.at("engine.enable_prefix_caching").error(
                 f"prefix caching needs the paged allocator (allocator is {engine.allocator})")
         engine = replace(engine, enable_prefix_caching=False)   # contiguous systems have no prefix cache
+    if engine.speculative_config is not None:
+        spec_ctx = ctx.at("engine.speculative_config")
+        if engine.scheduler != "vllm-v1" or engine.allocator != "paged" or engine.disaggregation.enabled:
+            raise spec_ctx.error("speculative decoding runs with scheduler: vllm-v1, the paged allocator and no disaggregation")
+        if engine.async_scheduling:
+            raise ctx.at("engine.async_scheduling").error(
+                "speculative decoding is simulated with synchronous scheduling only; set async_scheduling: false")
     name = str(raw.get("name") or Path(file).stem)
     return Scenario(name=name, path=file, model=model, hardware=hardware, engine=engine, workload=workload,
                     slo=slo, run=run, raw=raw, sweep=sweep)

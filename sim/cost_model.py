@@ -1,10 +1,16 @@
 """Step cost: pure functions from one step's batch shape and a cost profile to seconds.
 
     step_s = overhead + linear(T) + decode_attn(D, C) + prefill_attn(P, W) + allreduce(T)
-             + swap(blocks in/out) + copies(blocks)
+             + swap(blocks in/out) + copies(blocks) + proposer
 
 with T = tokens in the step, D = decode sequences, C = Σ context tokens they attend to,
 P = prefill (chunk) tokens, W = Σ q·(prefix + (q+1)/2) causal attention pairs.
+
+Speculative decoding (sim.spec_decode): a decode verifying k drafts brings 1 + k query tokens —
+T counts all of them (the linear layers and the all-reduce see every token) — while attention
+reads the sequence's KV once (the k + 1 queries share one pass of a FlashAttention-style
+kernel; C counts the context up to the last draft), so D still counts sequences.  `proposer`
+is k forward passes of the drafter over the sequences that sampled (or n-gram CPU time).
 
 * linear(T): all weight GEMMs of all layers and the LM head for T tokens — a piecewise-linear
   table over T (roofline: max(FLOPs / (peak·eff), weight bytes / (HBM bw·eff)) per point;
@@ -33,6 +39,7 @@ from typing import Any
 
 from sim.batch import StepBatch
 from sim.errors import ScenarioError
+from sim.spec_decode import ProposerCost, proposer_time_s
 
 SCHEMA = "pagesim-profile/1"
 
@@ -101,19 +108,27 @@ class StepCoster:
     kv_dtype: str
     kv_bytes_per_block: int
     async_scheduling: bool = False
+    proposer: ProposerCost | None = None        # speculative decoding's drafter (None: off)
 
     def step_time_s(self, batch: StepBatch) -> float:
+        pc = self.proposer
+        if pc is None:
+            return step_time_s(self, batch.num_prefill_tokens, batch.num_decode_tokens, batch.decode_ctx_tokens,
+                               batch.prefill_pairs, batch.swap_in_blocks + batch.swap_out_blocks, batch.copy_blocks)
         return step_time_s(self, batch.num_prefill_tokens, batch.num_decode_tokens, batch.decode_ctx_tokens,
-                           batch.prefill_pairs, batch.swap_in_blocks + batch.swap_out_blocks, batch.copy_blocks)
+                           batch.prefill_pairs, batch.swap_in_blocks + batch.swap_out_blocks, batch.copy_blocks,
+                           batch.num_spec_tokens, proposer_time_s(pc, batch.num_draft_seqs, batch.draft_ctx_tokens))
 
 
 def step_time_s(c: StepCoster, prefill_tokens: int, decode_seqs: int, decode_ctx_tokens: int,
-                prefill_pairs: float, swap_blocks: int = 0, copy_blocks: int = 0) -> float:
-    """Seconds one engine step takes (see the module docstring for every term)."""
+                prefill_pairs: float, swap_blocks: int = 0, copy_blocks: int = 0,
+                spec_tokens: int = 0, proposer_s: float = 0.0) -> float:
+    """Seconds one engine step takes (see the module docstring for every term).
+    `spec_tokens`: draft tokens verified (beyond one token per decode); `proposer_s`: the drafter."""
     p = c.profile
     if p.kind == "constant":
         return p.constant_step_s
-    tokens = prefill_tokens + decode_seqs
+    tokens = prefill_tokens + decode_seqs + spec_tokens
     gpu = 0.0
     if tokens:
         gpu += p.linear_s(tokens)
@@ -129,6 +144,7 @@ def step_time_s(c: StepCoster, prefill_tokens: int, decode_seqs: int, decode_ctx
         gpu += swap_blocks * (p.swap_s_per_block_copy + p.swap_s_per_byte * c.kv_bytes_per_block)
     if copy_blocks:
         gpu += copy_blocks * p.copy_s_per_block
+    gpu += proposer_s
     # Async scheduling overlaps the CPU work of step k+1 with the GPU work of step k.
     if c.async_scheduling:
         return max(gpu, p.step_overhead_s)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from sim.block_manager_v0 import BlockManagerV0
 from sim.config import Scenario
 from sim.contiguous import ContiguousKVManager
@@ -27,6 +29,7 @@ from sim.roofline import roofline_profile
 from sim.scheduler_v0 import SchedulerV0
 from sim.scheduler_v1 import SchedulerLimits, SchedulerV1
 from sim.schema import Ctx
+from sim.spec_decode import SPEC_RNG_STREAM, SpecDecoder, capacity_with_drafter, proposer_cost
 
 GIB = 1 << 30
 
@@ -95,6 +98,9 @@ def build_deployment(sc: Scenario) -> Deployment:
         tensor_parallel_size=eng.tensor_parallel_size, max_num_batched_tokens=mbt, max_num_seqs=seqs,
         num_gpu_blocks_override=eng.num_gpu_blocks_override, max_model_len=max_model_len, ctx=ctx,
         enable_expert_parallel=eng.enable_expert_parallel)
+    if eng.speculative_config is not None:      # the drafter's weights and KV share the GPU
+        capacity = capacity_with_drafter(capacity, eng.speculative_config, sc.model, eng.tensor_parallel_size,
+                                         eng.kv_cache_dtype, eng.num_gpu_blocks_override is not None)
     if eng.scheduler == "vllm-v0" or eng.allocator != "paged":
         capacity = replace(capacity, null_block=False)     # only vLLM v1's block pool reserves block 0
     if sc.hardware.constant_step_s is not None:
@@ -110,7 +116,8 @@ def build_deployment(sc: Scenario) -> Deployment:
     else:
         profile = roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype,
                                    expert_parallel=eng.enable_expert_parallel)
-    async_ = eng.async_scheduling if eng.async_scheduling is not None else eng.scheduler != "vllm-v0"
+    async_ = (eng.async_scheduling if eng.async_scheduling is not None
+              else eng.scheduler != "vllm-v0" and eng.speculative_config is None)   # spec decode: sync only
     limits = SchedulerLimits(
         max_num_seqs=seqs, max_num_batched_tokens=mbt, max_model_len=max_model_len,
         enable_chunked_prefill=eng.enable_chunked_prefill,
@@ -138,9 +145,11 @@ def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
                 kv = ContiguousKVManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.allocator, dep.max_model_len)
             except ValueError as e:
                 raise ScenarioError(sc.path, "engine.allocator", str(e)) from None
-        sched = SchedulerV1(dep.limits, kv)
+        spec = eng.speculative_config
+        sched = SchedulerV1(dep.limits, kv, spec=None if spec is None else
+                            SpecDecoder(spec, np.random.default_rng([sc.run.seed, SPEC_RNG_STREAM, i])))
         coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes,
-                            dep.async_scheduling)
+                            dep.async_scheduling, None if spec is None else proposer_cost(spec, sc, dep))
         reps.append(Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants))
     return reps
 

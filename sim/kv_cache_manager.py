@@ -50,6 +50,7 @@ class KVCacheManager:
         self.shared_content: set[int] = set()   # content keys of parallel-sampling prompts
         self.prefix_queries_tokens = 0    # vLLM PrefixCacheStats, first admissions only
         self.prefix_hits_tokens = 0
+        self.spec_slack_tokens = 0        # spec decode: slots a table may need past the sequence (drafts + lookahead)
 
     # ------------------------------------------------------------------ content
     def _num_public(self, req: Request) -> int:
@@ -64,7 +65,7 @@ class KVCacheManager:
 
     def _ensure_table(self, req: Request) -> np.ndarray:
         if req.blocks is None:
-            cap = cdiv(req.num_prompt_tokens + req.max_tokens, self.block_size) + 1
+            cap = cdiv(req.num_prompt_tokens + req.max_tokens + self.spec_slack_tokens, self.block_size) + 1
             req.blocks = np.zeros(cap, dtype=np.int32)
         return req.blocks
 
@@ -112,8 +113,9 @@ class KVCacheManager:
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
                        hits: np.ndarray | None = None, full_sequence_must_fit: bool = False,
-                       has_scheduled_reqs: bool = True) -> bool:
-        """Give `req` slots for `num_new_tokens` more tokens (after adopting the `hits` blocks).
+                       has_scheduled_reqs: bool = True, num_lookahead_tokens: int = 0) -> bool:
+        """Give `req` slots for `num_new_tokens` more tokens (after adopting the `hits` blocks),
+        plus `num_lookahead_tokens` (spec decode: the drafter's KV), as vLLM's `allocate_slots`.
         Returns False, changing nothing, when the pool cannot supply them."""
         pool = self.pool
         num_tokens = req.num_prompt_tokens + req.num_output
@@ -125,7 +127,7 @@ class KVCacheManager:
         if full_sequence_must_fit:
             if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), hits) + watermark > free:
                 return False
-        need_slot = min(total_computed + num_new_tokens, self.max_model_len)
+        need_slot = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
         if self._blocks_to_allocate(req, need_slot, hits) + watermark > free:
             return False
         table = self._ensure_table(req)

@@ -21,6 +21,7 @@ from sim.metrics import Recorder
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.schema import Ctx
+from sim.spec_decode import spec_summary
 from sim.summary import class_summary, meets, request_table, step_table, summarize
 from sim.workload import generate
 
@@ -190,6 +191,8 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
         "num_requests": len(table), "num_too_long": num_too_long, "on_too_long": sc.run.on_too_long,
     })
     summary.update(routing_summary(router, rec, measured))
+    if eng.speculative_config is not None:
+        summary.update(spec_summary([r.scheduler.spec for r in replicas]))
     summary["admission"] = eng.admission.policy
     if scaler is not None:
         summary.update(autoscaling_summary(scaler, rec, measured, sc, dep))

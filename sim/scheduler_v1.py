@@ -33,6 +33,16 @@ Python work only for requests where something happens.  A member that will not g
 token in a step leaves the set first; a step whose token budget does not cover everyone falls
 back to the literal running-list loop.  tests/test_scheduler_v1.py checks the result against a
 literal port step by step.
+
+Speculative decoding (`spec`, sim.spec_decode; synchronous scheduling only): nobody joins the
+decode set (a member's counters advance one token per step, a verifying request's by
+`accepted + 1`), so every running request is explicit and quiet stretches never start.  A
+request that sampled carries k drafts (`drafts`); it is scheduled for `1 + drafts` tokens (cut
+by the budget and max_model_len like any demand) with KV slots for `num_lookahead_tokens` more;
+`update_from_output` draws the accepted drafts, rolls `num_computed` back by the rejected ones
+(their blocks stay, as in vLLM) and hands the request `accepted + 1` tokens, at most what it
+still needs.  Followed: vLLM 0.32 `Scheduler.schedule` (num_tokens_with_spec,
+scheduled_spec_decode_tokens), `update_from_output` (num_rejected), `update_draft_token_ids`.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from sim.contiguous import ContiguousKVManager
 from sim.kv_cache_manager import KVCacheManager, cdiv
 from sim.kv_state import KVState
 from sim.request import Request, Status
+from sim.spec_decode import SpecDecoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +145,14 @@ class PriorityWaiting:
 class SchedulerV1:
     """Running list, waiting queue and the KV cache manager of one replica."""
 
-    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager | ContiguousKVManager, record_schedule: bool = False):
+    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager | ContiguousKVManager, record_schedule: bool = False,
+                 spec: SpecDecoder | None = None):
         self.limits = limits
+        self.spec = spec                         # speculative decoding (None: off)
+        self.lookahead = spec.num_lookahead_tokens if spec is not None else 0
+        self.drafts: dict[int, int] = {}         # req_id -> draft tokens it carries into the next step
+        if spec is not None and isinstance(kv, KVCacheManager):
+            kv.spec_slack_tokens = 2 * spec.k    # 1 + k verified from num_tokens - 1, + k lookahead
         self.kv = kv
         self.record_schedule = record_schedule
         self.running_map: dict[int, Request] = {}   # vLLM's running list: insertion order
@@ -331,30 +348,59 @@ class SchedulerV1:
             sched = [(r, 1) for r in self.running_map.values() if r.in_decode_set] + demands
             sched.sort(key=lambda e: e[0].admit_seq)
             batch.scheduled.extend(sched)
-        for r, d in demands:
-            batch.add_shape(d, r.num_computed)
+        if self.spec is None:
+            for r, d in demands:
+                batch.add_shape(d, r.num_computed)
+        else:
+            for r, d in demands:
+                if d > 1 and r.num_computed + 1 == r.num_prompt_tokens + r.num_output:
+                    batch.add_spec_decode(d, r.num_computed)
+                else:
+                    batch.add_shape(d, r.num_computed)
         if not batch.preempted:
             demands += self._admit_waiting(batch, budget, thr)
         # _update_after_schedule
         batch.num_members = dm
         self.clock = c + 1
         async_ = lim.async_scheduling
-        for r, d in demands:
-            r.num_computed += d
-            if r.num_computed >= r.num_prompt_tokens + r.num_output + r.ph:
-                batch.samplers.append(r)
-                if async_:
-                    r.ph += 1
-                self._join(r)
+        if self.spec is not None:
+            self._update_after_schedule_spec(batch, demands)
+        else:
+            for r, d in demands:
+                r.num_computed += d
+                if r.num_computed >= r.num_prompt_tokens + r.num_output + r.ph:
+                    batch.samplers.append(r)
+                    if async_:
+                        r.ph += 1
+                    self._join(r)
         batch.clock_after = self.clock
         self.inflight.append(batch)
         return batch
+
+    def _update_after_schedule_spec(self, batch: StepBatch, demands: list[tuple[Request, int]]) -> None:
+        """Spec decode: advance the scheduled requests; whoever reaches its sequence end samples,
+        with the drafts scheduled for it (vLLM: num_new + computed - num_tokens); its drafts are
+        used up (new ones arrive with the step's output)."""
+        drafts = self.drafts
+        ctx = 0
+        for r, d in demands:
+            r.num_computed += d
+            end = r.num_prompt_tokens + r.num_output
+            if r.num_computed >= end:
+                batch.samplers.append(r)
+                batch.spec_drafts.append(r.num_computed - end)
+                ctx += r.num_computed
+            drafts.pop(r.req_id, None)
+        batch.num_draft_seqs = len(batch.samplers)     # the proposer drafts for every sampler this step
+        batch.draft_ctx_tokens = ctx
 
     def _demand(self, r: Request, thr: int) -> int:
         lim = self.limits
         if lim.async_scheduling and r.ph > 0 and r.num_computed + 2 - r.ph >= r.num_prompt_tokens + r.max_tokens:
             return 0
         d = r.num_prompt_tokens + r.num_output + r.ph - r.num_computed
+        if self.spec is not None:
+            d += self.drafts.get(r.req_id, 0)
         if 0 < thr < d:
             d = thr
         return min(d, lim.max_model_len - 1 - r.num_computed)
@@ -365,7 +411,12 @@ class SchedulerV1:
         bs = kv.block_size
         c = self.clock
         due = [r for r, v in self.alloc_due.pop(c, ()) if r.version == v and r.in_decode_set]
-        needs = [(r, cdiv(r.num_computed + d, bs) - r.nblocks) for r, d in demands]
+        la = self.lookahead
+        if la:      # spec decode: slots for the drafter's lookahead too (vLLM allocate_slots)
+            mml = self.limits.max_model_len
+            needs = [(r, cdiv(min(r.num_computed + d + la, mml), bs) - r.nblocks) for r, d in demands]
+        else:
+            needs = [(r, cdiv(r.num_computed + d, bs) - r.nblocks) for r, d in demands]
         needs = [(r, k) for r, k in needs if k > 0]
         if needs:
             events = sorted([(r, 1) for r in due] + needs, key=lambda e: e[0].admit_seq)
@@ -378,6 +429,9 @@ class SchedulerV1:
             if due:
                 kv.append_blocks(due)
         elif events is not None and sum(k for _, k in events) <= pool.nfree:
+            if la and all(k == 1 for _, k in events):
+                kv.append_blocks([r for r, _ in events])   # spec decode: one block each, in order (pop_few)
+                events = []
             for r, k in events:
                 if r.in_decode_set:
                     kv.append_blocks([r])
@@ -422,7 +476,7 @@ class SchedulerV1:
             d = min(self._demand(r, thr), budget)
             if d <= 0:
                 continue
-            ok = kv.allocate_slots(r, d)
+            ok = self._allocate_lookahead(r, d) if self.lookahead else kv.allocate_slots(r, d)
             while not ok:
                 victim = self._preempt_last(batch)
                 if victim is r:
@@ -432,12 +486,20 @@ class SchedulerV1:
                         budget += dq
                         del out[j]
                         break
-                ok = kv.allocate_slots(r, d)
+                ok = self._allocate_lookahead(r, d) if self.lookahead else kv.allocate_slots(r, d)
             if not ok:
                 break
             out.append((r, d))
             budget -= d
         return out
+
+    def _allocate_lookahead(self, r: Request, n: int, hit_tokens: int = 0, hits: np.ndarray | None = None,
+                            full_sequence_must_fit: bool = False) -> bool:
+        """`allocate_slots` with the drafter's lookahead slots (spec decode: paged allocator only)."""
+        kv = self.kv
+        assert isinstance(kv, KVCacheManager)
+        return kv.allocate_slots(r, n, hit_tokens, hits, full_sequence_must_fit=full_sequence_must_fit,
+                                 has_scheduled_reqs=bool(self.running_map), num_lookahead_tokens=self.lookahead)
 
     def _admit_waiting(self, batch: StepBatch, budget: int, thr: int) -> list[tuple[Request, int]]:
         lim = self.limits
@@ -458,9 +520,12 @@ class SchedulerV1:
             if not lim.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
-            if not kv.allocate_slots(req, n, hit_tokens, hits,
-                                     full_sequence_must_fit=lim.scheduler_reserve_full_isl,
-                                     has_scheduled_reqs=bool(self.running_map)):
+            if self.lookahead:
+                ok = self._allocate_lookahead(req, n, hit_tokens, hits, lim.scheduler_reserve_full_isl)
+            else:
+                ok = kv.allocate_slots(req, n, hit_tokens, hits, full_sequence_must_fit=lim.scheduler_reserve_full_isl,
+                                       has_scheduled_reqs=bool(self.running_map))
+            if not ok:
                 break
             kv.record_prefix_stats(req, hit_tokens)
             waiting.popleft()
@@ -498,6 +563,8 @@ class SchedulerV1:
                 b.stale.append(r)
                 b.stale_members.append(counted)
         self.kv.free(r)
+        if self.spec is not None:
+            self.drafts.pop(r.req_id, None)      # vLLM clears spec_token_ids on preemption
         r.status = Status.PREEMPTED
         r.num_computed = 0
         r.ph = 0
@@ -511,6 +578,8 @@ class SchedulerV1:
     def update_from_output(self, batch: StepBatch, now_s: float = 0.0) -> StepOutcome:
         """Apply the tokens sampled by `batch`; finish requests that reached max_tokens.
         In async mode the engine calls this after the *next* step was scheduled."""
+        if self.spec is not None:
+            return self._update_from_output_spec(batch, now_s)
         self.inflight.remove(batch)
         self.upd = batch.clock_after
         self.last_update_s = now_s
@@ -563,6 +632,71 @@ class SchedulerV1:
         ntok = len(batch.samplers) + batch.num_members
         return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,
                            num_uniform_gaps=batch.num_members, num_tokens=ntok)
+
+    def _update_from_output_spec(self, batch: StepBatch, now_s: float) -> StepOutcome:
+        """Spec decode (synchronous): each sampler's drafts are accepted or rejected
+        (the `SpecDecoder`'s draws), `num_computed` rolls back by the rejected ones, the request gets
+        accepted + 1 tokens (capped at max_tokens) as one chunk (one ITL gap, as
+        `vllm bench serve` sees a streamed chunk), and k new drafts unless it finished."""
+        spec = self.spec
+        assert spec is not None
+        self.inflight.remove(batch)
+        self.upd = batch.clock_after
+        prev_s = self.last_update_s        # a token then: its gap is the step's duration (counted, not kept)
+        self.last_update_s = now_s
+        num_uniform = 0
+        first: list[Request] = []
+        finished: list[Request] = []
+        gaps: list[float] = []
+        drafts = self.drafts
+        k = spec.k
+        buf = spec.buf                         # accepted lengths of full k-drafts, drawn in chunks
+        pos = spec.pos
+        hist = spec.accepted_hist
+        ntok = 0
+        nver = 0
+        nemit = 0
+        ndraft_tokens = 0
+        for r, drafted in zip(batch.samplers, batch.spec_drafts, strict=True):
+            if r.status is not Status.RUNNING:
+                continue
+            acc = 0
+            if drafted:
+                if pos >= len(buf):
+                    spec.refill()
+                    buf = spec.buf
+                    pos = 0
+                acc = buf[pos]
+                pos += 1
+                if acc > drafted:          # a draft cut short accepts a prefix of a full one
+                    acc = drafted
+                hist[acc] += 1
+                ndraft_tokens += drafted
+                if r.num_computed > 0:
+                    r.num_computed -= drafted - acc
+            emit = min(acc + 1, r.max_tokens - r.num_output)
+            if r.num_output == 0:
+                first.append(r)
+            r.num_output += emit
+            ntok += emit
+            if drafted:
+                nver += 1
+                nemit += emit
+            last = r.last_token_s
+            if last == prev_s and last >= 0.0:
+                num_uniform += 1
+            elif last >= 0.0:
+                gaps.append(now_s - last)
+            r.last_token_s = now_s
+            if r.num_output >= r.max_tokens:
+                self._finish(r, finished)
+            else:
+                drafts[r.req_id] = k          # update_draft_token_ids: k drafts for the next step
+        spec.pos = pos
+        spec.num_draft_tokens += ndraft_tokens
+        spec.end_step(nver, nemit)
+        return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,
+                           num_uniform_gaps=num_uniform, num_tokens=ntok)
 
     def _finish(self, r: Request, finished: list[Request]) -> None:
         if r.in_decode_set:
