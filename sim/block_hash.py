@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from sim.request import Request
 
-
 _CHAINS: dict[tuple[tuple[tuple[int, int], ...], int], list[int]] = {}   # (segments, block size) -> hashes
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
 
