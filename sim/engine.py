@@ -111,8 +111,15 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
 
 def follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
               nxt: NextArrival) -> Generator[Any, Any, None]:
-    """A session's next turn: sent `think_s` after the previous turn finished (now)."""
+    """A session's next turn: sent `think_s` after the previous turn finished (now).  The send
+    time enters `nxt.later` at once, before this process first runs: a replica planning a quiet
+    stretch at this same instant must already see it."""
     heapq.heappush(nxt.later, env.now + think_s)
+    return _follow_up(env, row, think_s, send, nxt)
+
+
+def _follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
+               nxt: NextArrival) -> Generator[Any, Any, None]:
     yield env.timeout(think_s)
     heapq.heappop(nxt.later)
     send(row)

@@ -16,6 +16,8 @@ from sim.sessions import (
     SESSION_ID_BASE,
     SYSTEM_PROMPT_ID,
     SessionsConfig,
+    ThinkTimeConfig,
+    TurnsConfig,
     end_long_sessions,
     generate_sessions,
 )
@@ -209,3 +211,22 @@ def test_workload_has_session_columns(tmp_path: Path) -> None:
     opener = np.isfinite(t.arrival_s)
     assert opener.sum() == 2 and np.all(np.diff(t.arrival_s[opener]) >= 0)   # one timed opener per user, in time order
     assert t.extra["turn"].tolist() == [0, 1, 2] * (len(t) // 3)
+
+
+@pytest.mark.parametrize("async_, blocks, replicas", [(False, 4000, 1), (True, 4000, 1), (True, 400, 2)])
+def test_quiet_stretches_stop_at_decided_follow_ups(async_: bool, blocks: int, replicas: int) -> None:
+    # a follow-up's send time is known once its previous turn finishes; quiet stretches must end
+    # before it, so taking decode runs at once changes nothing against taking every step alone
+    from test_quiet import run
+    cfg = SessionsConfig(rate=3.0, turns=TurnsConfig("uniform", low=1, high=6),
+                         think_time_s=ThinkTimeConfig("exponential", mean=0.5), system_prompt_tokens=48)
+    rng = np.random.default_rng(5)
+    table = generate_sessions(cfg, LengthConfig("uniform", low=50, high=300), LengthConfig("uniform", low=5, high=60),
+                              LengthConfig("uniform", low=5, high=200), num_requests=150, duration_s=None, rng=rng,
+                              ctx=Ctx("test", "workload"))
+    a, end_a, _ = run(table, True, async_=async_, caching=True, blocks=blocks, replicas=replicas)
+    b, end_b, _ = run(table, False, async_=async_, caching=True, blocks=blocks, replicas=replicas)
+    assert end_a == end_b
+    for col in ("send_s", "first_token_s", "finish_s", "prefix_hit_tokens"):
+        assert np.array_equal(getattr(a, col), getattr(b, col)), col
+    assert np.isfinite(a.finish_s).all() and a.prefix_hit_tokens.sum() > 0
