@@ -12,7 +12,15 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from reports import charts_fleet, charts_grid, charts_kv, charts_latency, charts_validation, sections
+from reports import (
+    charts_fleet,
+    charts_grid,
+    charts_kv,
+    charts_latency,
+    charts_sessions,
+    charts_validation,
+    sections,
+)
 from reports.data import ReportData, load
 from reports.html import Section, render_page
 from sim.results import atomic_write_text
@@ -28,6 +36,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_kv.swap,
     charts_fleet.routing,
     charts_fleet.slo_classes,
+    charts_sessions.turns,
     charts_fleet.autoscaling,
     charts_fleet.disaggregation,
     charts_grid.heatmaps,

@@ -230,3 +230,17 @@ def test_quiet_stretches_stop_at_decided_follow_ups(async_: bool, blocks: int, r
     for col in ("send_s", "first_token_s", "finish_s", "prefix_hit_tokens"):
         assert np.array_equal(getattr(a, col), getattr(b, col)), col
     assert np.isfinite(a.finish_s).all() and a.prefix_hit_tokens.sum() > 0
+
+
+def test_report_section_only_with_sessions() -> None:
+    from reports.charts_sessions import turns
+    from reports.data import ReportData
+    assert turns(ReportData(Path("."), "run", "plain", summary={"median_ttft_ms": 20.0})) is None
+    s = {"num_sessions": 2, "num_turns": 5, "num_turns_sent": 5, "num_sessions_ended_at_max_model_len": 0,
+         "ttft_ms_by_turn": {"median": [40.0, 25.0, 30.0], "p99": [50.0, 35.0, 45.0], "count": [2, 2, 1]},
+         "prefix_cache_hit_rate_by_turn": [0.0, 0.8, 0.9]}
+    sec = turns(ReportData(Path("."), "run", "chat", summary=s))
+    assert sec is not None and sec.title == "Multi-turn sessions"
+    reading = sec.charts[0].reading
+    assert "from 40 ms on the first turn to 30 ms on turn 3" in reading and "80-90%" in reading
+    assert reading.endswith(".") and "1 conversations reached turn 3" in reading
