@@ -175,7 +175,10 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
                      admission=admission, autoscaler=scaler, quiet_stretches=step_times_s is None,
                      prefill=prefill)
     measured = np.ones(len(table), dtype=bool)
-    measured[: sc.run.warmup_requests] = False
+    if "session" in table.extra:      # rows are user by user: the first N *sent* are the warm-up
+        measured[np.argsort(rec.send_s, kind="stable")[: sc.run.warmup_requests]] = False
+    else:
+        measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:
         measured &= np.where(np.isnan(table.arrival_s), rec.send_s, table.arrival_s) >= sc.run.warmup_s
     summary = summarize(rec, measured, sc.slo, end_s)

@@ -244,3 +244,13 @@ def test_report_section_only_with_sessions() -> None:
     reading = sec.charts[0].reading
     assert "from 40 ms on the first turn to 30 ms on turn 3" in reading and "80-90%" in reading
     assert reading.endswith(".") and "1 conversations reached turn 3" in reading
+
+
+def test_warmup_counts_the_first_turns_sent(tmp_path: Path) -> None:
+    # rows are user by user; the warm-up is the first N turns in send order, not the first N rows
+    p = _scenario(tmp_path, "num_users: 3, turns: 4, think_time_s: 1.0, user_message: {dist: fixed, value: 20}",
+                  run="num_requests: 12, warmup_requests: 3")
+    df = run_scenario(load_scenario(p)).requests
+    first3 = df.sort_values("send_s", kind="stable").index[:3]
+    assert not df.loc[first3, "measured"].any() and df["measured"].sum() == 9
+    assert (df.loc[first3, "turn"] == 0).all()                  # the three users' openers go first
