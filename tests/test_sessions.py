@@ -254,3 +254,13 @@ def test_warmup_counts_the_first_turns_sent(tmp_path: Path) -> None:
     first3 = df.sort_values("send_s", kind="stable").index[:3]
     assert not df.loc[first3, "measured"].any() and df["measured"].sum() == 9
     assert (df.loc[first3, "turn"] == 0).all()                  # the three users' openers go first
+
+
+def test_run_ends_conversations_that_outgrow_max_model_len(tmp_path: Path) -> None:
+    # prompts 100, 157, 214, 271 (+37 answer): with max_model_len 300 each session keeps 3 turns
+    p = _scenario(tmp_path, "num_users: 2, turns: 4, num_sessions: 2, user_message: {dist: fixed, value: 20}",
+                  engine="max_model_len: 300", run="num_requests: 8")
+    r = run_scenario(load_scenario(p))
+    s = r.summary
+    assert s["num_sessions_ended_at_max_model_len"] == 2 and s["num_turns"] == 6 and s["completed"] == 6
+    assert s["ttft_ms_by_turn"]["count"] == [2, 2, 2]
