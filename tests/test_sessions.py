@@ -72,7 +72,8 @@ def test_next_turn_is_sent_exactly_think_time_after_the_previous_finishes(tmp_pa
         assert np.array_equal(send[1:], finish[:-1] + 2.5)         # closed loop: finish_j + T, exactly
 
 
-def test_prefix_hits_are_the_previous_context_in_full_blocks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("async_", [False, True])
+def test_prefix_hits_are_the_previous_context_in_full_blocks(tmp_path: Path, async_: bool) -> None:
     # block 16, first message 100, later messages 20, answers 37, no system prompt.  A turn of
     # prompt P and answer O caches floor((P + O - 1) / 16) full blocks (its last sampled token is
     # never fed back, as in vLLM); the next turn hits all of them:
@@ -81,6 +82,7 @@ def test_prefix_hits_are_the_previous_context_in_full_blocks(tmp_path: Path) -> 
     #   turn 2: P=157+37+20=214, hit 12*16 = 192; cached floor(250/16) = 15 blocks
     #   turn 3: P=214+57=271,    hit 15*16 = 240
     p = _scenario(tmp_path, "num_users: 3, turns: 4, think_time_s: 1.0, user_message: {dist: fixed, value: 20}")
+    p.write_text(p.read_text().replace("async_scheduling: false", f"async_scheduling: {str(async_).lower()}"))
     r = run_scenario(load_scenario(p))
     df = r.requests.sort_values(["session", "turn"])
     assert df["prompt_tokens"].tolist() == [100, 157, 214, 271] * 3
