@@ -49,6 +49,12 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
             seg_off -= segments[seg_idx][1]
             seg_idx += 1
         for _ in range(num_blocks - len(hashes)):
+            seg_id, seg_len = segments[seg_idx]
+            if seg_len - seg_off > block_size:          # the block lies inside one run: one piece
+                parent = hash((parent, (seg_id, seg_off, seg_off + block_size)))
+                seg_off += block_size
+                hashes.append(parent)
+                continue
             need = block_size
             pieces: list[tuple[int, int, int]] = []
             while need:
