@@ -18,6 +18,7 @@ from reports import (
     charts_kv,
     charts_latency,
     charts_moe,
+    charts_sessions,
     charts_validation,
     sections,
 )
@@ -38,6 +39,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_moe.moe,
     charts_fleet.routing,
     charts_fleet.slo_classes,
+    charts_sessions.turns,
     charts_fleet.autoscaling,
     charts_fleet.disaggregation,
     spec_decode,

@@ -19,30 +19,59 @@ from __future__ import annotations
 
 from sim.request import Request
 
+_CHAINS: dict[tuple[tuple[tuple[int, int], ...], int], list[int]] = {}   # (segments, block size) -> hashes
+_CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
+
 
 def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int) -> list[int]:
-    """Hashes of the full blocks that lie wholly inside the shared segments."""
+    """Hashes of the full blocks that lie wholly inside the shared segments.
+
+    A chain is a pure function of its segments, so chains are memoised, and a segment list whose
+    head (all but its last one or two runs: a session's previous turn, `sim.sessions`) was hashed
+    before resumes from that chain instead of rehashing the whole conversation."""
+    key = (segments, block_size)
+    hit = _CHAINS.get(key)
+    if hit is not None:
+        return hit
+    hashes: list[int] = []
+    for drop in (2, 1):
+        if len(segments) > drop:
+            head = _CHAINS.get((segments[:-drop], block_size))
+            if head is not None:
+                hashes = list(head)
+                break
     total = sum(length for _, length in segments)
     num_blocks = total // block_size
-    hashes: list[int] = []
-    if num_blocks == 0:
-        return hashes
-    parent = 0
-    seg_idx, seg_off = 0, 0          # current segment and offset inside it
-    for _ in range(num_blocks):
-        need = block_size
-        pieces: list[tuple[int, int, int]] = []
-        while need:
+    if num_blocks > len(hashes):
+        parent = hashes[-1] if hashes else 0
+        seg_idx, seg_off = 0, len(hashes) * block_size     # find the segment holding the resume point
+        while seg_off >= segments[seg_idx][1]:
+            seg_off -= segments[seg_idx][1]
+            seg_idx += 1
+        for _ in range(num_blocks - len(hashes)):
             seg_id, seg_len = segments[seg_idx]
-            take = min(need, seg_len - seg_off)
-            pieces.append((seg_id, seg_off, seg_off + take))
-            seg_off += take
-            need -= take
-            if seg_off == seg_len:
-                seg_idx += 1
-                seg_off = 0
-        parent = hash((parent, *pieces))
-        hashes.append(parent)
+            if seg_len - seg_off > block_size:          # the block lies inside one run: one piece
+                parent = hash((parent, (seg_id, seg_off, seg_off + block_size)))
+                seg_off += block_size
+                hashes.append(parent)
+                continue
+            need = block_size
+            pieces: list[tuple[int, int, int]] = []
+            while need:
+                seg_id, seg_len = segments[seg_idx]
+                take = min(need, seg_len - seg_off)
+                pieces.append((seg_id, seg_off, seg_off + take))
+                seg_off += take
+                need -= take
+                if seg_off == seg_len:
+                    seg_idx += 1
+                    seg_off = 0
+            parent = hash((parent, *pieces))
+            hashes.append(parent)
+    if len(segments) > 1:            # a lone segment (a system prompt, one trace block) is cheap to redo
+        if len(_CHAINS) >= _CHAINS_MAX:
+            del _CHAINS[next(iter(_CHAINS))]
+        _CHAINS[key] = hashes
     return hashes
 
 

@@ -134,7 +134,7 @@ class BlockPool:
                     self.num_stale -= 1
                 if self.num_cached_free and hash_of[b]:
                     if self.public[b]:
-                        self._evict(np.array([b], dtype=I32))
+                        self._evict_one(b)
                     else:
                         hash_of[b] = NO_HASH
                         self.num_cached_free -= 1
@@ -176,6 +176,19 @@ class BlockPool:
         self.hash_of[taken] = NO_HASH
         self.num_cached_free -= k
         self.num_evictions += k
+
+    def _evict_one(self, b: int) -> None:
+        """`_evict` for one public block, with scalar operations (a decode step's new block)."""
+        bh = int(self.hash_of[b])
+        entry = self.cached.pop(bh)
+        if isinstance(entry, dict):
+            del entry[b]
+            if entry:
+                self.cached[bh] = entry if len(entry) > 1 else next(iter(entry))
+        self.public[b] = False
+        self.hash_of[b] = NO_HASH
+        self.num_cached_free -= 1
+        self.num_evictions += 1
 
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""

@@ -13,6 +13,7 @@ per-token events: one SimPy timeout per engine step (plus one per arrival).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -29,6 +30,7 @@ from sim.replica import Replica
 from sim.request import Request
 from sim.requests_table import RequestTable
 from sim.router import Router
+from sim.sessions import follow_up_rows
 
 
 class NextArrival:
@@ -44,9 +46,10 @@ class NextArrival:
       arrival lands on them, each arrival raises only one of them, and its own count stays put (a
       stretch has no finishes) — so its horizon is the (c+1)-th arrival from now.
 
-    Otherwise every replica stops at the next arrival anywhere."""
+    Otherwise every replica stops at the next arrival anywhere.  Session follow-ups (`later`: the
+    send times already decided, a heap) count as arrivals too."""
 
-    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n")
+    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n", "later")
 
     def __init__(self) -> None:
         self.s = float("inf")
@@ -56,8 +59,11 @@ class NextArrival:
         self.lot: list[Replica] | None = None
         self.arrival: Any = None
         self.n = 1
+        self.later: list[float] = []
 
     def for_replica(self, i: int) -> float:
+        if self.later:
+            return min(self.s, self.later[0])
         if self.s == float("inf"):
             return self.s
         rr = self.rr
@@ -81,14 +87,14 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
                     on_request_done: Callable[[int], None] | None = None,
                     prefill: PrefillPool | None = None) -> Generator[Any, Any, None]:
     """Send each request at its arrival time (or when a closed-loop slot frees) to a replica,
-    unless the gateway's admission control rejects it."""
+    unless the gateway's admission control rejects it.  Rows without an arrival time are session
+    follow-ups, sent by `follow_up`."""
     arrival = table.arrival_s
-    priority = table.extra.get("priority")
-    prompt = table.prompt_tokens
-    output = table.output_tokens
-    next_id = len(table)
+    ids = [len(table)]
     for row in range(len(table)):
         t = float(arrival[row])
+        if t != t:
+            continue
         nxt.s = t
         nxt.row = row
         if t > env.now:
@@ -99,29 +105,55 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
                 nxt.s = float("inf")      # it arrives when a request of this replica set finishes
             yield token
             slot_tokens[row] = token  # type: ignore[index]
-        n = table.n_of(row)
-        recorder.on_send(row, env.now, int(prompt[row]), n)
-        nxt.count += 1
-        if admission is not None and not admission.admit(env.now, replicas):
-            recorder.on_reject(row)
-            on_request_done(row)  # type: ignore[misc]
-            continue
-        prio = 0 if priority is None else int(priority[row])
-        segs = table.segments_of(row)
-        children = []
-        for k in range(n):
-            rid = row if k == 0 else next_id
-            if k:
-                next_id += 1
-            children.append(Request(rid, env.now, int(prompt[row]), int(output[row]), segs,
-                                    content_key=row, parent_id=row, priority=prio))
-        rep = route(replicas, children[0])
-        if prefill is not None and goes_to_prefill_pool(prefill.setup.cfg, int(prompt[row])):
-            prefill.send(children[0], rep)
-            continue
-        for req in children:
-            rep.add_request(req)
+        _send(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, prefill)
     nxt.s = float("inf")
+
+
+def follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
+              nxt: NextArrival) -> Generator[Any, Any, None]:
+    """A session's next turn: sent `think_s` after the previous turn finished (now).  The send
+    time enters `nxt.later` at once, before this process first runs: a replica planning a quiet
+    stretch at this same instant must already see it."""
+    heapq.heappush(nxt.later, env.now + think_s)
+    return _follow_up(env, row, think_s, send, nxt)
+
+
+def _follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
+               nxt: NextArrival) -> Generator[Any, Any, None]:
+    yield env.timeout(think_s)
+    heapq.heappop(nxt.later)
+    send(row)
+
+
+def _send(env: simpy.Environment, table: RequestTable, row: int, replicas: list[Replica],
+          route: Callable[[list[Replica], Request], Replica], recorder: Recorder, nxt: NextArrival,
+          ids: list[int], admission: Admission | None, on_request_done: Callable[[int], None] | None,
+          prefill: PrefillPool | None) -> None:
+    """Hand row `row` (and its parallel samples, ids from `ids[0]` on) to a replica now."""
+    prompt = int(table.prompt_tokens[row])
+    n = table.n_of(row)
+    recorder.on_send(row, env.now, prompt, n)
+    nxt.count += 1
+    if admission is not None and not admission.admit(env.now, replicas):
+        recorder.on_reject(row)
+        on_request_done(row)  # type: ignore[misc]
+        return
+    priority = table.extra.get("priority")
+    prio = 0 if priority is None else int(priority[row])
+    segs = table.segments_of(row)
+    children = []
+    for k in range(n):
+        rid = row if k == 0 else ids[0]
+        if k:
+            ids[0] += 1
+        children.append(Request(rid, env.now, prompt, int(table.output_tokens[row]), segs,
+                                content_key=row, parent_id=row, priority=prio))
+    rep = route(replicas, children[0])
+    if prefill is not None and goes_to_prefill_pool(prefill.setup.cfg, prompt):
+        prefill.send(children[0], rep)
+        return
+    for req in children:
+        rep.add_request(req)
 
 
 class PrefillPool:
@@ -279,6 +311,14 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     slot_tokens: list[Any] = [None] * len(table) if slots is not None else []
     remaining = [len(table)]
     done = env.event()
+    nxt = NextArrival()
+    pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
+    follow = follow_up_rows(table) if "think_s" in table.extra else None   # multi-turn sessions
+    think_s = table.extra["think_s"] if follow is not None else None
+    ids = [len(table)]
+
+    def send(row: int) -> None:
+        _send(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool)
 
     def on_request_done(row: int) -> None:
         if slots is not None:
@@ -286,17 +326,17 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         remaining[0] -= 1
         if remaining[0] == 0 and not done.triggered:
             done.succeed()
+        if follow is not None and follow[row] >= 0:
+            env.process(follow_up(env, follow[row], float(think_s[follow[row]]), send, nxt))  # type: ignore[index]
 
-    nxt = NextArrival()
     router = getattr(route, "__self__", None)
-    if (isinstance(router, Router) and router.ready is None and len(replicas) > 1
+    if (isinstance(router, Router) and router.ready is None and len(replicas) > 1 and follow is None
             and admission is None and autoscaler is None and prefill is None and slots is None):
         nxt.arrival, nxt.n = table.arrival_s, len(replicas)
         if router.policy == "round-robin":
             nxt.rr = router
         elif router.policy == "least-outstanding-tokens":
             nxt.lot = replicas
-    pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
     env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens, admission,
                                 on_request_done, pool))
     scraping = scrape is not None and scrape_interval_s > 0

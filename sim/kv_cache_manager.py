@@ -79,8 +79,11 @@ class KVCacheManager:
         n_pub = min(self._num_public(req), max_blocks)
         lookup = self.pool.lookup
         hits: list[int] = []
+        shared = req.prefix_hashes
+        if shared is None or len(shared) < n_pub:
+            shared = [block_hash(req, i, bs) for i in range(n_pub)]
         for i in range(n_pub):
-            b = lookup(block_hash(req, i, bs))
+            b = lookup(shared[i])
             if b is None:
                 break
             hits.append(b)
@@ -176,8 +179,14 @@ class KVCacheManager:
             table = req.blocks
             assert table is not None
             bs = self.block_size
-            for i in range(start, min(full, n_pub)):
-                self.pool.cache_public(int(table[i]), block_hash(req, i, bs))
+            shared = req.prefix_hashes
+            end = min(full, n_pub)
+            if shared is not None and len(shared) >= end:     # the hashes computed up front
+                for i in range(start, end):
+                    self.pool.cache_public(int(table[i]), shared[i])
+            else:
+                for i in range(start, end):
+                    self.pool.cache_public(int(table[i]), block_hash(req, i, bs))
         req.num_cached_blocks = full
 
     def free(self, req: Request) -> None:

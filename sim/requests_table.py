@@ -8,6 +8,8 @@ Prompt content and prefix sharing: the first tokens of a prompt may be described
 runs of ``(segment_id, num_tokens)``.  Two prompts whose segment lists agree on their first k runs
 hold identical tokens over those runs (a shared system prompt, a Mooncake 512-token hash block, an
 earlier turn of the same conversation).  Tokens past the listed segments are unique to the request.
+Runs may reach past the prompt into the output: they then name the tokens the request will
+generate (a session turn's answer, which the next turn resends as prompt; `sim.sessions`).
 Segment ids are plain ints so block hashes never depend on Python's string-hash randomisation.
 """
 
@@ -23,9 +25,9 @@ Segments = tuple[tuple[int, int], ...]
 @dataclass(frozen=True)
 class RequestTable:
     """Requests sorted by arrival time.  Invariants (checked by `check()`):
-    arrays share one length; arrival_s is non-decreasing and finite unless closed-loop sends are
-    decided by the engine; prompt_tokens >= 1; output_tokens >= 1; n >= 1; segment lengths sum to at
-    most the prompt length."""
+    arrays share one length; arrival_s is non-decreasing over its non-NaN entries (NaN: a session
+    follow-up whose send the engine decides); prompt_tokens >= 1; output_tokens >= 1; n >= 1;
+    segment lengths sum to at most the prompt plus output length."""
 
     arrival_s: np.ndarray            # float64, seconds since the start of the run
     prompt_tokens: np.ndarray        # int64, prompt length in tokens
@@ -34,7 +36,7 @@ class RequestTable:
     segments: list[Segments] | None = None  # per request shared-content runs; None = all prompts unique
     max_concurrency: int | None = None      # closed loop: at most this many requests in flight (vllm bench --max-concurrency)
     source: str = "synthetic"               # provenance shown in reports ("azure-conv trace x0.5", ...)
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # optional columns (priority, session, turn)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # optional columns (priority; session, turn, user, think_s)
 
     def __len__(self) -> int:
         return int(self.arrival_s.shape[0])
@@ -51,7 +53,8 @@ class RequestTable:
         for name in ("prompt_tokens", "output_tokens"):
             if getattr(self, name).shape != (m,):
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected ({m},)")
-        if m and np.any(np.diff(self.arrival_s) < 0):
+        timed = self.arrival_s[~np.isnan(self.arrival_s)]     # NaN: a follow-up the engine sends (sim.sessions)
+        if timed.size and np.any(np.diff(timed) < 0):
             raise ValueError("arrival_s is not sorted")
         if m and (self.prompt_tokens.min() < 1 or self.output_tokens.min() < 1):
             raise ValueError("prompt_tokens and output_tokens must be >= 1")
@@ -61,5 +64,5 @@ class RequestTable:
             if len(self.segments) != m:
                 raise ValueError("segments must have one entry per request")
             for i, segs in enumerate(self.segments):
-                if sum(length for _, length in segs) > int(self.prompt_tokens[i]):
-                    raise ValueError(f"request {i}: segments are longer than its prompt")
+                if sum(length for _, length in segs) > int(self.prompt_tokens[i] + self.output_tokens[i]):
+                    raise ValueError(f"request {i}: segments are longer than its prompt and output")

@@ -21,8 +21,9 @@ from sim.metrics import Recorder
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.schema import Ctx
+from sim.sessions import end_long_sessions
 from sim.spec_decode import spec_summary
-from sim.summary import class_summary, meets, request_table, step_table, summarize
+from sim.summary import class_summary, meets, request_table, session_summary, step_table, summarize
 from sim.workload import generate
 
 
@@ -149,6 +150,8 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
     dep = build_deployment(sc)
     if table is None:
         table = make_workload(sc)
+    table, sessions_ended = end_long_sessions(   # a chat UI ends a conversation that no longer fits
+        table, min(dep.max_model_len, dep.capacity.num_usable_gpu_blocks * sc.engine.block_size))
     table, num_too_long = fit_lengths(sc, dep, table)
     check_fits(sc, dep, table)
     replicas = build_replicas(sc, dep)
@@ -173,9 +176,12 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
                      admission=admission, autoscaler=scaler, quiet_stretches=step_times_s is None,
                      prefill=prefill)
     measured = np.ones(len(table), dtype=bool)
-    measured[: sc.run.warmup_requests] = False
+    if "session" in table.extra:      # rows are user by user: the first N *sent* are the warm-up
+        measured[np.argsort(rec.send_s, kind="stable")[: sc.run.warmup_requests]] = False
+    else:
+        measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:
-        measured &= table.arrival_s >= sc.run.warmup_s
+        measured &= np.where(np.isnan(table.arrival_s), rec.send_s, table.arrival_s) >= sc.run.warmup_s
     summary = summarize(rec, measured, sc.slo, end_s)
     cap = dep.capacity
     summary.update({
@@ -207,6 +213,13 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
                         "mean_kv_transfer_ms": float(tr.mean()) if tr.size else 0.0,
                         "p99_kv_transfer_ms": float(np.percentile(tr, 99)) if tr.size else 0.0})
         summary["price_per_hour_usd"] = dep.price_per_hour_usd + p_price
+    if "session" in table.extra:
+        summary.update(session_summary(rec, measured, table.extra["session"], table.extra["turn"]))
+        summary["num_sessions_ended_at_max_model_len"] = sessions_ended
     if summary.get("output_throughput"):
         summary["usd_per_million_output_tokens"] = summary["price_per_hour_usd"] / 3600.0 / summary["output_throughput"] * 1e6
-    return RunResult(summary, request_table(rec, measured), step_table(rec), dep, table)
+    requests = request_table(rec, measured)
+    for col in ("session", "turn"):
+        if col in table.extra:
+            requests[col] = table.extra[col]
+    return RunResult(summary, requests, step_table(rec), dep, table)

@@ -95,6 +95,30 @@ def class_summary(rec: Recorder, measured: np.ndarray, slo: SLOConfig, classes: 
     return out
 
 
+def session_summary(rec: Recorder, measured: np.ndarray, session: np.ndarray, turn: np.ndarray) -> dict[str, Any]:
+    """Multi-turn sessions: counts, and per turn index (0-based) the TTFT median / p99 and the
+    prefix-cache hit rate (hit tokens / prompt tokens) over the measured turns that completed."""
+    done = measured & ~np.isnan(rec.finish_s)
+    ttft_ms = (rec.first_token_s - rec.send_s) * 1000.0
+    med: list[float | None] = []
+    p99: list[float | None] = []
+    hit: list[float | None] = []
+    count: list[int] = []
+    for j in range(int(turn.max()) + 1 if turn.size else 0):
+        mine = done & (turn == j)
+        v = ttft_ms[mine]
+        count.append(int(mine.sum()))
+        med.append(float(np.percentile(v, 50)) if v.size else None)
+        p99.append(float(np.percentile(v, 99)) if v.size else None)
+        prompt = int(rec.prompt_tokens[mine].sum())
+        hit.append(float(rec.prefix_hit_tokens[mine].sum() / prompt) if prompt else None)
+    sent = ~np.isnan(rec.send_s)
+    return {"num_sessions": int(np.unique(session).size), "num_turns": int(turn.size),
+            "num_sessions_started": int(np.unique(session[sent]).size), "num_turns_sent": int(sent.sum()),
+            "ttft_ms_by_turn": {"median": med, "p99": p99, "count": count},
+            "prefix_cache_hit_rate_by_turn": hit}
+
+
 def request_table(rec: Recorder, measured: np.ndarray) -> pd.DataFrame:
     ttft = rec.first_token_s - rec.send_s
     e2el = rec.finish_s - rec.send_s

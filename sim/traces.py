@@ -20,6 +20,12 @@ the engine must prefill at least one token and produce at least one.  Negative o
 counts are errors.  Any bad input raises a one-line `ScenarioError` naming the trace file, the
 config key (``ctx``) and, for bad cells, the file line.
 
+A *session* trace (multi-turn conversations, `read_session_trace`) is a ``.csv`` or ``.jsonl`` with
+one row per turn: ``session_id`` (any label), ``turn`` (0, 1, ... within the session),
+``input_tokens`` (the turn's *new* user tokens: the simulator rebuilds the resent context),
+``output_tokens`` (the answer), and optionally ``timestamp_s`` (the session's start, read on turn 0)
+and ``think_time_s`` (seconds from the previous turn's last token to this turn's send).
+
 Replaying a trace as a workload (windowing, resampling, rate override) lives in `sim.trace_replay`.
 """
 
@@ -155,6 +161,58 @@ def read_generic(path: Path, ctx: Ctx) -> RequestTable:
             raise _cell_error(path, ctx, line, "n", "expected an integer >= 1", int(n.min()))
     arrival_s = times - times.min() if times.size else times
     return _finish(arrival_s, prompt, output, n, None, f"trace {path.name}")
+
+
+def read_session_trace(path: Path, ctx: Ctx) -> Any:
+    """A session trace (module docstring) as `sim.sessions.Conversations`: sessions ordered by
+    start time (file order without timestamps), each its own user; NaN where a column is absent."""
+    from sim.sessions import Conversations
+    if not path.is_file():
+        raise ctx.error(f"session trace file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        df, first_line = _read_csv(path, ctx), 2
+    else:
+        df, first_line = pd.DataFrame(_read_jsonl(path, ctx)), 1
+    _require_columns(df, ("session_id", "turn", "input_tokens", "output_tokens"), path, ctx)
+    if len(df) == 0:
+        raise ctx.error(f"session trace {path} has no rows")
+    turn = _int_column(df["turn"], path, ctx, "turn", first_line)
+    user_tok = np.maximum(_int_column(df["input_tokens"], path, ctx, "input_tokens", first_line), 1)
+    answer = np.maximum(_int_column(df["output_tokens"], path, ctx, "output_tokens", first_line), 1)
+    think = np.full(len(df), np.nan)
+    if "think_time_s" in df.columns:
+        think = pd.to_numeric(df["think_time_s"], errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~(think >= 0) & ~(np.isnan(think) & (turn == 0)))
+        if bad.size:
+            raise _cell_error(path, ctx, int(bad[0]) + first_line, "think_time_s", "expected seconds >= 0",
+                              df["think_time_s"].iloc[bad[0]])
+    label = df["session_id"].astype(str).to_numpy()
+    codes, first_row = pd.factorize(label)[0], {}
+    for i, c in enumerate(codes.tolist()):
+        first_row.setdefault(c, i)
+    starts = np.full(len(first_row), np.nan)
+    if "timestamp_s" in df.columns:
+        ts = pd.to_numeric(df["timestamp_s"], errors="coerce").to_numpy(dtype=float)
+        for c, i in first_row.items():
+            opener = np.flatnonzero((codes == c) & (turn == 0))
+            if opener.size == 0 or not np.isfinite(ts[opener[0]]):
+                raise _cell_error(path, ctx, int(opener[0] if opener.size else i) + first_line, "timestamp_s",
+                                  "expected the session's start in seconds on its turn 0", label[i])
+            starts[c] = ts[opener[0]]
+        starts -= np.nanmin(starts)
+    order = np.argsort(starts, kind="stable") if "timestamp_s" in df.columns else np.arange(starts.size)
+    rows: list[np.ndarray] = []
+    for c in order.tolist():
+        mine = np.flatnonzero(codes == c)
+        mine = mine[np.argsort(turn[mine], kind="stable")]
+        if not np.array_equal(turn[mine], np.arange(mine.size)):
+            raise _cell_error(path, ctx, int(mine[0]) + first_line, "turn",
+                              f"session '{label[mine[0]]}' must have turns 0, 1, ..., {mine.size - 1}", turn[mine].tolist())
+        rows.append(mine)
+    idx = np.concatenate(rows)
+    think = think[idx]
+    turns = np.asarray([r.size for r in rows], dtype=np.int64)
+    return Conversations(turns, user_tok[idx], answer[idx], think, np.arange(turns.size, dtype=np.int64), starts[order])
 
 
 def _finish(arrival_s: np.ndarray, prompt: np.ndarray, output: np.ndarray, n: np.ndarray | None,

@@ -27,6 +27,7 @@ import numpy as np
 from sim.lengths import LengthsConfig, sample_lengths
 from sim.requests_table import RequestTable, Segments
 from sim.schema import Ctx, positive
+from sim.sessions import SessionsConfig, generate_sessions
 from sim.trace_replay import TraceConfig, load_window, replay, select_rows, take
 
 SHARED_PREFIX_ID_BASE = 1 << 41    # shared prefix k has segment id SHARED_PREFIX_ID_BASE + k
@@ -123,8 +124,17 @@ class WorkloadConfig:
     n: int = 1                                  # SamplingParams.n, for sources without an n column
     shared_prefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
     classes: tuple[SLOClass, ...] = ()          # SLO classes, drawn per request by share
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)   # multi-turn conversations (sim.sessions)
 
     def validate(self, ctx: Ctx) -> None:
+        if self.sessions.enabled:
+            for key, default in (("arrival", ArrivalConfig()), ("trace", TraceConfig()),
+                                 ("shared_prefix", SharedPrefixConfig())):
+                if getattr(self, key) != default:
+                    raise ctx.at(key).error("not used with sessions (they decide their own sends and prompts; "
+                                            "use sessions.rate / num_users / system_prompt_tokens / trace)")
+            if self.n != 1:
+                raise ctx.at("n").error("parallel sampling is not simulated with sessions", self.n)
         names = [c.name for c in self.classes]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -150,6 +160,14 @@ def generate(cfg: WorkloadConfig, *, num_requests: int | None, duration_s: float
     bound it: with both, at most ``num_requests`` requests arriving by ``duration_s``.  ``ctx`` is the
     workload section's context (for errors)."""
     count = num_requests if num_requests is not None else cfg.num_requests
+    if cfg.sessions.enabled:
+        sess = cfg.sessions
+        table = generate_sessions(sess, cfg.lengths.input, sess.user_message or cfg.lengths.input,
+                                  cfg.lengths.output, num_requests=count, duration_s=duration_s, rng=rng, ctx=ctx)
+        if cfg.classes:
+            table = with_classes(table, cfg.classes, rng)
+        table.check()
+        return table
     if cfg.arrival.process == "trace":
         table = replay(cfg.trace, rate=cfg.arrival.rate_rps, num_requests=count, duration_s=duration_s,
                        rng=rng, ctx=ctx.at("trace"))
