@@ -63,6 +63,7 @@ class SchedulerLimits:
     scheduler_reserve_full_isl: bool = True
     async_scheduling: bool = False
     scheduling_policy: str = "fcfs"          # fcfs | priority (vLLM --scheduling-policy)
+    pipeline_parallel_size: int = 1          # > 1: up to this many batches in flight (sim.pipeline)
 
 
 @dataclass(slots=True)
@@ -339,13 +340,17 @@ class SchedulerV1:
         batch.num_members = dm
         self.clock = c + 1
         async_ = lim.async_scheduling
+        # PP: a request in flight waits for its output (its demand is 0 until then), so requests
+        # sample every few steps and stay out of the decode set, whose counters advance every step
+        pp = lim.pipeline_parallel_size > 1
         for r, d in demands:
             r.num_computed += d
             if r.num_computed >= r.num_prompt_tokens + r.num_output + r.ph:
                 batch.samplers.append(r)
                 if async_:
                     r.ph += 1
-                self._join(r)
+                if not pp:
+                    self._join(r)
         batch.clock_after = self.clock
         self.inflight.append(batch)
         return batch
@@ -448,6 +453,8 @@ class SchedulerV1:
             if len(self.running_map) >= lim.max_num_seqs:
                 break
             req = waiting[0]
+            if lim.pipeline_parallel_size > 1 and self._stale_in_flight(req):
+                break      # vLLM: a preempted request's token still in flight drains first
             hits = None
             hit_tokens = 0
             if req.num_computed == 0:
@@ -480,6 +487,13 @@ class SchedulerV1:
             out.append((req, n))
             budget -= n
         return out
+
+    def _stale_in_flight(self, req: Request) -> bool:
+        for b in self.inflight:
+            for r in b.stale:
+                if r is req:
+                    return True
+        return False
 
     def _preempt_last(self, batch: StepBatch) -> Request:
         """Preempt the last running request (recompute; v1 has no swap); with the priority policy,
