@@ -84,13 +84,14 @@ def stage_weight_bytes(model: Any, tp: int, layers: int, first: bool, last: bool
     act = model.activation_bytes
     linear = layers * model._layer_linear_params(tp) * model.dtype_bytes
     other = layers * model._layer_other_params(tp)
-    e = model.embed_dim
-    if first:
-        other += model._embedding_params(tp) - (0 if model.tie_word_embeddings else model._lm_head_params(tp))
-        if last:
-            other += 0 if model.tie_word_embeddings else model._lm_head_params(tp)
-    elif last:
-        other += model.vocab_per_rank(tp) * e + model.hidden_size
+    head = model.vocab_per_rank(tp) * model.embed_dim
+    final_norm = model.hidden_size if model.gated_mlp else 2 * model.hidden_size
+    embedding = model._embedding_params(tp)          # token embedding (+ OPT's extras), head, final norm
+    tied = model.tie_word_embeddings
+    if first:                                        # everything but the head and the final norm
+        other += embedding - (0 if tied else head) - final_norm
+    if last:                                         # its own head copy unless stage 0 is also the last
+        other += (0 if tied and first else head) + final_norm
     rotary = model.max_model_len * model.head_size * act if model.gated_mlp else 0
     return linear + other * act + rotary
 
