@@ -57,6 +57,9 @@ class Deployment:
         lines = list(self.capacity.describe(self.max_model_len))
         lines.append(f"max_num_seqs={self.limits.max_num_seqs} max_num_batched_tokens={self.limits.max_num_batched_tokens} "
                      f"chunked_prefill={self.limits.enable_chunked_prefill} async_scheduling={self.async_scheduling}")
+        if self.stages:
+            lines.append(f"pipeline: {len(self.stages)} stages of {[s.layers for s in self.stages]} layers; KV blocks "
+                         f"per stage {[s.num_gpu_blocks for s in self.stages]} (the engine takes the least)")
         lines.append(f"cost profile: {self.profile.kind} ({self.profile.gpu}, {self.profile.model}, TP={self.profile.tensor_parallel_size})")
         return lines
 
