@@ -96,13 +96,16 @@ def test_a_model_that_does_not_fit_one_stage_is_refused_in_one_line():
 
 # ------------------------------------------------------------------ timing
 def run_pipeline(table: RequestTable, *, stages: int, stage_s: float, send_s_per_token: float = 0.0,
-                 overhead_s: float = 0.0, budget: int = 2048, pp_scheduler: bool = True):
+                 overhead_s: float = 0.0, budget: int = 2048, num_blocks: int = 100_000, max_num_seqs: int = 4096,
+                 caching: bool = False, lanes: bool = True, coster: StepCoster | None = None,
+                 check: bool = False):
     """One replica; every stage takes `stage_s` whatever the batch (a constant profile of
     `stage_s` split in `stages` shares of 1 each)."""
-    lim = SchedulerLimits(max_num_seqs=4096, max_num_batched_tokens=budget, max_model_len=8192,
-                          pipeline_parallel_size=stages if pp_scheduler else 1)
-    sched = SchedulerV1(lim, KVCacheManager(100_000, 16, False, 8192))
-    rep = Replica(0, sched, StepCoster(constant_profile(stage_s), 16, "auto", 1), False)
+    lim = SchedulerLimits(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=8192,
+                          pipeline_parallel_size=stages)
+    sched = SchedulerV1(lim, KVCacheManager(num_blocks, 16, caching, 8192), pp_lanes=lanes)
+    rep = Replica(0, sched, coster or StepCoster(constant_profile(stage_s), 16, "auto", 1), False,
+                  check_invariants=check)
     rep.pipeline = PipelineClock((1.0,) * stages, send_s_per_token, overhead_s)
     rec = Recorder(len(table))
     end = simulate(table, [rep], Router("round-robin", 1, 16, 1 << 20).route, rec)
@@ -220,3 +223,40 @@ def test_one_stage_holds_exactly_the_whole_model(name):
     extra = (model.vocab_per_rank(1) * model.embed_dim * model.activation_bytes if model.tie_word_embeddings else 0)
     rotary = model.max_model_len * model.head_size * model.activation_bytes if model.gated_mlp else 0
     assert halves == model.weight_bytes(1) + extra + rotary
+
+
+def roofline_coster() -> StepCoster:
+    from sim.roofline import roofline_profile
+    model = PRESETS["llama-3-8b"]
+    return StepCoster(roofline_profile(model, find_preset("H100-SXM"), 1, "auto"), 16, "auto",
+                      model.kv_bytes_per_token() * 16)
+
+
+@pytest.mark.parametrize(("stages", "budget", "num_blocks", "caching", "max_num_seqs"), [
+    (2, 2048, 100_000, False, 4096),     # plenty of everything
+    (4, 256, 100_000, True, 4096),       # budget-bound: the literal path splits cohorts
+    (3, 1024, 700, False, 4096),         # KV-bound: preemptions of requests in flight
+    (2, 512, 900, True, 24),             # seq-bound, prefix caching, preemption
+])
+def test_lanes_equal_the_literal_pipeline(stages, budget, num_blocks, caching, max_num_seqs):
+    # cohort decode sets (Lane) against every request explicit: the same schedule, token by token
+    rng = np.random.default_rng(stages * 1000 + budget)
+    m = 250
+    t = np.cumsum(rng.exponential(0.01, m))
+    segs = [((int(rng.integers(0, 4)), 64),) for _ in range(m)] if caching else None
+    table = RequestTable(t, rng.integers(65, 900, m), rng.integers(1, 200, m), segments=segs)
+    runs = [run_pipeline(table, stages=stages, stage_s=0.0, budget=budget, num_blocks=num_blocks, caching=caching,
+                         max_num_seqs=max_num_seqs, lanes=lanes, coster=roofline_coster(), overhead_s=0.0015,
+                         send_s_per_token=2e-8, check=True)
+            for lanes in (True, False)]
+    (rec_l, end_l, rep_l), (rec_x, end_x, rep_x) = runs
+    assert end_l == pytest.approx(end_x, rel=1e-12)
+    assert np.allclose(rec_l.first_token_s, rec_x.first_token_s, rtol=0, atol=1e-9)
+    assert np.allclose(rec_l.finish_s, rec_x.finish_s, rtol=0, atol=1e-9)
+    assert rep_l.scheduler.num_preemptions == rep_x.scheduler.num_preemptions
+    v_l, w_l = rec_l.itl_samples()
+    v_x, w_x = rec_x.itl_samples()
+    assert w_l.sum() == w_x.sum()
+    assert np.isclose(np.dot(v_l, w_l), np.dot(v_x, w_x), rtol=1e-9)
+    if num_blocks < 1000:
+        assert rep_x.scheduler.num_preemptions > 0          # the case really preempts
