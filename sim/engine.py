@@ -240,6 +240,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     pipe = rep.pipeline
     p = pipe.num_stages
     inflight: deque[tuple[StepBatch, float, float, KVState]] = deque()
+    cpu_free_s = 0.0          # the CPU's overhead for the last batch ends here
     while True:
         if len(inflight) < p and sched.has_work:
             batch = sched.schedule()
@@ -254,16 +255,20 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
             else:
                 start = env.now
                 kv_state = rep.kv_state()
-                if pipe.overhead_s:
-                    yield env.timeout(pipe.overhead_s)
-                done = pipe.launch(env.now, rep.coster.step_time_s(batch),
+                cpu_free_s = start + pipe.overhead_s
+                done = pipe.launch(cpu_free_s, rep.coster.step_time_s(batch),
                                    batch.num_prefill_tokens + batch.num_decode_tokens)
                 inflight.append((batch, start, done, kv_state))
-                continue
+                if len(inflight) < p:      # room for another batch: schedule again once the CPU is free
+                    if pipe.overhead_s:
+                        yield env.timeout(pipe.overhead_s)
+                    continue
         if not inflight:
             yield rep.wait_for_work(env)
             continue
         batch, start, done, kv_state = inflight.popleft()
+        if cpu_free_s > done:
+            done = cpu_free_s
         if done > env.now:
             yield env.timeout(done - env.now)
         _apply(env, rep, batch, start, env.now - start, kv_state, recorder, on_request_done)
