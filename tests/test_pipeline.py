@@ -98,11 +98,11 @@ def test_a_model_that_does_not_fit_one_stage_is_refused_in_one_line():
 def run_pipeline(table: RequestTable, *, stages: int, stage_s: float, send_s_per_token: float = 0.0,
                  overhead_s: float = 0.0, budget: int = 2048, num_blocks: int = 100_000, max_num_seqs: int = 4096,
                  caching: bool = False, lanes: bool = True, coster: StepCoster | None = None,
-                 check: bool = False):
+                 check: bool = False, policy: str = "fcfs"):
     """One replica; every stage takes `stage_s` whatever the batch (a constant profile of
     `stage_s` split in `stages` shares of 1 each)."""
     lim = SchedulerLimits(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=8192,
-                          pipeline_parallel_size=stages)
+                          pipeline_parallel_size=stages, scheduling_policy=policy)
     sched = SchedulerV1(lim, KVCacheManager(num_blocks, 16, caching, 8192), pp_lanes=lanes)
     rep = Replica(0, sched, coster or StepCoster(constant_profile(stage_s), 16, "auto", 1), False,
                   check_invariants=check)
@@ -260,3 +260,42 @@ def test_lanes_equal_the_literal_pipeline(stages, budget, num_blocks, caching, m
     assert np.isclose(np.dot(v_l, w_l), np.dot(v_x, w_x), rtol=1e-9)
     if num_blocks < 1000:
         assert rep_x.scheduler.num_preemptions > 0          # the case really preempts
+
+
+def test_lanes_equal_the_literal_pipeline_under_priority_preemption():
+    # priority policy: the victim is the worst (priority, arrival) running request, often a member
+    # of a lane in flight; 3 priority classes, KV for ~1/3 of the load
+    rng = np.random.default_rng(7)
+    m = 200
+    t = np.cumsum(rng.exponential(0.01, m))
+    table = RequestTable(t, rng.integers(65, 700, m), rng.integers(1, 150, m),
+                         extra={"priority": rng.integers(0, 3, m)})
+    runs = [run_pipeline(table, stages=3, stage_s=0.0, budget=1024, num_blocks=600, lanes=lanes,
+                         coster=roofline_coster(), overhead_s=0.0015, check=True, policy="priority")
+            for lanes in (True, False)]
+    (rec_l, end_l, rep_l), (rec_x, end_x, rep_x) = runs
+    assert rep_x.scheduler.num_preemptions > 0
+    assert rep_l.scheduler.num_preemptions == rep_x.scheduler.num_preemptions
+    assert end_l == pytest.approx(end_x, rel=1e-12)
+    assert np.allclose(rec_l.finish_s, rec_x.finish_s, rtol=0, atol=1e-9)
+    assert rec_l.itl_samples()[1].sum() == rec_x.itl_samples()[1].sum()
+
+
+def test_report_section_only_with_pipeline_parallelism(tmp_path):
+    from reports.build import build_sections
+    from reports.data import load
+    from sim.results import write_results
+    from sim.runner import run_scenario
+    titles = {}
+    for pp in (1, 2):
+        sc = load_scenario(SCENARIO, [f"engine.pipeline_parallel_size={pp}", "run.num_requests=60"])
+        res = run_scenario(sc)
+        if pp == 2:
+            s = res.summary
+            assert s["pipeline_parallel_size"] == 2 and s["pp_stage_layers"] == [40, 40]
+            assert 0.0 <= s["pp_bubble_frac"] < 1.0
+            assert s["num_gpu_blocks"] == min(s["pp_stage_kv_blocks"])
+        out = tmp_path / f"pp{pp}"
+        write_results(out, res.summary, res.requests, res.steps, sc.raw)
+        titles[pp] = [sec.title for sec in build_sections(load(out))]
+    assert "Pipeline parallelism" in titles[2] and "Pipeline parallelism" not in titles[1]
