@@ -12,15 +12,8 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from reports import (
-    charts_fleet,
-    charts_grid,
-    charts_kv,
-    charts_latency,
-    charts_pp,
-    charts_validation,
-    sections,
-)
+from reports import charts_fleet, charts_grid, charts_kv, charts_latency, charts_validation, sections
+from reports.charts_pp import pipeline as pipeline_parallelism
 from reports.data import ReportData, load
 from reports.html import Section, render_page
 from sim.results import atomic_write_text
@@ -38,7 +31,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_fleet.slo_classes,
     charts_fleet.autoscaling,
     charts_fleet.disaggregation,
-    charts_pp.pipeline,
+    pipeline_parallelism,
     charts_grid.heatmaps,
     charts_latency.cost_pareto,
     sections.plan_sensitivity,
