@@ -22,6 +22,7 @@ from reports import (
     charts_validation,
     sections,
 )
+from reports.charts_pp import pipeline as pipeline_parallelism
 from reports.charts_spec import spec_decode
 from reports.data import ReportData, load
 from reports.html import Section, render_page
@@ -43,6 +44,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_fleet.autoscaling,
     charts_fleet.disaggregation,
     spec_decode,
+    pipeline_parallelism,
     charts_grid.heatmaps,
     charts_latency.cost_pareto,
     sections.plan_sensitivity,

@@ -23,7 +23,9 @@ def _fmt(v: Any) -> str:
 
 def print_summary(s: dict[str, Any], lines: list[str], wall_s: float) -> None:
     print("=" * 64)
-    print(f" pagesim  {s.get('scenario')}: {s.get('model')} on {s.get('num_replicas')}x TP{s.get('tensor_parallel_size')} {s.get('gpu')}")
+    pp = s.get("pipeline_parallel_size") or 1
+    par = f"TP{s.get('tensor_parallel_size')}" + (f" x PP{pp}" if pp > 1 else "")
+    print(f" pagesim  {s.get('scenario')}: {s.get('model')} on {s.get('num_replicas')}x {par} {s.get('gpu')}")
     print("=" * 64)
     for line in lines:
         print(f"  {line}")

@@ -48,6 +48,7 @@ class EngineConfig:
     async_scheduling: bool | None = None        # None: on for GPU hardware (vLLM 0.32 default), off for CPU
     tensor_parallel_size: int = 1               # --tensor-parallel-size
     enable_expert_parallel: bool = False        # --enable-expert-parallel: MoE experts split whole across the TP group
+    pipeline_parallel_size: int = 1             # --pipeline-parallel-size: stages of layers (sim.pipeline)
     num_replicas: int = 1                       # data-parallel engine replicas behind a router
     router: Literal["round-robin", "least-outstanding-tokens", "least-kv-usage", "prefix-aware", "weighted"] = "round-robin"
     router_weights: dict[str, float] = field(default_factory=dict)  # weighted: scorer -> weight (sim.router)
@@ -70,7 +71,7 @@ class EngineConfig:
         positive(ctx, "swap_space", self.swap_space, allow_zero=True)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ctx.at("gpu_memory_utilization").error("expected a fraction in (0, 1]", self.gpu_memory_utilization)
-        for key in ("tensor_parallel_size", "num_replicas"):
+        for key in ("tensor_parallel_size", "pipeline_parallel_size", "num_replicas"):
             positive(ctx, key, getattr(self, key))
         for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "num_gpu_blocks_override"):
             if getattr(self, key) is not None:
@@ -263,6 +264,29 @@ def apply_pd_layout(engine: EngineConfig, ctx: Ctx) -> EngineConfig:
                     engine.pd_layout)
 
 
+def check_pipeline(engine: EngineConfig, model: Any, ctx: Ctx) -> None:
+    """What pipeline parallelism is simulated with: vLLM v1's synchronous batch queue.  vLLM 0.32
+    runs PP with async scheduling only on its V2 model runner (a queue of pp + 1 batches and a
+    decode stagger, not modelled); with the V1 runner it turns async scheduling off, as here."""
+    pp = engine.pipeline_parallel_size
+    key = ctx.at("engine.pipeline_parallel_size")
+    if pp > model.num_layers:
+        raise key.error(f"exceeds {model.name}'s {model.num_layers} layers (every stage needs one)", pp)
+    if engine.async_scheduling:
+        raise ctx.at("engine.async_scheduling").error(
+            "pipeline parallelism is simulated with vLLM's synchronous batch queue (the V1 model runner "
+            "turns async scheduling off with PP); leave it unset or false")
+    if engine.scheduler != "vllm-v1":
+        raise key.error("pipeline parallelism is simulated for scheduler: vllm-v1 only", pp)
+    if engine.disaggregation.enabled or engine.pd_layout is not None:
+        raise key.error("pipeline parallelism is not simulated with prefill/decode disaggregation", pp)
+    if engine.speculative_config is not None:
+        raise key.error("pipeline parallelism is not simulated with speculative decoding (speculative_config)", pp)
+    if getattr(model, "num_experts", 0) or getattr(model, "kv_lora_rank", 0):
+        raise key.error("pipeline parallelism is simulated for dense models with ordinary attention only "
+                        f"({model.name} has experts or latent attention)", pp)
+
+
 def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
     from sim.models import load_model
 
@@ -293,6 +317,8 @@ def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
     if mbt is not None and not engine.enable_chunked_prefill and mbt < max_len:
         raise ctx.at("engine.max_num_batched_tokens").error(
             f"must be >= max_model_len ({max_len}) when chunked prefill is disabled (vLLM refuses this)", mbt)
+    if engine.pipeline_parallel_size > 1:
+        check_pipeline(engine, model, ctx)
     if engine.pd_layout is not None:
         engine = apply_pd_layout(engine, ctx.at("engine.pd_layout"))
     if engine.disaggregation.enabled:

@@ -24,6 +24,13 @@ from sim.errors import ScenarioError
 from sim.hardware import load_hardware
 from sim.kv_cache_manager import KVCacheManager
 from sim.memory import compute_kv_capacity
+from sim.pipeline import (
+    PipelineClock,
+    StagePlan,
+    pipeline_capacity,
+    stage_link_bytes_per_s,
+    transfer_s_per_token,
+)
 from sim.replica import Replica
 from sim.roofline import roofline_profile
 from sim.scheduler_v0 import SchedulerV0
@@ -46,12 +53,16 @@ class Deployment:
     kv_dtype: str
     async_scheduling: bool
     num_replicas: int
-    price_per_hour_usd: float        # whole deployment: replicas x TP x GPU price
+    price_per_hour_usd: float        # whole deployment: replicas x TP x PP x GPU price
+    stages: tuple[StagePlan, ...] = ()   # PP > 1: each stage's layers, memory and KV blocks (sim.pipeline)
 
     def describe(self) -> list[str]:
         lines = list(self.capacity.describe(self.max_model_len))
         lines.append(f"max_num_seqs={self.limits.max_num_seqs} max_num_batched_tokens={self.limits.max_num_batched_tokens} "
                      f"chunked_prefill={self.limits.enable_chunked_prefill} async_scheduling={self.async_scheduling}")
+        if self.stages:
+            lines.append(f"pipeline: {len(self.stages)} stages of {[s.layers for s in self.stages]} layers; KV blocks "
+                         f"per stage {[s.num_gpu_blocks for s in self.stages]} (the engine takes the least)")
         lines.append(f"cost profile: {self.profile.kind} ({self.profile.gpu}, {self.profile.model}, TP={self.profile.tensor_parallel_size})")
         return lines
 
@@ -92,12 +103,21 @@ def build_deployment(sc: Scenario) -> Deployment:
     if not eng.enable_chunked_prefill:
         mbt = max(mbt, max_model_len)
     seqs = eng.max_num_seqs or default_seqs
-    capacity = compute_kv_capacity(
-        sc.model, hw, block_size=eng.block_size, kv_cache_dtype=eng.kv_cache_dtype,
-        gpu_memory_utilization=eng.gpu_memory_utilization, swap_space_gib=eng.swap_space,
-        tensor_parallel_size=eng.tensor_parallel_size, max_num_batched_tokens=mbt, max_num_seqs=seqs,
-        num_gpu_blocks_override=eng.num_gpu_blocks_override, max_model_len=max_model_len, ctx=ctx,
-        enable_expert_parallel=eng.enable_expert_parallel)
+    pp = eng.pipeline_parallel_size
+    stages: tuple[StagePlan, ...] = ()
+    if pp > 1:
+        capacity, stages = pipeline_capacity(
+            sc.model, hw, tp=eng.tensor_parallel_size, pp=pp, block_size=eng.block_size,
+            kv_cache_dtype=eng.kv_cache_dtype, gpu_memory_utilization=eng.gpu_memory_utilization,
+            swap_space_gib=eng.swap_space, max_num_batched_tokens=mbt, max_num_seqs=seqs,
+            max_model_len=max_model_len, num_gpu_blocks_override=eng.num_gpu_blocks_override, file=sc.path)
+    else:
+        capacity = compute_kv_capacity(
+            sc.model, hw, block_size=eng.block_size, kv_cache_dtype=eng.kv_cache_dtype,
+            gpu_memory_utilization=eng.gpu_memory_utilization, swap_space_gib=eng.swap_space,
+            tensor_parallel_size=eng.tensor_parallel_size, max_num_batched_tokens=mbt, max_num_seqs=seqs,
+            num_gpu_blocks_override=eng.num_gpu_blocks_override, max_model_len=max_model_len, ctx=ctx,
+            enable_expert_parallel=eng.enable_expert_parallel)
     if eng.speculative_config is not None:      # the drafter's weights and KV share the GPU
         capacity = capacity_with_drafter(capacity, eng.speculative_config, sc.model, eng.tensor_parallel_size,
                                          eng.kv_cache_dtype, eng.num_gpu_blocks_override is not None)
@@ -116,18 +136,19 @@ def build_deployment(sc: Scenario) -> Deployment:
     else:
         profile = roofline_profile(sc.model, hw, eng.tensor_parallel_size, eng.kv_cache_dtype,
                                    expert_parallel=eng.enable_expert_parallel)
+    # spec decode: sync only; PP: vLLM's V1 model runner turns async scheduling off (sim.config.check_pipeline)
     async_ = (eng.async_scheduling if eng.async_scheduling is not None
-              else eng.scheduler != "vllm-v0" and eng.speculative_config is None)   # spec decode: sync only
+              else eng.scheduler != "vllm-v0" and eng.speculative_config is None and pp == 1)
     limits = SchedulerLimits(
         max_num_seqs=seqs, max_num_batched_tokens=mbt, max_model_len=max_model_len,
         enable_chunked_prefill=eng.enable_chunked_prefill,
         long_prefill_token_threshold=eng.long_prefill_token_threshold,
         scheduler_reserve_full_isl=eng.scheduler_reserve_full_isl, async_scheduling=async_,
-        scheduling_policy=eng.scheduling_policy)
-    price = float(hw.price_per_hour_usd) * eng.tensor_parallel_size * eng.num_replicas
+        scheduling_policy=eng.scheduling_policy, pipeline_parallel_size=pp)
+    price = float(hw.price_per_hour_usd) * eng.tensor_parallel_size * pp * eng.num_replicas
     return Deployment(hardware=hw, capacity=capacity, profile=profile, limits=limits, max_model_len=max_model_len,
                       kv_dtype=eng.kv_cache_dtype, async_scheduling=async_, num_replicas=eng.num_replicas,
-                      price_per_hour_usd=price)
+                      price_per_hour_usd=price, stages=stages)
 
 
 def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
@@ -150,8 +171,23 @@ def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
                             SpecDecoder(spec, np.random.default_rng([sc.run.seed, SPEC_RNG_STREAM, i])))
         coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes,
                             dep.async_scheduling, None if spec is None else proposer_cost(spec, sc, dep))
-        reps.append(Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants))
+        rep = Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants)
+        if dep.stages:
+            rep.pipeline = pipeline_clock(sc, dep)
+            rep.coster = replace(coster, profile=replace(dep.profile, step_overhead_s=0.0))   # GPU time only
+        reps.append(rep)
     return reps
+
+
+def pipeline_clock(sc: Scenario, dep: Deployment) -> PipelineClock:
+    """A PP replica's stage clock: stage shares of the step's GPU time, the activation send
+    between stages (NVLink within a node, InfiniBand across) and the per-batch CPU overhead."""
+    eng = sc.engine
+    tp, pp = eng.tensor_parallel_size, eng.pipeline_parallel_size
+    send = transfer_s_per_token(sc.model, tp, stage_link_bytes_per_s(dep.hardware, tp, pp))
+    shares = tuple(s.linear_share for s in dep.stages)
+    return PipelineClock(shares, send if dep.profile.kind != "constant" else 0.0, dep.profile.step_overhead_s,
+                         dep.stages)
 
 
 def _v0_replica(index: int, sc: Scenario, dep: Deployment) -> Replica:

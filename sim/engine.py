@@ -14,6 +14,7 @@ per-token events: one SimPy timeout per engine step (plus one per arrival).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -260,6 +261,51 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
         pending, pending_start, pending_dt = batch, env.now, rep.coster.step_time_s(batch)
 
 
+def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
+                   on_request_done: Callable[[int], None]) -> Generator[Any, Any, None]:
+    """Pipeline parallelism (vLLM's `step_with_batch_queue`): schedule a batch while fewer than
+    p are in flight and the scheduler has work; otherwise wait for the oldest batch's output and
+    apply it.  Each batch costs the CPU `overhead_s` before it enters stage 0, then passes the
+    stages (`sim.pipeline.PipelineClock`).  A request in flight is not scheduled again until its
+    output is applied (the scheduler's rule), so with few requests stages idle: the bubbles."""
+    sched = rep.scheduler
+    pipe = rep.pipeline
+    p = pipe.num_stages
+    inflight: deque[tuple[StepBatch, float, float, KVState]] = deque()
+    cpu_free_s = 0.0          # the CPU's overhead for the last batch ends here
+    while True:
+        if len(inflight) < p and sched.has_work:
+            batch = sched.schedule()
+            rep.num_unseen_arrivals = 0
+            if batch.admitted:
+                recorder.on_admitted(env.now, batch.admitted)
+            if batch.is_empty:
+                sched.update_from_output(batch, env.now)   # everyone schedulable is in flight
+                if not inflight:
+                    yield rep.wait_for_work(env)
+                    continue
+            else:
+                start = env.now
+                kv_state = rep.kv_state()
+                cpu_free_s = start + pipe.overhead_s
+                done = pipe.launch(cpu_free_s, rep.coster.step_time_s(batch),
+                                   batch.num_prefill_tokens + batch.num_decode_tokens)
+                inflight.append((batch, start, done, kv_state))
+                if len(inflight) < p:      # room for another batch: schedule again once the CPU is free
+                    if pipe.overhead_s:
+                        yield env.timeout(pipe.overhead_s)
+                    continue
+        if not inflight:
+            yield rep.wait_for_work(env)
+            continue
+        batch, start, done, kv_state = inflight.popleft()
+        if cpu_free_s > done:
+            done = cpu_free_s
+        if done > env.now:
+            yield env.timeout(done - env.now)
+        _apply(env, rep, batch, start, env.now - start, kv_state, recorder, on_request_done)
+
+
 def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float, dt: float,
            kv_state: KVState, recorder: Recorder,
            on_request_done: Callable[[int], None]) -> None:
@@ -349,6 +395,9 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     quiet_ok = (quiet_stretches and not (slots is not None and len(replicas) > 1) and not scraping
                 and (autoscaler is None or autoscaler.cfg.metric != "kv_usage") and pool is None)
     for rep in replicas:
+        if rep.pipeline is not None:
+            env.process(serve_pipeline(env, rep, recorder, on_request_done))
+            continue
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
     if prefill is not None:
         for rep in prefill.replicas:

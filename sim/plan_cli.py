@@ -99,7 +99,8 @@ def search_candidate(task: CandidateTask, body: Body = simulate) -> tuple[dict[s
         "gpu": m.get("gpu"), "sustainable_rps": found.sustainable_rps, "capped": found.capped,
         "cliff_safe_rps": cliff[0] if cliff else None, "cliff_rps": cliff[1] if cliff else None,
         "capacity_rps": capacity, "replicas": units, "price_per_hour_usd": price, "hourly_cost_usd": hourly,
-        "gpus_total": units * m.get("tensor_parallel_size", 1) * m.get("num_replicas", 1) if units else None,
+        "gpus_total": (units * m.get("tensor_parallel_size", 1) * (m.get("pipeline_parallel_size") or 1)
+                       * m.get("num_replicas", 1)) if units else None,
         "operating_rps_per_replica": spec.target_rate / units if units else None,
         "usd_per_million_output_tokens": hourly / (spec.target_rate * out_per_req * 3600) * 1e6 if hourly else None,
         "limit_reason": "; ".join(nxt.reasons) if nxt else ("search upper bound reached" if found.capped else ""),

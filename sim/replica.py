@@ -33,6 +33,7 @@ class Replica:
         # leaves out requests that arrived while it ran; pagesim adds them at once and subtracts these.
         self.num_unseen_arrivals = 0
         self.handoff: Callable[[Request, float], None] | None = None   # P/D: a prefill replica hands requests on
+        self.pipeline: Any = None         # PP > 1: its sim.pipeline.PipelineClock (stages, busy time)
         self._wakeup: simpy.Event | None = None
 
     def add_request(self, req: Request, counted: bool = False) -> None:

@@ -191,6 +191,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
         "max_concurrent_tokens": int(cap.max_concurrent_tokens),
         "max_num_seqs": dep.limits.max_num_seqs, "max_num_batched_tokens": dep.limits.max_num_batched_tokens,
         "tensor_parallel_size": sc.engine.tensor_parallel_size, "num_replicas": sc.engine.num_replicas,
+        "pipeline_parallel_size": sc.engine.pipeline_parallel_size,
         "scheduler": sc.engine.scheduler, "async_scheduling": dep.async_scheduling,
         "cost_profile": dep.profile.kind, "price_per_hour_usd": dep.price_per_hour_usd,
         "simulated_time_s": end_s, "seed": sc.run.seed, "workload_source": table.source,
@@ -199,6 +200,9 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
     summary.update(routing_summary(router, rec, measured))
     if eng.speculative_config is not None:
         summary.update(spec_summary([r.scheduler.spec for r in replicas]))
+    if dep.stages:
+        from sim import pipeline
+        summary.update(pipeline.summary([r.pipeline for r in replicas]))
     summary["admission"] = eng.admission.policy
     if scaler is not None:
         summary.update(autoscaling_summary(scaler, rec, measured, sc, dep))

@@ -74,6 +74,7 @@ class SchedulerLimits:
     scheduler_reserve_full_isl: bool = True
     async_scheduling: bool = False
     scheduling_policy: str = "fcfs"          # fcfs | priority (vLLM --scheduling-policy)
+    pipeline_parallel_size: int = 1          # > 1: up to this many batches in flight (sim.pipeline)
 
 
 @dataclass(slots=True)
@@ -142,11 +143,32 @@ class PriorityWaiting:
         heapq.heapify(self.heap)
 
 
+class Lane:
+    """Pipeline parallelism: one cohort's decode set with its own step clock.  With p batches in
+    flight, the requests of one batch get their tokens back together and are scheduled together
+    again (vLLM: a request in flight is not rescheduled), so each cohort is a sync decode set that
+    steps once per batch of its own.  The scheduler loads a lane into its decode-set fields to
+    schedule or apply that lane's batch and saves it back after."""
+
+    __slots__ = ("clock", "upd", "num_members", "members_base", "alloc_due", "finish_due", "finish_keys",
+                 "last_update_s")
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self.upd = 0
+        self.num_members = 0
+        self.members_base = 0
+        self.alloc_due: dict[int, list[tuple[Request, int]]] = {}
+        self.finish_due: dict[int, list[tuple[Request, int]]] = {}
+        self.finish_keys: list[int] = []
+        self.last_update_s = 0.0
+
+
 class SchedulerV1:
     """Running list, waiting queue and the KV cache manager of one replica."""
 
     def __init__(self, limits: SchedulerLimits, kv: KVCacheManager | ContiguousKVManager, record_schedule: bool = False,
-                 spec: SpecDecoder | None = None):
+                 spec: SpecDecoder | None = None, pp_lanes: bool = True):
         self.limits = limits
         self.spec = spec                         # speculative decoding (None: off)
         self.lookahead = spec.num_lookahead_tokens if spec is not None else 0
@@ -170,6 +192,14 @@ class SchedulerV1:
         self.inflight: list[StepBatch] = []
         self.last_update_s = 0.0
         self._seq = 0
+        # PP > 1: decode sets per cohort (`Lane`); pp_lanes=False keeps every request explicit
+        # (the slow literal reference the lanes are tested against)
+        self.pp = limits.pipeline_parallel_size > 1
+        self.lanes_on = self.pp and pp_lanes
+        self.lane = Lane()                              # the lane loaded in the fields above
+        self.ready_lanes: list[Lane] = []               # lanes whose batch was applied
+        self.lane_of: dict[int, Lane] = {}              # member req_id -> its lane
+        self.lane_inflight: list[tuple[StepBatch, Lane]] = []
 
     # ------------------------------------------------------------------ queues and views
     def add_request(self, req: Request) -> None:
@@ -196,12 +226,22 @@ class SchedulerV1:
         """Write the implicit counters of decode-set members into the objects (tests, traces)."""
         for r in self.running_map.values():
             if r.in_decode_set:
-                r.num_computed = r.base_computed + self.clock - r.base_clock
-                r.num_output = r.base_output + self.upd - r.base_upd
-                r.ph = self.clock - self.upd
+                clock, upd = self.clock, self.upd
+                if self.lanes_on:
+                    lane = self.lane_of[r.req_id]
+                    clock, upd = lane.clock, lane.upd
+                r.num_computed = r.base_computed + clock - r.base_clock
+                r.num_output = r.base_output + upd - r.base_upd
+                r.ph = clock - upd
 
     def kv_state(self) -> KVState:
         computed = self.members_base + self.num_members * self.clock
+        if self.lanes_on:
+            computed = 0
+            for lane in self.ready_lanes:
+                computed += lane.members_base + lane.num_members * lane.clock
+            for _, lane in self.lane_inflight:
+                computed += lane.members_base + lane.num_members * lane.clock
         for r in self.explicit.values():
             computed += r.num_computed
         return self.kv.state_fractions(computed)
@@ -219,6 +259,8 @@ class SchedulerV1:
         r.join_clock = c
         r.in_decode_set = True
         del self.explicit[r.req_id]
+        if self.lanes_on:
+            self.lane_of[r.req_id] = self.lane
         self.num_members += 1
         self.members_base += r.base_computed - c
         _push(self.alloc_due, c + r.nblocks * bs - r.base_computed, r)
@@ -239,6 +281,8 @@ class SchedulerV1:
         r.last_token_s = self.last_update_s
         r.in_decode_set = False
         r.leave_clock = self.clock
+        if self.lanes_on:
+            del self.lane_of[r.req_id]
         r.version += 1
         self.num_members -= 1
         self.members_base -= r.base_computed - r.base_clock
@@ -320,6 +364,8 @@ class SchedulerV1:
     def schedule(self) -> StepBatch:
         lim = self.limits
         batch = StepBatch()
+        if self.lanes_on:
+            self._load_ready_lane()
         c = self.clock
         budget = lim.max_num_batched_tokens
         thr = lim.long_prefill_token_threshold if len(self.running_map) + len(self.waiting) > 1 else 0
@@ -345,7 +391,8 @@ class SchedulerV1:
         batch.num_decode_tokens += dm
         batch.decode_ctx_tokens += self.members_base + dm * c + dm
         if self.record_schedule:
-            sched = [(r, 1) for r in self.running_map.values() if r.in_decode_set] + demands
+            sched = [(r, 1) for r in self.running_map.values()
+                     if r.in_decode_set and (not self.lanes_on or self.lane_of[r.req_id] is self.lane)] + demands
             sched.sort(key=lambda e: e[0].admit_seq)
             batch.scheduled.extend(sched)
         if self.spec is None:
@@ -363,7 +410,10 @@ class SchedulerV1:
         batch.num_members = dm
         self.clock = c + 1
         async_ = lim.async_scheduling
-        if self.spec is not None:
+        # PP: a request in flight waits for its output (its demand is 0 until then), so requests
+        # sample every few steps and stay out of the decode set, whose counters advance every step
+        pp = lim.pipeline_parallel_size > 1
+        if self.spec is not None:                # (speculative decoding runs without PP: sim.config)
             self._update_after_schedule_spec(batch, demands)
         else:
             for r, d in demands:
@@ -372,9 +422,13 @@ class SchedulerV1:
                     batch.samplers.append(r)
                     if async_:
                         r.ph += 1
-                    self._join(r)
+                    if not pp or self.lanes_on:
+                        self._join(r)
         batch.clock_after = self.clock
         self.inflight.append(batch)
+        if self.lanes_on:
+            self._save_lane(self.lane)
+            self.lane_inflight.append((batch, self.lane))
         return batch
 
     def _update_after_schedule_spec(self, batch: StepBatch, demands: list[tuple[Request, int]]) -> None:
@@ -393,6 +447,64 @@ class SchedulerV1:
             drafts.pop(r.req_id, None)
         batch.num_draft_seqs = len(batch.samplers)     # the proposer drafts for every sampler this step
         batch.draft_ctx_tokens = ctx
+
+    # ------------------------------------------------------------------ PP lanes
+    def _save_lane(self, lane: Lane) -> None:
+        lane.clock = self.clock
+        lane.upd = self.upd
+        lane.num_members = self.num_members
+        lane.members_base = self.members_base
+        lane.alloc_due = self.alloc_due
+        lane.finish_due = self.finish_due
+        lane.finish_keys = self.finish_keys
+        lane.last_update_s = self.last_update_s
+
+    def _load_lane(self, lane: Lane) -> None:
+        self.lane = lane
+        self.clock = lane.clock
+        self.upd = lane.upd
+        self.num_members = lane.num_members
+        self.members_base = lane.members_base
+        self.alloc_due = lane.alloc_due
+        self.finish_due = lane.finish_due
+        self.finish_keys = lane.finish_keys
+        self.last_update_s = lane.last_update_s
+
+    def _load_ready_lane(self) -> None:
+        """The lane to schedule: the applied one (a new one if none); should several be ready,
+        the largest stays and the others' members leave to be scheduled explicitly."""
+        ready = self.ready_lanes
+        lane = Lane()
+        if ready:
+            lane = ready[0]
+            for other in ready:
+                if other.num_members > lane.num_members:
+                    lane = other
+            for other in ready:
+                if other is not lane:
+                    self._load_lane(other)
+                    for r in list(self.running_map.values()):
+                        if r.in_decode_set and self.lane_of[r.req_id] is other:
+                            self._leave(r)
+            self.ready_lanes = []
+        self._load_lane(lane)
+
+    def _leave_other_lane(self, r: Request, other: Lane) -> None:
+        """A member of a lane in flight leaves (preempted while the current lane is loaded).  One
+        that joined in the batch in flight has that token still to come: its last token time stays."""
+        joined_in_flight = False
+        for b, lane in self.lane_inflight:
+            if lane is other and r in b.samplers:
+                joined_in_flight = True
+        last_token_s = r.last_token_s
+        cur = self.lane
+        self._save_lane(cur)
+        self._load_lane(other)
+        self._leave(r)
+        if joined_in_flight:
+            r.last_token_s = last_token_s
+        self._save_lane(other)
+        self._load_lane(cur)
 
     def _demand(self, r: Request, thr: int) -> int:
         lim = self.limits
@@ -463,15 +575,16 @@ class SchedulerV1:
 
     def _schedule_running_literal(self, batch: StepBatch, budget: int, thr: int) -> list[tuple[Request, int]]:
         """The budget does not cover everyone: vLLM's loop over the running list, verbatim."""
+        lanes = self.lanes_on
         for r in list(self.running_map.values()):
-            if r.in_decode_set:
+            if r.in_decode_set and (not lanes or self.lane_of[r.req_id] is self.lane):
                 self._leave(r)
         kv = self.kv
         out: list[tuple[Request, int]] = []
         for r in list(self.running_map.values()):
             if budget <= 0:
                 break
-            if r.status is not Status.RUNNING:
+            if r.status is not Status.RUNNING or r.in_decode_set:   # PP: another lane's member, in flight
                 continue
             d = min(self._demand(r, thr), budget)
             if d <= 0:
@@ -510,6 +623,8 @@ class SchedulerV1:
             if len(self.running_map) >= lim.max_num_seqs:
                 break
             req = waiting[0]
+            if lim.pipeline_parallel_size > 1 and self._stale_in_flight(req):
+                break      # vLLM: a preempted request's token still in flight drains first
             hits = None
             hit_tokens = 0
             if req.num_computed == 0:
@@ -546,6 +661,13 @@ class SchedulerV1:
             budget -= n
         return out
 
+    def _stale_in_flight(self, req: Request) -> bool:
+        for b in self.inflight:
+            for r in b.stale:
+                if r is req:
+                    return True
+        return False
+
     def _preempt_last(self, batch: StepBatch) -> Request:
         """Preempt the last running request (recompute; v1 has no swap); with the priority policy,
         the first running request with the largest (priority, arrival time)."""
@@ -554,14 +676,27 @@ class SchedulerV1:
             del self.running_map[r.req_id]
         else:
             _, r = self.running_map.popitem()
+        other: Lane | None = None
         if r.in_decode_set:
-            self._leave(r)
+            if self.lanes_on and self.lane_of[r.req_id] is not self.lane:
+                other = self.lane_of[r.req_id]
+                self._leave_other_lane(r, other)
+            else:
+                self._leave(r)
         del self.explicit[r.req_id]
-        for b in self.inflight:                 # async: its token in that step is still delivered
-            counted = r.join_clock < b.clock_after <= r.leave_clock   # a member when b was scheduled
-            if counted or r in b.samplers:
-                b.stale.append(r)
-                b.stale_members.append(counted)
+        if self.lanes_on:                       # PP: a member of a lane in flight is in its batch
+            for b, lane in self.lane_inflight:
+                sampler = r in b.samplers
+                counted = lane is other and not sampler
+                if counted or sampler:
+                    b.stale.append(r)
+                    b.stale_members.append(counted)
+        else:
+            for b in self.inflight:             # async: its token in that step is still delivered
+                counted = r.join_clock < b.clock_after <= r.leave_clock   # a member when b was scheduled
+                if counted or r in b.samplers:
+                    b.stale.append(r)
+                    b.stale_members.append(counted)
         self.kv.free(r)
         if self.spec is not None:
             self.drafts.pop(r.req_id, None)      # vLLM clears spec_token_ids on preemption
@@ -581,6 +716,15 @@ class SchedulerV1:
         if self.spec is not None:
             return self._update_from_output_spec(batch, now_s)
         self.inflight.remove(batch)
+        lane: Lane | None = None
+        if self.lanes_on:
+            for i, (b, ln) in enumerate(self.lane_inflight):
+                if b is batch:
+                    lane = ln
+                    del self.lane_inflight[i]
+                    break
+            assert lane is not None
+            self._load_lane(lane)
         self.upd = batch.clock_after
         self.last_update_s = now_s
         first: list[Request] = []
@@ -629,6 +773,10 @@ class SchedulerV1:
         for r in to_finish:
             if r.status is Status.RUNNING:
                 self._finish(r, finished)
+        if lane is not None:
+            self._save_lane(lane)
+            if lane.num_members:
+                self.ready_lanes.append(lane)
         ntok = len(batch.samplers) + batch.num_members
         return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,
                            num_uniform_gaps=batch.num_members, num_tokens=ntok)

@@ -48,6 +48,7 @@ AXES: dict[str, tuple[str, str]] = {
     "preemption_mode": ("engine.preemption_mode", "str"),
     "gpu_memory_utilization": ("engine.gpu_memory_utilization", "number"),
     "tensor_parallel_size": ("engine.tensor_parallel_size", "int"),
+    "pipeline_parallel_size": ("engine.pipeline_parallel_size", "int"),
     "num_replicas": ("engine.num_replicas", "int"),
     "router": ("engine.router", "str"),
     "pd_layout": ("engine.pd_layout", "str"),
@@ -58,7 +59,7 @@ AXES: dict[str, tuple[str, str]] = {
     "seed": ("run.seed", "int"),
 }
 ALIASES = {"request_rate": "rate", "concurrency": "max_concurrency", "gpu": "hardware",
-           "seeds": "seed", "tp": "tensor_parallel_size", "replicas": "num_replicas"}
+           "seeds": "seed", "tp": "tensor_parallel_size", "pp": "pipeline_parallel_size", "replicas": "num_replicas"}
 SEED_AXIS = "seed"
 LOAD_AXES = ("rate", "max_concurrency")
 _KIND_TEXT = {"int": "integers", "int?": "integers or null", "number": "numbers", "bool": "true/false values",
