@@ -201,6 +201,15 @@ def test_config_validation_is_one_line():
         load_scenario(SCENARIO, ["engine.pipeline_parallel_size=0"])
 
 
+def test_pipeline_with_spec_decode_or_moe_is_refused_in_one_line():
+    with pytest.raises(ScenarioError, match="speculative decoding"):
+        load_scenario(SCENARIO, ["engine.speculative_config.method=ngram",
+                                 "engine.speculative_config.num_speculative_tokens=2",
+                                 "engine.speculative_config.acceptance_rate=0.5"])
+    with pytest.raises(ScenarioError, match="mixtral-8x7b has experts"):
+        load_scenario("scenarios/moe-mixtral-8x7b-2xh100.yaml", ["engine.pipeline_parallel_size=2"])
+
+
 def test_deployment_prices_tp_times_pp_gpus_and_turns_async_off():
     sc = load_scenario(SCENARIO)                  # TP4 x PP2
     dep = build_deployment(sc)
