@@ -135,9 +135,12 @@ def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
                 kv = ContiguousKVManager(dep.capacity.num_gpu_blocks, eng.block_size, eng.allocator, dep.max_model_len)
             except ValueError as e:
                 raise ScenarioError(sc.path, "engine.allocator", str(e)) from None
-        sched = SchedulerV1(dep.limits, kv)
         coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes,
                             dep.async_scheduling)
+        if eng.kv_offloading_size is not None and isinstance(kv, KVCacheManager):
+            from sim.kv_offload import offload_for
+            kv.offload = offload_for(eng, coster)
+        sched = SchedulerV1(dep.limits, kv)
         reps.append(Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants))
     return reps
 

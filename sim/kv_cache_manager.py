@@ -26,6 +26,7 @@ import numpy as np
 
 from sim.block_hash import block_hash, shared_prefix_hashes
 from sim.block_pool import BlockPool
+from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
 from sim.request import Request, Status
 
@@ -50,6 +51,7 @@ class KVCacheManager:
         self.shared_content: set[int] = set()   # content keys of parallel-sampling prompts
         self.prefix_queries_tokens = 0    # vLLM PrefixCacheStats, first admissions only
         self.prefix_hits_tokens = 0
+        self.offload: KVOffload | None = None   # CPU / disk tiers below the prefix cache (sim.kv_offload)
 
     # ------------------------------------------------------------------ content
     def _num_public(self, req: Request) -> int:
@@ -96,6 +98,22 @@ class KVCacheManager:
             return None, 0
         return np.asarray(hits, dtype=np.int32), len(hits) * bs
 
+    def offload_lookup(self, req: Request, num_gpu_hit_tokens: int) -> tuple[list[int], int, int]:
+        """The connector's hit after the GPU prefix hit (vLLM `get_num_new_matched_tokens`): the keys
+        of the full prompt blocks past the GPU hit, and how many of them the CPU and disk tiers
+        hold as an unbroken run (see `KVOffload.lookup`)."""
+        off = self.offload
+        assert off is not None
+        bs = self.block_size
+        start = num_gpu_hit_tokens // bs
+        end = req.num_prompt_tokens // bs
+        if end <= start:
+            return [], 0, 0
+        keys = [block_hash(req, i, bs) for i in range(start, end)]
+        off.query_blocks += end - start
+        n_cpu, n_disk = off.lookup(keys)
+        return keys, n_cpu, n_disk
+
     def record_prefix_stats(self, req: Request, num_hit_tokens: int) -> None:
         if not self.enable_caching or req.num_preemptions > 0:
             return
@@ -112,9 +130,11 @@ class KVCacheManager:
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
                        hits: np.ndarray | None = None, full_sequence_must_fit: bool = False,
-                       has_scheduled_reqs: bool = True) -> bool:
+                       has_scheduled_reqs: bool = True, delay_cache_blocks: bool = False) -> bool:
         """Give `req` slots for `num_new_tokens` more tokens (after adopting the `hits` blocks).
-        Returns False, changing nothing, when the pool cannot supply them."""
+        Returns False, changing nothing, when the pool cannot supply them.  `delay_cache_blocks`:
+        the new tokens are being loaded from the offload tiers; their blocks are registered when
+        the load is done (vLLM's delay_cache_blocks)."""
         pool = self.pool
         num_tokens = req.num_prompt_tokens + req.num_output
         total_computed = min(req.num_computed + num_new_computed_tokens, self.max_model_len)
@@ -136,12 +156,17 @@ class KVCacheManager:
             req.nblocks += int(hits.size)
             req.num_cached_blocks = req.nblocks
             self.num_blocks_held += int(hits.size)
+            off = self.offload
+            if off is not None and not delay_cache_blocks and req.num_preemptions == 0:
+                bs = self.block_size     # vLLM offers a request's GPU-hit blocks for storing too
+                for i in range(int(hits.size)):
+                    off.store(block_hash(req, i, bs))
         n_new = cdiv(need_slot, self.block_size) - req.nblocks
         if n_new > 0:
             table[req.nblocks: req.nblocks + n_new] = pool.get_new_blocks(n_new)
             req.nblocks += n_new
             self.num_blocks_held += n_new
-        if self.enable_caching:
+        if self.enable_caching and not delay_cache_blocks:
             self.cache_blocks(req, min(total_computed + num_new_tokens, num_tokens))
         return True
 
@@ -161,14 +186,21 @@ class KVCacheManager:
         req.nblocks += k
         self.num_blocks_held += k
 
-    def cache_blocks(self, req: Request, num_tokens: int) -> None:
+    def cache_blocks(self, req: Request, num_tokens: int, offer: bool = True) -> None:
         """Register the request's newly full blocks (up to `num_tokens`) in the prefix cache.
         Public blocks enter the hash map now; private ones only move the request's cached-block
-        count, and get their hashes when the request frees them (nobody else could hit them)."""
+        count, and get their hashes when the request frees them (nobody else could hit them).
+        With offload tiers, newly full prompt blocks are offered to the CPU tier (unless `offer`
+        is False: blocks that were just loaded from it)."""
         full = num_tokens // self.block_size
         start = req.num_cached_blocks
         if full <= start:
             return
+        off = self.offload
+        if off is not None and offer:
+            bs = self.block_size
+            for i in range(start, min(full, req.num_prompt_tokens // bs)):
+                off.store(block_hash(req, i, bs))
         n_pub = self._num_public(req)
         if start < n_pub:
             table = req.blocks

@@ -21,7 +21,7 @@ from sim.metrics import Recorder
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.schema import Ctx
-from sim.summary import class_summary, meets, request_table, step_table, summarize
+from sim.summary import class_summary, meets, offload_summary, request_table, step_table, summarize
 from sim.workload import generate
 
 
@@ -190,6 +190,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
         "num_requests": len(table), "num_too_long": num_too_long, "on_too_long": sc.run.on_too_long,
     })
     summary.update(routing_summary(router, rec, measured))
+    summary.update(offload_summary(replicas, end_s))
     summary["admission"] = eng.admission.policy
     if scaler is not None:
         summary.update(autoscaling_summary(scaler, rec, measured, sc, dep))
