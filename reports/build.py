@@ -12,7 +12,7 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from reports import charts_fleet, charts_grid, charts_kv, charts_latency, charts_validation, sections
+from reports import charts_fleet, charts_grid, charts_kv, charts_latency, charts_offload, charts_validation, sections
 from reports.data import ReportData, load
 from reports.html import Section, render_page
 from sim.results import atomic_write_text
@@ -26,6 +26,7 @@ SECTIONS: tuple[Callable[[ReportData], Section | None], ...] = (
     charts_kv.over_time,
     charts_kv.fragmentation,
     charts_kv.swap,
+    charts_offload.offload,
     charts_fleet.routing,
     charts_fleet.slo_classes,
     charts_fleet.autoscaling,

@@ -130,8 +130,9 @@ class KVOffload:
         disk = self.disk
         if disk is not None and key in disk:
             disk.remove(key)              # exclusive tiers: the fresh copy lives in the CPU tier
-        self.num_stored_blocks += 1
         victim = cpu.insert(key)
+        if victim != key:                 # a tier of size 0 stores nothing
+            self.num_stored_blocks += 1
         if victim is not None and disk is not None:
             self.num_disk_stored_blocks += 1
             disk.insert(victim)

@@ -172,6 +172,7 @@ def test_tier_of_size_zero_is_the_baseline_run_exactly():
     base = run_scenario(scenario())
     zero = run_scenario(scenario(kv_offloading_size=0))
     assert zero.summary["kv_offload_cpu_hit_tokens"] == 0 and zero.summary["kv_offload_cpu_blocks"] == 0
+    assert zero.summary["kv_offload_store_bytes"] == 0
     assert base.requests.equals(zero.requests)
     for k, v in base.summary.items():
         if k != "simulator_wall_s":
