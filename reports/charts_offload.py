@@ -18,7 +18,9 @@ AXIS = "kv_offloading_size"
 INTRO = ("<p>Prefix blocks offloaded to CPU memory (and a local disk) below the GPU prefix cache, as vLLM's "
          "<code>--kv-offloading-size</code> (OffloadingConnector) and LMCache keep them: every computed prompt "
          "block is stored; a request continues its GPU prefix hit in the CPU tier, then on disk, and waits "
-         "for those blocks to cross the host link instead of recomputing them.</p>")
+         "for those blocks to cross the host link instead of recomputing them.  Stores are inclusive (every "
+         "computed block, also those the GPU keeps), so a CPU tier smaller than the GPU cache mostly holds what "
+         "the GPU still has: hits begin once the tier outgrows the GPU cache.</p>")
 
 
 def offload(data: ReportData) -> Section | None:

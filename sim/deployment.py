@@ -139,7 +139,7 @@ def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
                             dep.async_scheduling)
         if eng.kv_offloading_size is not None and isinstance(kv, KVCacheManager):
             from sim.kv_offload import offload_for
-            kv.offload = offload_for(eng, coster)
+            kv.offload = offload_for(eng, coster, sc.model.num_layers)
         sched = SchedulerV1(dep.limits, kv)
         reps.append(Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants))
     return reps

@@ -26,9 +26,10 @@ WAITING_FOR_REMOTE_KVS path).  What vLLM does and what pagesim keeps:
   request is scheduled: the request waits (vLLM's WAITING_FOR_REMOTE_KVS) holding its blocks,
   then is scheduled with those tokens computed (all of them but the last prompt token at most).
 * **Load time**: loads queue on the host-to-device link of the replica, one after another:
-  blocks × (per-copy latency + bytes per rank / link bandwidth) — the cost profile's swap terms,
-  each TP rank moving its own shard over its own link — plus disk blocks × bytes of all ranks /
-  disk bandwidth.
+  blocks × (per-copy latency + bytes per rank / link bandwidth) — the cost profile's swap terms
+  with one DMA per block (all layers contiguous, vLLM >= 0.12), each TP rank moving its own shard
+  over its own link — plus disk blocks × bytes of all ranks / disk bandwidth.  Loads run beside
+  the model (DMA on their own stream): they delay the waiting request, not the step.
 
 Pure data structures; no SimPy, no time other than the numbers handed in.
 """
@@ -178,9 +179,12 @@ class KVOffload:
         return self.num_stored_blocks * self.setup.block_bytes
 
 
-def offload_for(eng: Any, coster: Any) -> KVOffload:
+def offload_for(eng: Any, coster: Any, num_layers: int) -> KVOffload:
     """The tiers of one replica from the engine options (`sim.config.EngineConfig`) and its step
-    coster (block bytes per rank and the profile's host-link swap terms)."""
+    coster (block bytes per rank and the profile's host-link swap terms).  The profile's swap
+    latency is per block *per layer* (vLLM V0 copies each layer's block separately); since vLLM
+    0.12 an offloaded block is one contiguous buffer of all layers moved by one DMA, so a load
+    pays that latency once per block: `swap_s_per_block_copy / num_layers`."""
     tp = eng.tensor_parallel_size
     bb = coster.kv_bytes_per_block
     p = coster.profile
@@ -188,5 +192,5 @@ def offload_for(eng: Any, coster: Any) -> KVOffload:
         cpu_blocks=tier_blocks(eng.kv_offloading_size, bb, tp),
         disk_blocks=tier_blocks(eng.kv_offloading_disk_size, bb, tp),
         block_bytes_per_rank=bb, tensor_parallel_size=tp,
-        s_per_block_copy=p.swap_s_per_block_copy, s_per_byte=p.swap_s_per_byte,
+        s_per_block_copy=p.swap_s_per_block_copy / max(num_layers, 1), s_per_byte=p.swap_s_per_byte,
         disk_bytes_per_s=eng.kv_offloading_disk_gb_per_s * 1e9))
