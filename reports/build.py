@@ -12,7 +12,15 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from reports import charts_fleet, charts_grid, charts_kv, charts_latency, charts_offload, charts_validation, sections
+from reports import (
+    charts_fleet,
+    charts_grid,
+    charts_kv,
+    charts_latency,
+    charts_offload,
+    charts_validation,
+    sections,
+)
 from reports.data import ReportData, load
 from reports.html import Section, render_page
 from sim.results import atomic_write_text
