@@ -98,6 +98,18 @@ class KVCacheManager:
             return None, 0
         return np.asarray(hits, dtype=np.int32), len(hits) * bs
 
+    def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
+        """`block_hash(req, i)` of full prompt blocks start <= i < end, in bulk (offload keys)."""
+        shared = req.prefix_hashes
+        if shared is None:                  # as block_hash() computes them
+            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, self.block_size) if req.segments else []
+        n = len(shared)
+        if end <= n:
+            return shared[start:end]
+        ck = req.content_key
+        tail = [hash((1, ck, i)) for i in range(max(start, n), end)]
+        return shared[start:n] + tail if start < n else tail
+
     def offload_lookup(self, req: Request, num_gpu_hit_tokens: int) -> tuple[list[int], int, int]:
         """The connector's hit after the GPU prefix hit (vLLM `get_num_new_matched_tokens`): the keys
         of the full prompt blocks past the GPU hit, and how many of them the CPU and disk tiers
@@ -109,7 +121,7 @@ class KVCacheManager:
         end = req.num_prompt_tokens // bs
         if end <= start:
             return [], 0, 0
-        keys = [block_hash(req, i, bs) for i in range(start, end)]
+        keys = self._prompt_keys(req, start, end)
         off.query_blocks += end - start
         n_cpu, n_disk = off.lookup(keys)
         return keys, n_cpu, n_disk
@@ -158,9 +170,8 @@ class KVCacheManager:
             self.num_blocks_held += int(hits.size)
             off = self.offload
             if off is not None and not delay_cache_blocks and req.num_preemptions == 0:
-                bs = self.block_size     # vLLM offers a request's GPU-hit blocks for storing too
-                for i in range(int(hits.size)):
-                    off.store(block_hash(req, i, bs))
+                # vLLM offers a request's GPU-hit blocks for storing too
+                off.store_many(self._prompt_keys(req, 0, int(hits.size)))
         n_new = cdiv(need_slot, self.block_size) - req.nblocks
         if n_new > 0:
             table[req.nblocks: req.nblocks + n_new] = pool.get_new_blocks(n_new)
@@ -196,12 +207,12 @@ class KVCacheManager:
         start = req.num_cached_blocks
         if full <= start:
             return
+        n_pub = self._num_public(req)
         off = self.offload
         if off is not None and offer:
-            bs = self.block_size
-            for i in range(start, min(full, req.num_prompt_tokens // bs)):
-                off.store(block_hash(req, i, bs))
-        n_pub = self._num_public(req)
+            end = min(full, req.num_prompt_tokens // self.block_size)
+            if end > start:
+                off.store_many(self._prompt_keys(req, start, end))
         if start < n_pub:
             table = req.blocks
             assert table is not None

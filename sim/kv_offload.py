@@ -138,6 +138,32 @@ class KVOffload:
             self.num_disk_stored_blocks += 1
             disk.insert(victim)
 
+    def store_many(self, keys: list[int]) -> None:
+        """`store` each of `keys` in order (one request's newly computed prompt blocks), with the
+        loop inlined: the hot path when offloading is on."""
+        cpu = self.cpu.keys
+        cap = self.cpu.capacity_blocks
+        if cap <= 0 and self.disk is None:
+            return
+        disk = self.disk.keys if self.disk is not None else None
+        for k in keys:
+            if k in cpu:
+                cpu.move_to_end(k)
+                continue
+            if disk is not None and k in disk:
+                del disk[k]
+            if cap <= 0:
+                victim = k
+            else:
+                cpu[k] = None
+                self.num_stored_blocks += 1
+                if len(cpu) <= cap:
+                    continue
+                victim = cpu.popitem(last=False)[0]
+            if disk is not None and self.disk is not None:
+                self.num_disk_stored_blocks += 1
+                self.disk.insert(victim)
+
     def lookup(self, keys: list[int]) -> tuple[int, int]:
         """The longest run of `keys` (consecutive blocks after the GPU hit) held by the tiers:
         (blocks in the CPU tier, blocks on disk) within that run."""

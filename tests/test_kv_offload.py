@@ -219,3 +219,20 @@ def test_bad_offloading_config_is_refused_in_one_line(engine, expect):
         scenario(**engine)
     msg = str(e.value)
     assert expect in msg and "\n" not in msg and msg.startswith("test.yaml")
+
+
+def test_bulk_store_equals_one_by_one_and_keys_equal_block_hashes():
+    from sim.block_hash import block_hash
+    from sim.kv_cache_manager import KVCacheManager
+    one, bulk = KVOffload(setup(cpu=5, disk=3)), KVOffload(setup(cpu=5, disk=3))
+    seq = [1, 2, 3, 1, 4, 5, 6, 7, 2, 8, 9, 3, 10]
+    for k in seq:
+        one.store(k)
+    bulk.store_many(seq[:4])
+    bulk.store_many(seq[4:])
+    assert list(one.cpu.keys) == list(bulk.cpu.keys) and list(one.disk.keys) == list(bulk.disk.keys)
+    assert (one.num_stored_blocks, one.num_disk_stored_blocks) == (bulk.num_stored_blocks, bulk.num_disk_stored_blocks)
+    kv = KVCacheManager(8, 16, True, 4096)
+    r = make_request(100, 2, req_id=5, segments=((3, 40),))
+    assert kv._prompt_keys(r, 0, 6) == [block_hash(r, i, 16) for i in range(6)]
+    assert kv._prompt_keys(r, 1, 4) == [block_hash(r, i, 16) for i in range(1, 4)]
