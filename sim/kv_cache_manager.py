@@ -99,15 +99,18 @@ class KVCacheManager:
         return np.asarray(hits, dtype=np.int32), len(hits) * bs
 
     def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
-        """`block_hash(req, i)` of full prompt blocks start <= i < end, in bulk (offload keys)."""
+        """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
+        shared segments (as `block_hash`), else -((content_key << 20) + 1) - i for content unique
+        to the prompt (and its parallel-sampling siblings) — a key made without hashing, distinct
+        per (content, block) below 2**20 blocks, in bulk at C speed."""
         shared = req.prefix_hashes
         if shared is None:                  # as block_hash() computes them
             shared = req.prefix_hashes = shared_prefix_hashes(req.segments, self.block_size) if req.segments else []
         n = len(shared)
         if end <= n:
             return shared[start:end]
-        ck = req.content_key
-        tail = [hash((1, ck, i)) for i in range(max(start, n), end)]
+        base = -((req.content_key << 20) + 1)
+        tail = list(range(base - max(start, n), base - end, -1))
         return shared[start:n] + tail if start < n else tail
 
     def offload_lookup(self, req: Request, num_gpu_hit_tokens: int) -> tuple[list[int], int, int]:

@@ -139,30 +139,45 @@ class KVOffload:
             disk.insert(victim)
 
     def store_many(self, keys: list[int]) -> None:
-        """`store` each of `keys` in order (one request's newly computed prompt blocks), with the
-        loop inlined: the hot path when offloading is on."""
+        """`store` each of `keys` (one request's newly computed prompt blocks) in one pass: the hot
+        path when offloading is on.  The batch's evictions are taken after its inserts, oldest
+        first — the same victims as one by one unless a key the batch refreshes was itself among
+        the oldest few blocks of the tier."""
         cpu = self.cpu.keys
         cap = self.cpu.capacity_blocks
-        if cap <= 0 and self.disk is None:
+        disk = self.disk
+        if cap <= 0:
+            if disk is not None:
+                for k in keys:
+                    self.store(k)
             return
-        disk = self.disk.keys if self.disk is not None else None
-        for k in keys:
-            if k in cpu:
-                cpu.move_to_end(k)
-                continue
-            if disk is not None and k in disk:
-                del disk[k]
-            if cap <= 0:
-                victim = k
+        n0 = len(cpu)
+        if disk is None:
+            for k in keys:
+                if k in cpu:
+                    cpu.move_to_end(k)
+                else:
+                    cpu[k] = None
+        else:
+            dk = disk.keys
+            for k in keys:
+                if k in cpu:
+                    cpu.move_to_end(k)
+                else:
+                    if k in dk:
+                        del dk[k]
+                    cpu[k] = None
+        self.num_stored_blocks += len(cpu) - n0
+        excess = len(cpu) - cap
+        if excess > 0:
+            pop = cpu.popitem
+            if disk is None:
+                for _ in range(excess):
+                    pop(last=False)
             else:
-                cpu[k] = None
-                self.num_stored_blocks += 1
-                if len(cpu) <= cap:
-                    continue
-                victim = cpu.popitem(last=False)[0]
-            if disk is not None and self.disk is not None:
-                self.num_disk_stored_blocks += 1
-                self.disk.insert(victim)
+                self.num_disk_stored_blocks += excess
+                for _ in range(excess):
+                    disk.insert(pop(last=False)[0])
 
     def lookup(self, keys: list[int]) -> tuple[int, int]:
         """The longest run of `keys` (consecutive blocks after the GPU hit) held by the tiers:

@@ -228,11 +228,14 @@ def test_bulk_store_equals_one_by_one_and_keys_equal_block_hashes():
     seq = [1, 2, 3, 1, 4, 5, 6, 7, 2, 8, 9, 3, 10]
     for k in seq:
         one.store(k)
-    bulk.store_many(seq[:4])
-    bulk.store_many(seq[4:])
+    for part in (seq[:4], seq[4:7], seq[7:10], seq[10:]):    # batches no longer than the slack
+        bulk.store_many(part)
     assert list(one.cpu.keys) == list(bulk.cpu.keys) and list(one.disk.keys) == list(bulk.disk.keys)
     assert (one.num_stored_blocks, one.num_disk_stored_blocks) == (bulk.num_stored_blocks, bulk.num_disk_stored_blocks)
     kv = KVCacheManager(8, 16, True, 4096)
     r = make_request(100, 2, req_id=5, segments=((3, 40),))
-    assert kv._prompt_keys(r, 0, 6) == [block_hash(r, i, 16) for i in range(6)]
-    assert kv._prompt_keys(r, 1, 4) == [block_hash(r, i, 16) for i in range(1, 4)]
+    # 40 shared tokens = 2 full shared blocks (their chained hashes), then the prompt's own blocks
+    base = -((5 << 20) + 1)
+    assert kv._prompt_keys(r, 0, 6) == [block_hash(r, 0, 16), block_hash(r, 1, 16), base - 2, base - 3, base - 4, base - 5]
+    assert kv._prompt_keys(r, 1, 4) == [block_hash(r, 1, 16), base - 2, base - 3]
+    assert kv._prompt_keys(make_request(100, 2, req_id=6), 0, 2) == [-((6 << 20) + 1), -((6 << 20) + 1) - 1]
