@@ -215,7 +215,15 @@ class KVCacheManager:
         if off is not None and offer:
             end = min(full, req.num_prompt_tokens // self.block_size)
             if end > start:
-                off.store_many(self._prompt_keys(req, start, end))
+                keys = self._prompt_keys(req, start, end)
+                if req.num_preemptions or req.content_key in self.shared_content:
+                    off.store_many(keys)            # stored before maybe: a previous life, a sibling
+                else:
+                    k = min(max(len(req.prefix_hashes or ()) - start, 0), len(keys))
+                    if k:
+                        off.store_many(keys[:k])    # shared blocks: maybe stored by another request
+                    if k < len(keys):
+                        off.store_new(keys[k:])     # the prompt's own blocks, computed for the first time
         if start < n_pub:
             table = req.blocks
             assert table is not None

@@ -36,8 +36,9 @@ Pure data structures; no SimPy, no time other than the numbers handed in.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 GIB = 1 << 30
@@ -137,6 +138,20 @@ class KVOffload:
         if victim is not None and disk is not None:
             self.num_disk_stored_blocks += 1
             disk.insert(victim)
+
+    def store_new(self, keys: list[int]) -> None:
+        """`store_many` for keys the caller knows are in neither tier (a prompt's own blocks,
+        computed for the first time): inserts and evictions at C speed, same result."""
+        cap = self.cpu.capacity_blocks
+        if cap <= 0 or self.disk is not None:
+            self.store_many(keys)
+            return
+        cpu = self.cpu.keys
+        cpu.update(dict.fromkeys(keys))
+        self.num_stored_blocks += len(keys)
+        excess = len(cpu) - cap
+        if excess > 0:
+            deque(map(cpu.popitem, repeat(False, excess)), maxlen=0)
 
     def store_many(self, keys: list[int]) -> None:
         """`store` each of `keys` (one request's newly computed prompt blocks) in one pass: the hot

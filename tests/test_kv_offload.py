@@ -239,3 +239,13 @@ def test_bulk_store_equals_one_by_one_and_keys_equal_block_hashes():
     assert kv._prompt_keys(r, 0, 6) == [block_hash(r, 0, 16), block_hash(r, 1, 16), base - 2, base - 3, base - 4, base - 5]
     assert kv._prompt_keys(r, 1, 4) == [block_hash(r, 1, 16), base - 2, base - 3]
     assert kv._prompt_keys(make_request(100, 2, req_id=6), 0, 2) == [-((6 << 20) + 1), -((6 << 20) + 1) - 1]
+
+
+def test_store_new_equals_store_for_fresh_keys():
+    one, bulk = KVOffload(setup(cpu=4)), KVOffload(setup(cpu=4))
+    for k in (1, 2, 3, 4, 5, 6):
+        one.store(k)
+    bulk.store_new([1, 2, 3])
+    bulk.store_new([4, 5, 6])
+    assert list(one.cpu.keys) == list(bulk.cpu.keys) == [3, 4, 5, 6]
+    assert one.num_stored_blocks == bulk.num_stored_blocks == 6
