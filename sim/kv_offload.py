@@ -36,43 +36,109 @@ Pure data structures; no SimPy, no time other than the numbers handed in.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 GIB = 1 << 30
 
 
 class LRUTier:
-    """A set of block keys with a capacity in blocks, evicting the least recently used key."""
+    """A set of block keys with a capacity in blocks, evicting the least recently used key.
+
+    Speed (a 100k-request run stores ~7M blocks): `live` holds the keys; `fifo[head:]` lists them
+    oldest first, where a refreshed or removed key leaves a dead older occurrence behind (counted
+    in `stale`, skipped when met).  Fresh keys go in and the oldest come out by whole slices at C
+    speed when nothing is stale."""
 
     def __init__(self, capacity_blocks: int):
         self.capacity_blocks = capacity_blocks
-        self.keys: OrderedDict[int, None] = OrderedDict()    # least recent first
+        self.live: dict[int, None] = {}
+        self.fifo: list[int] = []
+        self.head = 0
+        self.stale: dict[int, int] = {}     # key -> its dead occurrences in fifo[head:]
+        self.num_stale = 0
 
     def __contains__(self, key: int) -> bool:
-        return key in self.keys
+        return key in self.live
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.live)
+
+    def __iter__(self) -> Iterator[int]:
+        """Keys, least recently used first."""
+        skip = dict(self.stale)
+        for k in self.fifo[self.head:]:
+            c = skip.get(k, 0)
+            if c:
+                skip[k] = c - 1
+            else:
+                yield k
 
     def touch(self, key: int) -> None:
-        self.keys.move_to_end(key)
-
-    def insert(self, key: int) -> int | None:
-        """Add `key` as the most recent; return the key evicted to make room (None: none).
-        A tier of capacity 0 holds nothing: the key itself comes back."""
-        if self.capacity_blocks <= 0:
-            return key
-        keys = self.keys
-        keys[key] = None
-        if len(keys) > self.capacity_blocks:
-            return keys.popitem(last=False)[0]
-        return None
+        """Make a held key the most recent."""
+        self.fifo.append(key)
+        self.stale[key] = self.stale.get(key, 0) + 1
+        self.num_stale += 1
 
     def remove(self, key: int) -> None:
-        del self.keys[key]
+        del self.live[key]
+        self.stale[key] = self.stale.get(key, 0) + 1
+        self.num_stale += 1
+
+    def insert(self, key: int) -> int | None:
+        """Add `key` (not held) as the most recent; return the key evicted to make room (None:
+        none).  A tier of capacity 0 holds nothing: the key itself comes back."""
+        if self.capacity_blocks <= 0:
+            return key
+        self.live[key] = None
+        self.fifo.append(key)
+        if len(self.live) > self.capacity_blocks:
+            return self._pop_oldest()
+        return None
+
+    def insert_new(self, keys: list[int]) -> list[int]:
+        """Add keys none of which is held, in order; return the evicted keys, oldest first."""
+        self.live.update(dict.fromkeys(keys))
+        self.fifo.extend(keys)
+        return self.evict_excess()
+
+    def evict_excess(self) -> list[int]:
+        """Evict the oldest keys until the tier is within its capacity; return them."""
+        excess = len(self.live) - self.capacity_blocks
+        if excess <= 0:
+            return []
+        if self.num_stale:
+            return [self._pop_oldest() for _ in range(excess)]
+        h = self.head
+        victims = self.fifo[h: h + excess]
+        self.head = h + excess
+        deque(map(self.live.pop, victims), maxlen=0)
+        self._compact()
+        return victims
+
+    def _pop_oldest(self) -> int:
+        fifo, stale = self.fifo, self.stale
+        while True:
+            k = fifo[self.head]
+            self.head += 1
+            c = stale.get(k, 0)
+            if c:
+                if c == 1:
+                    del stale[k]
+                else:
+                    stale[k] = c - 1
+                self.num_stale -= 1
+                continue
+            del self.live[k]
+            self._compact()
+            return k
+
+    def _compact(self) -> None:
+        if self.head > 4096 and 2 * self.head > len(self.fifo):
+            del self.fifo[: self.head]
+            self.head = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,74 +191,50 @@ class KVOffload:
 
     def store(self, key: int) -> None:
         """Offer one computed prompt block: store it unless the CPU tier has it (then refresh it)."""
-        cpu = self.cpu
-        if key in cpu:
-            cpu.touch(key)
-            return
-        disk = self.disk
-        if disk is not None and key in disk:
-            disk.remove(key)              # exclusive tiers: the fresh copy lives in the CPU tier
-        victim = cpu.insert(key)
-        if victim != key:                 # a tier of size 0 stores nothing
-            self.num_stored_blocks += 1
-        if victim is not None and disk is not None:
-            self.num_disk_stored_blocks += 1
-            disk.insert(victim)
+        self.store_many([key])
 
     def store_new(self, keys: list[int]) -> None:
         """`store_many` for keys the caller knows are in neither tier (a prompt's own blocks,
-        computed for the first time): inserts and evictions at C speed, same result."""
-        cap = self.cpu.capacity_blocks
-        if cap <= 0 or self.disk is not None:
+        computed for the first time): inserts and evictions by whole slices, same result."""
+        if self.cpu.capacity_blocks <= 0 or self.disk is not None:
             self.store_many(keys)
             return
-        cpu = self.cpu.keys
-        cpu.update(dict.fromkeys(keys))
         self.num_stored_blocks += len(keys)
-        excess = len(cpu) - cap
-        if excess > 0:
-            deque(map(cpu.popitem, repeat(False, excess)), maxlen=0)
+        self.cpu.insert_new(keys)
 
     def store_many(self, keys: list[int]) -> None:
-        """`store` each of `keys` (one request's newly computed prompt blocks) in one pass: the hot
-        path when offloading is on.  The batch's evictions are taken after its inserts, oldest
-        first — the same victims as one by one unless a key the batch refreshes was itself among
-        the oldest few blocks of the tier."""
-        cpu = self.cpu.keys
-        cap = self.cpu.capacity_blocks
-        disk = self.disk
-        if cap <= 0:
-            if disk is not None:
+        """Offer computed prompt blocks in order (one request's, one step): each is stored unless
+        the CPU tier has it (then it is refreshed); a stored block leaves the disk tier (the fresh
+        copy lives in the CPU tier); the CPU tier's evictions fall into the disk tier.  The batch's
+        evictions are taken after its inserts, oldest first — the same victims as one by one
+        unless a key the batch refreshes was itself among the tier's oldest few."""
+        cpu, disk = self.cpu, self.disk
+        if cpu.capacity_blocks <= 0:
+            if disk is not None:              # everything falls through to the disk
                 for k in keys:
-                    self.store(k)
+                    if k not in disk:
+                        self.num_disk_stored_blocks += 1
+                        disk.insert(k)
+                    else:
+                        disk.touch(k)
             return
-        n0 = len(cpu)
-        if disk is None:
-            for k in keys:
-                if k in cpu:
-                    cpu.move_to_end(k)
-                else:
-                    cpu[k] = None
-        else:
-            dk = disk.keys
-            for k in keys:
-                if k in cpu:
-                    cpu.move_to_end(k)
-                else:
-                    if k in dk:
-                        del dk[k]
-                    cpu[k] = None
-        self.num_stored_blocks += len(cpu) - n0
-        excess = len(cpu) - cap
-        if excess > 0:
-            pop = cpu.popitem
-            if disk is None:
-                for _ in range(excess):
-                    pop(last=False)
-            else:
-                self.num_disk_stored_blocks += excess
-                for _ in range(excess):
-                    disk.insert(pop(last=False)[0])
+        live, fifo = cpu.live, cpu.fifo
+        n = 0
+        for k in keys:
+            if k in live:
+                cpu.touch(k)
+                continue
+            if disk is not None and k in disk:
+                disk.remove(k)
+            live[k] = None
+            fifo.append(k)
+            n += 1
+        self.num_stored_blocks += n
+        victims = cpu.evict_excess()
+        if victims and disk is not None:
+            self.num_disk_stored_blocks += len(victims)
+            for v in victims:
+                disk.insert(v)
 
     def lookup(self, keys: list[int]) -> tuple[int, int]:
         """The longest run of `keys` (consecutive blocks after the GPU hit) held by the tiers:

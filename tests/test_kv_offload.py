@@ -28,7 +28,7 @@ def test_lru_tier_evicts_the_least_recently_used_key():
     t.touch(1)                          # recency, oldest first: 2 3 1
     assert t.insert(4) == 2             # 3 1 4
     assert t.insert(5) == 3             # 1 4 5
-    assert list(t.keys) == [1, 4, 5]
+    assert list(t) == [1, 4, 5]
     assert LRUTier(0).insert(7) == 7    # a tier of size 0 holds nothing
 
 
@@ -36,11 +36,11 @@ def test_cpu_evictions_fall_into_the_disk_tier_and_lookup_stops_at_the_first_mis
     off = KVOffload(setup(cpu=2, disk=1))
     for k in (1, 2, 3):                 # CPU [1 2] -> 3 evicts 1 into the disk
         off.store(k)
-    assert list(off.cpu.keys) == [2, 3] and list(off.disk.keys) == [1]
+    assert list(off.cpu) == [2, 3] and list(off.disk) == [1]
     off.store(4)                        # CPU evicts 2 into the disk, which evicts 1: gone
-    assert list(off.cpu.keys) == [3, 4] and list(off.disk.keys) == [2]
+    assert list(off.cpu) == [3, 4] and list(off.disk) == [2]
     off.store(3)                        # already there: refreshed, not stored again
-    assert list(off.cpu.keys) == [4, 3] and off.num_stored_blocks == 4 and off.num_disk_stored_blocks == 2
+    assert list(off.cpu) == [4, 3] and off.num_stored_blocks == 4 and off.num_disk_stored_blocks == 2
     assert off.lookup([3, 4, 9]) == (2, 0)
     assert off.lookup([2, 3, 4]) == (2, 1)       # disk, cpu, cpu
     assert off.lookup([1, 3]) == (0, 0)          # the chain breaks at its first block
@@ -230,7 +230,7 @@ def test_bulk_store_equals_one_by_one_and_keys_equal_block_hashes():
         one.store(k)
     for part in (seq[:4], seq[4:7], seq[7:10], seq[10:]):    # batches no longer than the slack
         bulk.store_many(part)
-    assert list(one.cpu.keys) == list(bulk.cpu.keys) and list(one.disk.keys) == list(bulk.disk.keys)
+    assert list(one.cpu) == list(bulk.cpu) and list(one.disk) == list(bulk.disk)
     assert (one.num_stored_blocks, one.num_disk_stored_blocks) == (bulk.num_stored_blocks, bulk.num_disk_stored_blocks)
     kv = KVCacheManager(8, 16, True, 4096)
     r = make_request(100, 2, req_id=5, segments=((3, 40),))
@@ -247,5 +247,5 @@ def test_store_new_equals_store_for_fresh_keys():
         one.store(k)
     bulk.store_new([1, 2, 3])
     bulk.store_new([4, 5, 6])
-    assert list(one.cpu.keys) == list(bulk.cpu.keys) == [3, 4, 5, 6]
+    assert list(one.cpu) == list(bulk.cpu) == [3, 4, 5, 6]
     assert one.num_stored_blocks == bulk.num_stored_blocks == 6
