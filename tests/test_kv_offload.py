@@ -249,3 +249,16 @@ def test_store_new_equals_store_for_fresh_keys():
     bulk.store_new([4, 5, 6])
     assert list(one.cpu) == list(bulk.cpu) == [3, 4, 5, 6]
     assert one.num_stored_blocks == bulk.num_stored_blocks == 6
+
+
+def test_report_section_only_when_the_tier_is_on(tmp_path):
+    from reports.charts_offload import offload
+    from reports.data import ReportData
+    base = {"total_input_tokens": 1000, "prefix_cache_hit_rate": 0.2}
+    assert offload(ReportData(tmp_path, "run", "x", summary=base)) is None
+    on = {**base, "kv_offload_cpu_hit_tokens": 250, "kv_offload_disk_hit_tokens": 50, "kv_offload_cpu_blocks": 10}
+    sec = offload(ReportData(tmp_path, "run", "x", summary=on))
+    assert sec is not None and sec.title == "Tiered KV cache"
+    # 250 + 50 of 1,000 prompt tokens came from the tiers; 200 from the GPU cache; 500 computed
+    assert list(sec.charts[0].fig.data[0].y) == [200.0, 250.0, 50.0, 500.0]
+    assert "30" in sec.charts[0].reading
