@@ -124,10 +124,11 @@ class KVCacheManager:
         end = req.num_prompt_tokens // bs
         if end <= start:
             return [], 0, 0
-        keys = self._prompt_keys(req, start, end)
+        shared = req.prefix_hashes
+        if shared is None:                  # as block_hash() computes them
+            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, bs) if req.segments else []
         off.query_blocks += end - start
-        n_cpu, n_disk = off.lookup(keys)
-        return keys, n_cpu, n_disk
+        return off.lookup_prompt(shared, -((req.content_key << 20) + 1), start, end)
 
     def record_prefix_stats(self, req: Request, num_hit_tokens: int) -> None:
         if not self.enable_caching or req.num_preemptions > 0:

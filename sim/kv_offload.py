@@ -250,6 +250,26 @@ class KVOffload:
                 break
         return n_cpu, n_disk
 
+    def lookup_prompt(self, shared: list[int], base: int, start: int, end: int) -> tuple[list[int], int, int]:
+        """`lookup` over prompt blocks start <= i < end whose keys are `shared[i]` (chained hashes
+        of shared segments) then `base - i` (the prompt's own content), making keys only as far as
+        the run of hits goes: (the hit keys, blocks in the CPU tier, blocks on disk)."""
+        live = self.cpu.live
+        disk = self.disk
+        n = len(shared)
+        keys: list[int] = []
+        n_cpu = n_disk = 0
+        for i in range(start, end):
+            k = shared[i] if i < n else base - i
+            if k in live:
+                n_cpu += 1
+            elif disk is not None and k in disk:
+                n_disk += 1
+            else:
+                break
+            keys.append(k)
+        return keys, n_cpu, n_disk
+
     def load(self, keys: list[int], n_cpu: int, n_disk: int, now_s: float) -> float:
         """Start loading the first `n_cpu + n_disk` of `keys` (a `lookup` result) at `now_s`;
         returns when they are in the GPU.  Loads queue on the host link."""

@@ -262,3 +262,15 @@ def test_report_section_only_when_the_tier_is_on(tmp_path):
     # 250 + 50 of 1,000 prompt tokens came from the tiers; 200 from the GPU cache; 500 computed
     assert list(sec.charts[0].fig.data[0].y) == [200.0, 250.0, 50.0, 500.0]
     assert "30" in sec.charts[0].reading
+
+
+def test_prompt_lookup_equals_lookup_over_the_prompt_keys():
+    from sim.kv_cache_manager import KVCacheManager
+    kv = KVCacheManager(8, 16, True, 4096)
+    kv.offload = off = KVOffload(setup(cpu=6, disk=4))
+    r = make_request(100, 2, req_id=5, segments=((3, 40),))
+    keys = kv._prompt_keys(r, 0, 6)
+    for k in (keys[1], keys[0], keys[3], keys[2]):
+        off.store(k)
+    assert kv.offload_lookup(r, 0) == (keys[:4], 4, 0) and off.lookup(keys) == (4, 0)
+    assert kv.offload_lookup(r, 32) == (keys[2:4], 2, 0)     # past a 2-block GPU hit
