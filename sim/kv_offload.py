@@ -47,14 +47,14 @@ GIB = 1 << 30
 class LRUTier:
     """A set of block keys with a capacity in blocks, evicting the least recently used key.
 
-    Speed (a 100k-request run stores ~7M blocks): `live` holds the keys; `fifo[head:]` lists them
+    Speed (a 100k-request run stores ~7M blocks): the set `live` holds the keys; `fifo[head:]` lists them
     oldest first, where a refreshed or removed key leaves a dead older occurrence behind (counted
     in `stale`, skipped when met).  Fresh keys go in and the oldest come out by whole slices at C
     speed when nothing is stale."""
 
     def __init__(self, capacity_blocks: int):
         self.capacity_blocks = capacity_blocks
-        self.live: dict[int, None] = {}
+        self.live: set[int] = set()
         self.fifo: list[int] = []
         self.head = 0
         self.stale: dict[int, int] = {}     # key -> its dead occurrences in fifo[head:]
@@ -83,7 +83,7 @@ class LRUTier:
         self.num_stale += 1
 
     def remove(self, key: int) -> None:
-        del self.live[key]
+        self.live.remove(key)
         self.stale[key] = self.stale.get(key, 0) + 1
         self.num_stale += 1
 
@@ -92,7 +92,7 @@ class LRUTier:
         none).  A tier of capacity 0 holds nothing: the key itself comes back."""
         if self.capacity_blocks <= 0:
             return key
-        self.live[key] = None
+        self.live.add(key)
         self.fifo.append(key)
         if len(self.live) > self.capacity_blocks:
             return self._pop_oldest()
@@ -100,7 +100,7 @@ class LRUTier:
 
     def insert_new(self, keys: list[int]) -> list[int]:
         """Add keys none of which is held, in order; return the evicted keys, oldest first."""
-        self.live.update(dict.fromkeys(keys))
+        self.live.update(keys)
         self.fifo.extend(keys)
         return self.evict_excess()
 
@@ -114,7 +114,7 @@ class LRUTier:
         h = self.head
         victims = self.fifo[h: h + excess]
         self.head = h + excess
-        deque(map(self.live.pop, victims), maxlen=0)
+        deque(map(self.live.remove, victims), maxlen=0)
         self._compact()
         return victims
 
@@ -131,7 +131,7 @@ class LRUTier:
                     stale[k] = c - 1
                 self.num_stale -= 1
                 continue
-            del self.live[k]
+            self.live.remove(k)
             self._compact()
             return k
 
@@ -226,7 +226,7 @@ class KVOffload:
                 continue
             if disk is not None and k in disk:
                 disk.remove(k)
-            live[k] = None
+            live.add(k)
             fifo.append(k)
             n += 1
         self.num_stored_blocks += n
