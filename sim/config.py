@@ -60,6 +60,10 @@ class EngineConfig:
     allocator: Allocator = "paged"              # contiguous-*: reservation baselines (vLLM paper, Fig. 2)
     num_gpu_blocks_override: int | None = None  # --num-gpu-blocks-override
     speculative_config: SpeculativeConfig | None = None  # --speculative-config (sim.spec_decode); None: off
+    kv_offloading_size: float | None = None     # --kv-offloading-size: GiB of CPU tier, all TP ranks (None: off; sim.kv_offload)
+    kv_offloading_backend: Literal["native", "lmcache"] = "native"   # --kv-offloading-backend
+    kv_offloading_disk_size: float = 0.0        # GiB of local disk tier below the CPU tier (LMCache max_local_disk_size)
+    kv_offloading_disk_gb_per_s: float = 3.0    # disk read bandwidth, GB/s (an NVMe SSD)
 
     _aliases = {"block_size_tokens": "block_size"}
 
@@ -93,6 +97,29 @@ class EngineConfig:
         positive(ctx, "router_scrape_interval_s", self.router_scrape_interval_s, allow_zero=True)
         if self.tensor_parallel_size & (self.tensor_parallel_size - 1):
             raise ctx.at("tensor_parallel_size").error("expected a power of two", self.tensor_parallel_size)
+        self._validate_offloading(ctx)
+
+    def _validate_offloading(self, ctx: Ctx) -> None:
+        """KV offloading tiers (sim.kv_offload): sizes, and the engines they work with."""
+        positive(ctx, "kv_offloading_disk_size", self.kv_offloading_disk_size, allow_zero=True)
+        positive(ctx, "kv_offloading_disk_gb_per_s", self.kv_offloading_disk_gb_per_s)
+        size = self.kv_offloading_size
+        if size is None:
+            if self.kv_offloading_disk_size > 0:
+                raise ctx.at("kv_offloading_disk_size").error(
+                    "a disk tier sits below the CPU tier: set engine.kv_offloading_size too", self.kv_offloading_disk_size)
+            return
+        positive(ctx, "kv_offloading_size", size, allow_zero=True)
+        if not self.enable_prefix_caching:
+            raise ctx.at("kv_offloading_size").error(
+                "KV offloading looks blocks up by their prefix hashes: needs enable_prefix_caching: true", size)
+        if self.scheduler != "vllm-v1" or self.allocator != "paged":
+            raise ctx.at("kv_offloading_size").error(
+                "KV offloading is simulated for scheduler: vllm-v1 with the paged allocator", size)
+        if self.kv_offloading_disk_size > 0 and self.kv_offloading_backend != "lmcache":
+            raise ctx.at("kv_offloading_disk_size").error(
+                "vLLM's native offloading has no disk tier: set engine.kv_offloading_backend: lmcache",
+                self.kv_offloading_disk_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +309,8 @@ def check_pipeline(engine: EngineConfig, model: Any, ctx: Ctx) -> None:
         raise key.error("pipeline parallelism is not simulated with prefill/decode disaggregation", pp)
     if engine.speculative_config is not None:
         raise key.error("pipeline parallelism is not simulated with speculative decoding (speculative_config)", pp)
+    if engine.kv_offloading_size is not None:
+        raise key.error("pipeline parallelism is not simulated with a KV offloading tier (kv_offloading_size)", pp)
     if getattr(model, "num_experts", 0) or getattr(model, "kv_lora_rank", 0):
         raise key.error("pipeline parallelism is simulated for dense models with ordinary attention only "
                         f"({model.name} has experts or latent attention)", pp)

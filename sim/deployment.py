@@ -167,10 +167,13 @@ def build_replicas(sc: Scenario, dep: Deployment) -> list[Replica]:
             except ValueError as e:
                 raise ScenarioError(sc.path, "engine.allocator", str(e)) from None
         spec = eng.speculative_config
-        sched = SchedulerV1(dep.limits, kv, spec=None if spec is None else
-                            SpecDecoder(spec, np.random.default_rng([sc.run.seed, SPEC_RNG_STREAM, i])))
         coster = StepCoster(dep.profile, eng.block_size, dep.kv_dtype, dep.capacity.block_bytes,
                             dep.async_scheduling, None if spec is None else proposer_cost(spec, sc, dep))
+        if eng.kv_offloading_size is not None and isinstance(kv, KVCacheManager):
+            from sim.kv_offload import offload_for
+            kv.offload = offload_for(eng, coster, sc.model.num_layers)
+        sched = SchedulerV1(dep.limits, kv, spec=None if spec is None else
+                            SpecDecoder(spec, np.random.default_rng([sc.run.seed, SPEC_RNG_STREAM, i])))
         rep = Replica(i, sched, coster, dep.async_scheduling, sc.run.check_invariants)
         if dep.stages:
             rep.pipeline = pipeline_clock(sc, dep)

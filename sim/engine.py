@@ -228,6 +228,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 if async_:
                     pending_start, pending_dt = stretch.end_s, stretch.pending_dt
                 continue
+        sched.now_s = env.now                      # KV offloading: when loads start and finish
         batch = sched.schedule() if sched.has_work else None
         rep.num_unseen_arrivals = 0
         if batch is not None and batch.is_empty:

@@ -26,6 +26,7 @@ import numpy as np
 
 from sim.block_hash import block_hash, shared_prefix_hashes
 from sim.block_pool import BlockPool
+from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
 from sim.request import Request, Status
 
@@ -51,6 +52,7 @@ class KVCacheManager:
         self.prefix_queries_tokens = 0    # vLLM PrefixCacheStats, first admissions only
         self.prefix_hits_tokens = 0
         self.spec_slack_tokens = 0        # spec decode: slots a table may need past the sequence (drafts + lookahead)
+        self.offload: KVOffload | None = None   # CPU / disk tiers below the prefix cache (sim.kv_offload)
 
     # ------------------------------------------------------------------ content
     def _num_public(self, req: Request) -> int:
@@ -100,6 +102,38 @@ class KVCacheManager:
             return None, 0
         return np.asarray(hits, dtype=np.int32), len(hits) * bs
 
+    def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
+        """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
+        shared segments (as `block_hash`), else -((content_key << 20) + 1) - i for content unique
+        to the prompt (and its parallel-sampling siblings) — a key made without hashing, distinct
+        per (content, block) below 2**20 blocks, in bulk at C speed."""
+        shared = req.prefix_hashes
+        if shared is None:                  # as block_hash() computes them
+            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, self.block_size) if req.segments else []
+        n = len(shared)
+        if end <= n:
+            return shared[start:end]
+        base = -((req.content_key << 20) + 1)
+        tail = list(range(base - max(start, n), base - end, -1))
+        return shared[start:n] + tail if start < n else tail
+
+    def offload_lookup(self, req: Request, num_gpu_hit_tokens: int) -> tuple[list[int], int, int]:
+        """The connector's hit after the GPU prefix hit (vLLM `get_num_new_matched_tokens`): the keys
+        of the full prompt blocks past the GPU hit, and how many of them the CPU and disk tiers
+        hold as an unbroken run (see `KVOffload.lookup`)."""
+        off = self.offload
+        assert off is not None
+        bs = self.block_size
+        start = num_gpu_hit_tokens // bs
+        end = req.num_prompt_tokens // bs
+        if end <= start:
+            return [], 0, 0
+        shared = req.prefix_hashes
+        if shared is None:                  # as block_hash() computes them
+            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, bs) if req.segments else []
+        off.query_blocks += end - start
+        return off.lookup_prompt(shared, -((req.content_key << 20) + 1), start, end)
+
     def record_prefix_stats(self, req: Request, num_hit_tokens: int) -> None:
         if not self.enable_caching or req.num_preemptions > 0:
             return
@@ -116,10 +150,13 @@ class KVCacheManager:
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
                        hits: np.ndarray | None = None, full_sequence_must_fit: bool = False,
-                       has_scheduled_reqs: bool = True, num_lookahead_tokens: int = 0) -> bool:
+                       has_scheduled_reqs: bool = True, num_lookahead_tokens: int = 0,
+                       delay_cache_blocks: bool = False) -> bool:
         """Give `req` slots for `num_new_tokens` more tokens (after adopting the `hits` blocks),
         plus `num_lookahead_tokens` (spec decode: the drafter's KV), as vLLM's `allocate_slots`.
-        Returns False, changing nothing, when the pool cannot supply them."""
+        Returns False, changing nothing, when the pool cannot supply them.  `delay_cache_blocks`:
+        the new tokens are being loaded from the offload tiers; their blocks are registered when
+        the load is done (vLLM's delay_cache_blocks)."""
         pool = self.pool
         num_tokens = req.num_prompt_tokens + req.num_output
         total_computed = min(req.num_computed + num_new_computed_tokens, self.max_model_len)
@@ -141,12 +178,16 @@ class KVCacheManager:
             req.nblocks += int(hits.size)
             req.num_cached_blocks = req.nblocks
             self.num_blocks_held += int(hits.size)
+            off = self.offload
+            if off is not None and not delay_cache_blocks and req.num_preemptions == 0:
+                # vLLM offers a request's GPU-hit blocks for storing too
+                off.store_many(self._prompt_keys(req, 0, int(hits.size)))
         n_new = cdiv(need_slot, self.block_size) - req.nblocks
         if n_new > 0:
             table[req.nblocks: req.nblocks + n_new] = pool.get_new_blocks(n_new)
             req.nblocks += n_new
             self.num_blocks_held += n_new
-        if self.enable_caching:
+        if self.enable_caching and not delay_cache_blocks:
             self.cache_blocks(req, min(total_computed + num_new_tokens, num_tokens))
         return True
 
@@ -166,15 +207,30 @@ class KVCacheManager:
         req.nblocks += k
         self.num_blocks_held += k
 
-    def cache_blocks(self, req: Request, num_tokens: int) -> None:
+    def cache_blocks(self, req: Request, num_tokens: int, offer: bool = True) -> None:
         """Register the request's newly full blocks (up to `num_tokens`) in the prefix cache.
         Public blocks enter the hash map now; private ones only move the request's cached-block
-        count, and get their hashes when the request frees them (nobody else could hit them)."""
+        count, and get their hashes when the request frees them (nobody else could hit them).
+        With offload tiers, newly full prompt blocks are offered to the CPU tier (unless `offer`
+        is False: blocks that were just loaded from it)."""
         full = num_tokens // self.block_size
         start = req.num_cached_blocks
         if full <= start:
             return
         n_pub = self._num_public(req)
+        off = self.offload
+        if off is not None and offer:
+            end = min(full, req.num_prompt_tokens // self.block_size)
+            if end > start:
+                keys = self._prompt_keys(req, start, end)
+                if req.num_preemptions or req.content_key in self.shared_content:
+                    off.store_many(keys)            # stored before maybe: a previous life, a sibling
+                else:
+                    k = min(max(len(req.prefix_hashes or ()) - start, 0), len(keys))
+                    if k:
+                        off.store_many(keys[:k])    # shared blocks: maybe stored by another request
+                    if k < len(keys):
+                        off.store_new(keys[k:])     # the prompt's own blocks, computed for the first time
         if start < n_pub:
             table = req.blocks
             assert table is not None

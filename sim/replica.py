@@ -55,12 +55,20 @@ class Replica:
         self.outstanding_tokens -= req.num_prompt_tokens + req.max_tokens
 
     def wait_for_work(self, env: simpy.Environment) -> simpy.Event:
-        self._wakeup = env.event()
-        return self._wakeup
+        """An event for the next arrival, or for the first KV-offload load to finish (sim.kv_offload)."""
+        wakeup = self._wakeup = env.event()
+        loading = getattr(self.scheduler, "loading", None)
+        if loading:
+            def wake(_: Any) -> None:
+                if not wakeup.triggered:
+                    wakeup.succeed()
+            env.timeout(max(loading[0][0] - env.now, 0.0)).callbacks.append(wake)
+        return wakeup
 
     def kv_state(self) -> KVState:
         """(usage, token-state, internal-fragmentation, reserved, cached-free) fractions of KV slots."""
         return self.scheduler.kv_state()
 
     def check(self) -> None:
-        self.kv.check_invariants(self.scheduler.running, self.scheduler.waiting)
+        holders = self.scheduler.running + [e[2] for e in getattr(self.scheduler, "loading", ())]
+        self.kv.check_invariants(holders, self.scheduler.waiting)

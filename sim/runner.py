@@ -23,7 +23,15 @@ from sim.router import Router
 from sim.schema import Ctx
 from sim.sessions import end_long_sessions
 from sim.spec_decode import spec_summary
-from sim.summary import class_summary, meets, request_table, session_summary, step_table, summarize
+from sim.summary import (
+    class_summary,
+    meets,
+    offload_summary,
+    request_table,
+    session_summary,
+    step_table,
+    summarize,
+)
 from sim.workload import generate
 
 
@@ -203,6 +211,7 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
     if dep.stages:
         from sim import pipeline
         summary.update(pipeline.summary([r.pipeline for r in replicas]))
+    summary.update(offload_summary(replicas, end_s))
     summary["admission"] = eng.admission.policy
     if scaler is not None:
         summary.update(autoscaling_summary(scaler, rec, measured, sc, dep))

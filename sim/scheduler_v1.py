@@ -57,6 +57,7 @@ import numpy as np
 from sim.batch import StepBatch
 from sim.contiguous import ContiguousKVManager
 from sim.kv_cache_manager import KVCacheManager, cdiv
+from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
 from sim.request import Request, Status
 from sim.spec_decode import SpecDecoder
@@ -200,6 +201,12 @@ class SchedulerV1:
         self.ready_lanes: list[Lane] = []               # lanes whose batch was applied
         self.lane_of: dict[int, Lane] = {}              # member req_id -> its lane
         self.lane_inflight: list[tuple[StepBatch, Lane]] = []
+        # KV offloading (sim.kv_offload): requests whose hit is being loaded from the CPU / disk
+        # tiers (vLLM's WAITING_FOR_REMOTE_KVS), a heap of (ready time, seq, request); the engine
+        # sets `now_s` before each `schedule()`.
+        self.offload: KVOffload | None = kv.offload if isinstance(kv, KVCacheManager) else None
+        self.loading: list[tuple[float, int, Request]] = []
+        self.now_s = 0.0
 
     # ------------------------------------------------------------------ queues and views
     def add_request(self, req: Request) -> None:
@@ -216,11 +223,11 @@ class SchedulerV1:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running_map or self.waiting)
+        return bool(self.running_map or self.waiting or self.loading)
 
     @property
     def num_unfinished(self) -> int:
-        return len(self.running_map) + len(self.waiting)
+        return len(self.running_map) + len(self.waiting) + len(self.loading)
 
     def sync(self) -> None:
         """Write the implicit counters of decode-set members into the objects (tests, traces)."""
@@ -298,7 +305,7 @@ class SchedulerV1:
         """Blocks allocated in each of the next steps that are certain to change nothing but the
         decode set's counters and block tables: nobody finishes, is admitted, preempted or
         prefilling (the caller also makes sure no request arrives).  Empty: take a normal step."""
-        if self.explicit or self.record_schedule or not self.num_members:
+        if self.explicit or self.record_schedule or not self.num_members or self.loading:
             return []
         if self.waiting and len(self.running_map) < self.limits.max_num_seqs:
             return []
@@ -368,6 +375,8 @@ class SchedulerV1:
             self._load_ready_lane()
         c = self.clock
         budget = lim.max_num_batched_tokens
+        if self.loading:
+            self._finish_loads()
         thr = lim.long_prefill_token_threshold if len(self.running_map) + len(self.waiting) > 1 else 0
         if lim.async_scheduling:      # members whose last token is in flight are skipped
             for r, v in self.finish_due.get(c, ()):
@@ -629,6 +638,12 @@ class SchedulerV1:
             hit_tokens = 0
             if req.num_computed == 0:
                 hits, hit_tokens = kv.get_computed_blocks(req)
+                if self.offload is not None:
+                    keys, n_cpu, n_disk = kv.offload_lookup(req, hit_tokens)  # type: ignore[union-attr]
+                    if n_cpu + n_disk:
+                        if not self._start_load(req, hits, hit_tokens, keys, n_cpu, n_disk):
+                            break
+                        continue
             n = req.num_prompt_tokens + req.num_output - hit_tokens - req.num_computed
             if 0 < thr < n:
                 n = thr
@@ -667,6 +682,44 @@ class SchedulerV1:
                 if r is req:
                     return True
         return False
+
+    def _start_load(self, req: Request, hits: np.ndarray | None, hit_tokens: int, keys: list[int],
+                    n_cpu: int, n_disk: int) -> bool:
+        """Admit `req` to wait for its offloaded blocks (vLLM: allocate the local + external hit,
+        status WAITING_FOR_REMOTE_KVS, skip it this step).  False: its blocks do not fit."""
+        kv = self.kv
+        off = self.offload
+        assert off is not None
+        ext = (n_cpu + n_disk) * kv.block_size
+        if not kv.allocate_slots(req, ext, hit_tokens, hits,  # type: ignore[call-arg]
+                                 full_sequence_must_fit=self.limits.scheduler_reserve_full_isl,
+                                 has_scheduled_reqs=bool(self.running_map), delay_cache_blocks=True):
+            return False
+        kv.record_prefix_stats(req, hit_tokens)
+        self.waiting.popleft()
+        if req.prefix_hit_tokens < 0:
+            req.prefix_hit_tokens = hit_tokens
+        req.num_computed = hit_tokens + ext
+        ready = off.load(keys, n_cpu, n_disk, self.now_s)
+        heapq.heappush(self.loading, (ready, self._seq, req))
+        self._seq += 1
+        return True
+
+    def _finish_loads(self) -> None:
+        """Loads done by now go back to the front of the waiting queue with their tokens computed
+        (vLLM `_update_waiting_for_remote_kv`: cache the loaded blocks; a whole-sequence hit
+        recomputes its last token)."""
+        done: list[Request] = []
+        loading = self.loading
+        while loading and loading[0][0] <= self.now_s:
+            done.append(heapq.heappop(loading)[2])
+        kv = self.kv
+        for req in reversed(done):
+            if kv.enable_caching:
+                kv.cache_blocks(req, req.num_computed, offer=False)  # type: ignore[call-arg]
+            if req.num_computed == req.num_prompt_tokens + req.num_output:
+                req.num_computed -= 1
+            self.waiting.appendleft(req)
 
     def _preempt_last(self, batch: StepBatch) -> Request:
         """Preempt the last running request (recompute; v1 has no swap); with the priority policy,

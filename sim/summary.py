@@ -189,3 +189,35 @@ def summarize(rec: Recorder, measured: np.ndarray, slo: SLOConfig, end_s: float)
     s["kv_cache_usage_max"] = rec.kv_usage_max
     s["mean_num_running"] = rec.running_weighted / tot
     return s
+
+
+def offload_summary(replicas: list[Any], duration_s: float) -> dict[str, Any]:
+    """KV offloading tiers (sim.kv_offload), summed over replicas; {} when offloading is off.
+    Hit rates are over the full prompt blocks looked up past the GPU prefix hit (all requests,
+    warm-up included); tokens are blocks x block size."""
+    offs = [(r.kv.offload, r.kv.block_size) for r in replicas if getattr(r.kv, "offload", None) is not None]
+    if not offs:
+        return {}
+    bs = offs[0][1]
+    cpu_hit = sum(o.num_cpu_hit_blocks for o, _ in offs) * bs
+    disk_hit = sum(o.num_disk_hit_blocks for o, _ in offs) * bs
+    queried = sum(o.query_blocks for o, _ in offs) * bs
+    loads = sum(o.num_loads for o, _ in offs)
+    store_bytes = sum(o.store_bytes for o, _ in offs)
+    link_bps = [1.0 / o.setup.s_per_byte * o.setup.tensor_parallel_size for o, _ in offs if o.setup.s_per_byte > 0]
+    return {
+        "kv_offload_cpu_blocks": offs[0][0].setup.cpu_blocks,
+        "kv_offload_disk_blocks": offs[0][0].setup.disk_blocks,
+        "kv_offload_cpu_hit_tokens": cpu_hit,
+        "kv_offload_disk_hit_tokens": disk_hit,
+        "kv_offload_query_tokens": queried,
+        "kv_offload_cpu_hit_rate": cpu_hit / queried if queried else 0.0,
+        "kv_offload_disk_hit_rate": disk_hit / queried if queried else 0.0,
+        "kv_offload_prefill_tokens_saved": cpu_hit + disk_hit,
+        "kv_offload_load_bytes": sum(o.load_bytes for o, _ in offs),
+        "kv_offload_store_bytes": store_bytes,
+        "kv_offload_num_loads": loads,
+        "kv_offload_mean_load_ms": sum(o.load_wait_s for o, _ in offs) / loads * 1000.0 if loads else 0.0,
+        "kv_offload_store_link_utilization": (store_bytes / (sum(link_bps) * duration_s)
+                                              if link_bps and duration_s > 0 else 0.0),
+    }

@@ -39,6 +39,7 @@ AXES: dict[str, tuple[str, str]] = {
     "block_size": ("engine.block_size", "int"),
     "kv_cache_dtype": ("engine.kv_cache_dtype", "str"),
     "swap_space": ("engine.swap_space", "number"),
+    "kv_offloading_size": ("engine.kv_offloading_size", "number"),
     "max_num_seqs": ("engine.max_num_seqs", "int?"),
     "max_num_batched_tokens": ("engine.max_num_batched_tokens", "int?"),
     "enable_chunked_prefill": ("engine.enable_chunked_prefill", "bool"),

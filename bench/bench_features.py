@@ -1,0 +1,87 @@
+"""What each deployment feature adds to the wall time of a 100k-request run.
+
+    python bench/bench_features.py [--requests N] [--only NAME ...]
+
+Runs bench/azure_conv_100k.yaml (100,000 Azure-conv requests at 18 req/s, Llama-3-8B on one H100)
+as it is ("dense") and with one feature switched on at a time, each in a fresh subprocess (so peak
+memory is per run), and prints wall seconds, peak RSS, engine steps and the ratio to the dense run.
+The issue's bar: every feature within 20 % of the dense figure.  Variants:
+
+* moe:       Mixtral-8x7B on 2 x H100 (TP2), the same traffic (the MoE maths lives in the
+             linear-layer table, so only the simulated dynamics differ);
+* spec:      EAGLE, k = 3, acceptance 0.7 (synchronous scheduling, as pagesim simulates it);
+* pp2:       pipeline_parallel_size 2 (sync batch queue of two batches);
+* offload:   a CPU KV tier (the vLLM offloading connector's CPU cache);
+* sessions:  bench/sessions_100k.yaml: 100,000 turns of multi-turn chat of a like size.
+
+Host speed drifts on shared VMs: compare ratios from one invocation, not absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DENSE = HERE / "azure_conv_100k.yaml"
+VARIANTS: dict[str, tuple[Path, list[str]]] = {
+    "dense": (DENSE, []),
+    "moe": (DENSE, ["model=mixtral-8x7b", "hardware.gpu=H100-SXM", "engine.tensor_parallel_size=2"]),
+    "spec": (DENSE, ["engine.speculative_config.method=eagle", "engine.speculative_config.num_speculative_tokens=3",
+                     "engine.speculative_config.acceptance_rate=0.7"]),
+    "pp2": (DENSE, ["engine.pipeline_parallel_size=2"]),
+    "offload": (DENSE, ["engine.kv_offloading_size=64"]),
+    "sessions": (HERE / "sessions_100k.yaml", []),
+}
+
+CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+t0 = time.perf_counter()
+from sim.config import load_scenario
+from sim.runner import run_scenario
+sc = load_scenario({path!r}, {overrides!r} + ["run.num_requests={n}"])
+s = run_scenario(sc).summary
+print(json.dumps({{"wall_s": time.perf_counter() - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "steps": s["num_steps"], "completed": s["completed"],
+                  "mean_tpot_ms": s["mean_tpot_ms"], "p99_ttft_ms": s["p99_ttft_ms"]}}))
+"""
+
+
+def run_one(path: Path, overrides: list[str], n: int) -> dict[str, float]:
+    code = CHILD.format(root=str(HERE.parent), path=str(path), overrides=overrides, n=n)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}  # type: ignore[dict-item]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    args = ap.parse_args()
+    names = ["dense"] + [v for v in args.only if v != "dense"]
+    results: dict[str, dict[str, float]] = {}
+    print(f"{'variant':<10}{'wall_s':>9}{'x dense':>9}{'rss_MB':>8}{'steps':>10}{'mean_tpot_ms':>14}{'p99_ttft_ms':>13}")
+    t0 = time.perf_counter()
+    for name in names:
+        path, overrides = VARIANTS[name]
+        r = results[name] = run_one(path, overrides, args.requests)
+        if "error" in r:
+            print(f"{name:<10} error: {r['error']}")
+            continue
+        ratio = r["wall_s"] / results["dense"]["wall_s"] if "wall_s" in results.get("dense", {}) else float("nan")
+        print(f"{name:<10}{r['wall_s']:>9.1f}{ratio:>9.2f}{r['peak_rss_mb']:>8.0f}{r['steps']:>10}"
+              f"{r['mean_tpot_ms']:>14.1f}{r['p99_ttft_ms']:>13.0f}", flush=True)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
