@@ -266,3 +266,21 @@ def test_run_ends_conversations_that_outgrow_max_model_len(tmp_path: Path) -> No
     s = r.summary
     assert s["num_sessions_ended_at_max_model_len"] == 2 and s["num_turns"] == 6 and s["completed"] == 6
     assert s["ttft_ms_by_turn"]["count"] == [2, 2, 2]
+
+
+def test_a_cpu_tier_serves_the_turns_the_gpu_cache_forgot(tmp_path: Path) -> None:
+    # Same conversations as the hand-worked prefix test (prompts 100, 157, 214, 271; answers 37),
+    # 6 users on a GPU cache of 40 blocks, so users evict each other's earlier turns.  vLLM's CPU
+    # offloading stores every full *prompt* block as it is computed (offload_prompt_only), so the
+    # GPU hit plus the tier's continuation of it give turn j at least the previous turn's prompt in
+    # full blocks: turn 1 floor(100/16)*16 = 96, turn 2 floor(157/16)*16 = 144, turn 3
+    # floor(214/16)*16 = 208; over 6 sessions at least 6 * (96 + 144 + 208) = 2688 tokens not
+    # recomputed.  Without the tier, the GPU keeps far less of it.
+    p = _scenario(tmp_path, "num_users: 6, turns: 4, think_time_s: 1.0, user_message: {dist: fixed, value: 20}",
+                  engine="num_gpu_blocks_override: 40", run="num_requests: 24")
+    no_tier = run_scenario(load_scenario(p))
+    tier = run_scenario(load_scenario(p, ["engine.kv_offloading_size=1"]))
+    gpu_hits = int(tier.requests["prefix_hit_tokens"].sum())      # the local prefix cache's share
+    assert gpu_hits + tier.summary["kv_offload_cpu_hit_tokens"] >= 6 * (96 + 144 + 208)
+    assert tier.summary["kv_offload_cpu_hit_tokens"] > 0
+    assert int(no_tier.requests["prefix_hit_tokens"].sum()) < 6 * (96 + 144 + 208) / 2
