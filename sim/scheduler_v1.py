@@ -106,6 +106,10 @@ def _extend(cal: dict[int, list[tuple[Request, int]]], key: int, reqs: list[Requ
         lst.extend((r, r.version) for r in reqs)
 
 
+def _admit_seq_of_pair(e: tuple[Request, int]) -> int:
+    return e[0].admit_seq
+
+
 class PriorityWaiting:
     """vLLM's `PriorityRequestQueue` (vllm/v1/core/sched/request_queue.py): a heap ordered by
     (priority, arrival time, id) — lower priority values first; a preempted request goes back
@@ -174,6 +178,8 @@ class SchedulerV1:
         self.spec = spec                         # speculative decoding (None: off)
         self.lookahead = spec.num_lookahead_tokens if spec is not None else 0
         self.drafts: dict[int, int] = {}         # req_id -> draft tokens it carries into the next step
+        assert spec is None or not (limits.async_scheduling or limits.pipeline_parallel_size > 1), \
+            "speculative decoding is simulated with synchronous scheduling and no PP (sim.config refuses the rest)"
         if spec is not None and isinstance(kv, KVCacheManager):
             kv.spec_slack_tokens = 2 * spec.k    # 1 + k verified from num_tokens - 1, + k lookahead
         self.kv = kv
@@ -369,6 +375,8 @@ class SchedulerV1:
 
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepBatch:
+        if self.spec is not None:
+            return self._schedule_spec()
         lim = self.limits
         batch = StepBatch()
         if self.lanes_on:
@@ -404,15 +412,8 @@ class SchedulerV1:
                      if r.in_decode_set and (not self.lanes_on or self.lane_of[r.req_id] is self.lane)] + demands
             sched.sort(key=lambda e: e[0].admit_seq)
             batch.scheduled.extend(sched)
-        if self.spec is None:
-            for r, d in demands:
-                batch.add_shape(d, r.num_computed)
-        else:
-            for r, d in demands:
-                if d > 1 and r.num_computed + 1 == r.num_prompt_tokens + r.num_output:
-                    batch.add_spec_decode(d, r.num_computed)
-                else:
-                    batch.add_shape(d, r.num_computed)
+        for r, d in demands:
+            batch.add_shape(d, r.num_computed)
         if not batch.preempted:
             demands += self._admit_waiting(batch, budget, thr)
         # _update_after_schedule
@@ -422,17 +423,14 @@ class SchedulerV1:
         # PP: a request in flight waits for its output (its demand is 0 until then), so requests
         # sample every few steps and stay out of the decode set, whose counters advance every step
         pp = lim.pipeline_parallel_size > 1
-        if self.spec is not None:                # (speculative decoding runs without PP: sim.config)
-            self._update_after_schedule_spec(batch, demands)
-        else:
-            for r, d in demands:
-                r.num_computed += d
-                if r.num_computed >= r.num_prompt_tokens + r.num_output + r.ph:
-                    batch.samplers.append(r)
-                    if async_:
-                        r.ph += 1
-                    if not pp or self.lanes_on:
-                        self._join(r)
+        for r, d in demands:
+            r.num_computed += d
+            if r.num_computed >= r.num_prompt_tokens + r.num_output + r.ph:
+                batch.samplers.append(r)
+                if async_:
+                    r.ph += 1
+                if not pp or self.lanes_on:
+                    self._join(r)
         batch.clock_after = self.clock
         self.inflight.append(batch)
         if self.lanes_on:
@@ -440,22 +438,149 @@ class SchedulerV1:
             self.lane_inflight.append((batch, self.lane))
         return batch
 
-    def _update_after_schedule_spec(self, batch: StepBatch, demands: list[tuple[Request, int]]) -> None:
-        """Spec decode: advance the scheduled requests; whoever reaches its sequence end samples,
-        with the drafts scheduled for it (vLLM: num_new + computed - num_tokens); its drafts are
-        used up (new ones arrive with the step's output)."""
+    # ------------------------------------------------------------------ speculative decoding
+    def _schedule_spec(self) -> StepBatch:
+        """`schedule` with speculative decoding (synchronous, no PP, so nobody is in the decode set
+        and every running request is explicit): the same decisions as the general path, in one
+        pass per phase.  Demands (`_demand` with the drafts), the KV blocks each needs for its
+        tokens plus the drafter's lookahead (`_schedule_running_regular`) and whether it fills a
+        block to cache are worked out in one loop over the running list; the batch shape and
+        `_update_after_schedule` (who samples, with how many drafts) in another."""
+        lim = self.limits
+        batch = StepBatch()
+        kv = self.kv
+        budget = lim.max_num_batched_tokens
+        if self.loading:
+            self._finish_loads()
+        thr = lim.long_prefill_token_threshold if len(self.running_map) + len(self.waiting) > 1 else 0
+        mml = lim.max_model_len
+        la = self.lookahead
+        bs = kv.block_size
+        caching = kv.enable_caching
         drafts = self.drafts
+        demands: list[tuple[Request, int]] = []
+        needs: list[tuple[Request, int]] = []       # requests that need more blocks, and how many
+        to_cache: list[tuple[Request, int]] = []    # requests whose tokens fill a block to cache
+        total = 0
+        nblocks_needed = 0
+        for r in self.explicit.values():
+            comp = r.num_computed
+            ntok = r.num_prompt_tokens + r.num_output      # (ph is 0: synchronous scheduling)
+            d = ntok - comp
+            if drafts:
+                d += drafts.get(r.req_id, 0)
+            if 0 < thr < d:
+                d = thr
+            if d > mml - 1 - comp:
+                d = mml - 1 - comp
+            if d <= 0:
+                continue
+            demands.append((r, d))
+            total += d
+            end = comp + d
+            slots = end + la
+            if slots > mml:
+                slots = mml
+            k = (slots + bs - 1) // bs - r.nblocks
+            if k > 0:
+                needs.append((r, k))
+                nblocks_needed += k
+            if caching:
+                n = end if end < ntok else ntok
+                if n // bs > r.num_cached_blocks:
+                    to_cache.append((r, n))
+        if total > budget:
+            demands = self._schedule_running_literal(batch, budget, thr)
+        else:
+            pool = kv.pool
+            if needs and nblocks_needed <= pool.nfree:
+                if len(needs) > 1:
+                    needs.sort(key=_admit_seq_of_pair)
+                if nblocks_needed == len(needs):
+                    kv.append_blocks([r for r, _ in needs])   # one block each, in order (pop_few)
+                else:
+                    for r, k in needs:
+                        kv.append_blocks_n(r, k)
+                for r, n in to_cache:
+                    kv.cache_blocks(r, n)
+            elif needs:
+                if len(needs) > 1:
+                    needs.sort(key=_admit_seq_of_pair)
+                for r, k in needs:
+                    if r.status is not Status.RUNNING:
+                        continue               # preempted as a tail victim earlier in this loop
+                    stop = False
+                    while pool.nfree < k:
+                        if self._preempt_last(batch) is r:
+                            stop = True
+                            break
+                    if stop:
+                        break
+                    kv.append_blocks_n(r, k)
+                demands = [(r, d) for r, d in demands if r.status is Status.RUNNING]
+                for r, n in to_cache:
+                    if r.status is Status.RUNNING:
+                        kv.cache_blocks(r, n)
+            else:
+                for r, n in to_cache:
+                    kv.cache_blocks(r, n)
+        if self.record_schedule:
+            batch.scheduled.extend(sorted(demands, key=_admit_seq_of_pair))
+        # shape (before the update: a decode verifying drafts attends to its context + 1 + drafts)
+        # and _update_after_schedule for the running requests
+        samplers = batch.samplers
+        spec_drafts = batch.spec_drafts
+        used = 0
+        n_dec = batch.num_decode_tokens
+        n_spec = batch.num_spec_tokens
+        dec_ctx = batch.decode_ctx_tokens
+        n_pre = batch.num_prefill_tokens
+        n_pre_seqs = batch.num_prefill_seqs
+        pairs = batch.prefill_pairs
         ctx = 0
         for r, d in demands:
-            r.num_computed += d
-            end = r.num_prompt_tokens + r.num_output
-            if r.num_computed >= end:
-                batch.samplers.append(r)
-                batch.spec_drafts.append(r.num_computed - end)
-                ctx += r.num_computed
-            drafts.pop(r.req_id, None)
-        batch.num_draft_seqs = len(batch.samplers)     # the proposer drafts for every sampler this step
+            comp = r.num_computed
+            ntok = r.num_prompt_tokens + r.num_output
+            used += d
+            if d == 1 or comp + 1 == ntok:          # a decode (see StepBatch.add_spec_decode / add_shape)
+                n_dec += 1
+                n_spec += d - 1
+                dec_ctx += comp + d
+            else:
+                n_pre += d
+                n_pre_seqs += 1
+                pairs += d * (comp + (d + 1) / 2)
+            comp += d
+            r.num_computed = comp
+            if comp >= ntok:
+                samplers.append(r)
+                spec_drafts.append(comp - ntok)
+                ctx += comp
+            if drafts:
+                drafts.pop(r.req_id, None)          # used up: new ones come with the step's output
+        batch.num_decode_tokens = n_dec
+        batch.num_spec_tokens = n_spec
+        batch.decode_ctx_tokens = dec_ctx
+        batch.num_prefill_tokens = n_pre
+        batch.num_prefill_seqs = n_pre_seqs
+        batch.prefill_pairs = pairs
+        if not batch.preempted:
+            for r, d in self._admit_waiting(batch, budget - used, thr):   # shape added there
+                comp = r.num_computed + d
+                r.num_computed = comp
+                ntok = r.num_prompt_tokens + r.num_output
+                if comp >= ntok:
+                    samplers.append(r)
+                    spec_drafts.append(comp - ntok)
+                    ctx += comp
+                if drafts:
+                    drafts.pop(r.req_id, None)
+        batch.num_draft_seqs = len(samplers)     # the proposer drafts for every sampler this step
         batch.draft_ctx_tokens = ctx
+        self.clock += 1
+        batch.clock_after = self.clock
+        self.inflight.append(batch)
+        return batch
 
     # ------------------------------------------------------------------ PP lanes
     def _save_lane(self, lane: Lane) -> None:
