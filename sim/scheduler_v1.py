@@ -983,14 +983,18 @@ class SchedulerV1:
         nver = 0
         nemit = 0
         ndraft_tokens = 0
+        nbuf = len(buf)
+        running = Status.RUNNING
         for r, drafted in zip(batch.samplers, batch.spec_drafts, strict=True):
-            if r.status is not Status.RUNNING:
+            if r.status is not running:
                 continue
-            acc = 0
+            out = r.num_output
+            room = r.max_tokens - out
             if drafted:
-                if pos >= len(buf):
+                if pos >= nbuf:
                     spec.refill()
                     buf = spec.buf
+                    nbuf = len(buf)
                     pos = 0
                 acc = buf[pos]
                 pos += 1
@@ -1000,21 +1004,23 @@ class SchedulerV1:
                 ndraft_tokens += drafted
                 if r.num_computed > 0:
                     r.num_computed -= drafted - acc
-            emit = min(acc + 1, r.max_tokens - r.num_output)
-            if r.num_output == 0:
-                first.append(r)
-            r.num_output += emit
-            ntok += emit
-            if drafted:
+                emit = acc + 1 if acc < room else room
                 nver += 1
                 nemit += emit
+            else:
+                emit = 1 if room > 1 else room
+            if out == 0:
+                first.append(r)
+            out += emit
+            r.num_output = out
+            ntok += emit
             last = r.last_token_s
             if last == prev_s and last >= 0.0:
                 num_uniform += 1
             elif last >= 0.0:
                 gaps.append(now_s - last)
             r.last_token_s = now_s
-            if r.num_output >= r.max_tokens:
+            if out >= r.max_tokens:
                 self._finish(r, finished)
             else:
                 drafts[r.req_id] = k          # update_draft_token_ids: k drafts for the next step
