@@ -32,6 +32,7 @@ class Request:
         "status", "num_computed", "num_output", "admit_seq",
         "blocks", "nblocks", "prev_nblocks", "num_public_blocks", "num_cached_blocks", "prefix_hashes",
         "ph", "in_decode_set", "version", "base_computed", "base_clock", "base_output", "base_upd", "join_clock", "leave_clock", "cached_on_admit",
+        "num_spec_tokens",
         "reserved_tokens", "swapped_block_ids", "group",
         "first_scheduled_s", "first_token_s", "last_token_s", "finished_s", "num_preemptions",
         "prefix_hit_tokens", "replica", "last_sched_step", "finish_version",
@@ -60,6 +61,7 @@ class Request:
         self.num_cached_blocks = 0              # leading blocks already registered in the prefix cache
         self.prefix_hashes: list[int] | None = None  # lazily computed hashes of shared leading blocks
         self.ph = 0                             # async: output placeholders (tokens in flight)
+        self.num_spec_tokens = 0                # spec decode: draft tokens it carries into the next step (vLLM len(spec_token_ids))
         self.in_decode_set = False              # counters implicit in the scheduler's step clock
         self.version = 0                        # invalidates calendar entries when the request leaves the decode set
         self.base_computed = 0                  # decode set: num_computed at base_clock

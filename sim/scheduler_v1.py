@@ -37,7 +37,7 @@ literal port step by step.
 Speculative decoding (`spec`, sim.spec_decode; synchronous scheduling only): nobody joins the
 decode set (a member's counters advance one token per step, a verifying request's by
 `accepted + 1`), so every running request is explicit and quiet stretches never start.  A
-request that sampled carries k drafts (`drafts`); it is scheduled for `1 + drafts` tokens (cut
+request that sampled carries k drafts (`num_spec_tokens`); it is scheduled for `1 + drafts` tokens (cut
 by the budget and max_model_len like any demand) with KV slots for `num_lookahead_tokens` more;
 `update_from_output` draws the accepted drafts, rolls `num_computed` back by the rejected ones
 (their blocks stay, as in vLLM) and hands the request `accepted + 1` tokens, at most what it
@@ -177,7 +177,6 @@ class SchedulerV1:
         self.limits = limits
         self.spec = spec                         # speculative decoding (None: off)
         self.lookahead = spec.num_lookahead_tokens if spec is not None else 0
-        self.drafts: dict[int, int] = {}         # req_id -> draft tokens it carries into the next step
         assert spec is None or not (limits.async_scheduling or limits.pipeline_parallel_size > 1), \
             "speculative decoding is simulated with synchronous scheduling and no PP (sim.config refuses the rest)"
         if spec is not None and isinstance(kv, KVCacheManager):
@@ -445,7 +444,8 @@ class SchedulerV1:
         pass per phase.  Demands (`_demand` with the drafts), the KV blocks each needs for its
         tokens plus the drafter's lookahead (`_schedule_running_regular`) and whether it fills a
         block to cache are worked out in one loop over the running list; the batch shape and
-        `_update_after_schedule` (who samples, with how many drafts) in another."""
+        `_update_after_schedule` (who samples, with how many drafts) in another.  Demands are kept
+        as two parallel lists (no tuple per request per step)."""
         lim = self.limits
         batch = StepBatch()
         kv = self.kv
@@ -457,8 +457,8 @@ class SchedulerV1:
         la = self.lookahead
         bs = kv.block_size
         caching = kv.enable_caching
-        drafts = self.drafts
-        demands: list[tuple[Request, int]] = []
+        reqs: list[Request] = []                    # the running requests scheduled, in running-list order
+        ds: list[int] = []                          # their new tokens
         needs: list[tuple[Request, int]] = []       # requests that need more blocks, and how many
         to_cache: list[tuple[Request, int]] = []    # requests whose tokens fill a block to cache
         total = 0
@@ -466,16 +466,15 @@ class SchedulerV1:
         for r in self.explicit.values():
             comp = r.num_computed
             ntok = r.num_prompt_tokens + r.num_output      # (ph is 0: synchronous scheduling)
-            d = ntok - comp
-            if drafts:
-                d += drafts.get(r.req_id, 0)
+            d = ntok - comp + r.num_spec_tokens
             if 0 < thr < d:
                 d = thr
             if d > mml - 1 - comp:
                 d = mml - 1 - comp
             if d <= 0:
                 continue
-            demands.append((r, d))
+            reqs.append(r)
+            ds.append(d)
             total += d
             end = comp + d
             slots = end + la
@@ -490,7 +489,9 @@ class SchedulerV1:
                 if n // bs > r.num_cached_blocks:
                     to_cache.append((r, n))
         if total > budget:
-            demands = self._schedule_running_literal(batch, budget, thr)
+            lit = self._schedule_running_literal(batch, budget, thr)
+            reqs = [r for r, _ in lit]
+            ds = [d for _, d in lit]
         else:
             pool = kv.pool
             if needs and nblocks_needed <= pool.nfree:
@@ -517,7 +518,9 @@ class SchedulerV1:
                     if stop:
                         break
                     kv.append_blocks_n(r, k)
-                demands = [(r, d) for r, d in demands if r.status is Status.RUNNING]
+                alive = [i for i in range(len(reqs)) if reqs[i].status is Status.RUNNING]
+                reqs = [reqs[i] for i in alive]
+                ds = [ds[i] for i in alive]
                 for r, n in to_cache:
                     if r.status is Status.RUNNING:
                         kv.cache_blocks(r, n)
@@ -525,7 +528,7 @@ class SchedulerV1:
                 for r, n in to_cache:
                     kv.cache_blocks(r, n)
         if self.record_schedule:
-            batch.scheduled.extend(sorted(demands, key=_admit_seq_of_pair))
+            batch.scheduled.extend(sorted(zip(reqs, ds, strict=True), key=_admit_seq_of_pair))
         # shape (before the update: a decode verifying drafts attends to its context + 1 + drafts)
         # and _update_after_schedule for the running requests
         samplers = batch.samplers
@@ -538,7 +541,9 @@ class SchedulerV1:
         n_pre_seqs = batch.num_prefill_seqs
         pairs = batch.prefill_pairs
         ctx = 0
-        for r, d in demands:
+        for i in range(len(reqs)):
+            r = reqs[i]
+            d = ds[i]
             comp = r.num_computed
             ntok = r.num_prompt_tokens + r.num_output
             used += d
@@ -556,8 +561,7 @@ class SchedulerV1:
                 samplers.append(r)
                 spec_drafts.append(comp - ntok)
                 ctx += comp
-            if drafts:
-                drafts.pop(r.req_id, None)          # used up: new ones come with the step's output
+            r.num_spec_tokens = 0                   # used up: new ones come with the step's output
         batch.num_decode_tokens = n_dec
         batch.num_spec_tokens = n_spec
         batch.decode_ctx_tokens = dec_ctx
@@ -573,8 +577,7 @@ class SchedulerV1:
                     samplers.append(r)
                     spec_drafts.append(comp - ntok)
                     ctx += comp
-                if drafts:
-                    drafts.pop(r.req_id, None)
+                r.num_spec_tokens = 0
         batch.num_draft_seqs = len(samplers)     # the proposer drafts for every sampler this step
         batch.draft_ctx_tokens = ctx
         self.clock += 1
@@ -646,7 +649,7 @@ class SchedulerV1:
             return 0
         d = r.num_prompt_tokens + r.num_output + r.ph - r.num_computed
         if self.spec is not None:
-            d += self.drafts.get(r.req_id, 0)
+            d += r.num_spec_tokens
         if 0 < thr < d:
             d = thr
         return min(d, lim.max_model_len - 1 - r.num_computed)
@@ -876,8 +879,7 @@ class SchedulerV1:
                     b.stale.append(r)
                     b.stale_members.append(counted)
         self.kv.free(r)
-        if self.spec is not None:
-            self.drafts.pop(r.req_id, None)      # vLLM clears spec_token_ids on preemption
+        r.num_spec_tokens = 0                    # vLLM clears spec_token_ids on preemption
         r.status = Status.PREEMPTED
         r.num_computed = 0
         r.ph = 0
@@ -974,7 +976,6 @@ class SchedulerV1:
         first: list[Request] = []
         finished: list[Request] = []
         gaps: list[float] = []
-        drafts = self.drafts
         k = spec.k
         buf = spec.buf                         # accepted lengths of full k-drafts, drawn in chunks
         pos = spec.pos
@@ -1023,7 +1024,7 @@ class SchedulerV1:
             if out >= r.max_tokens:
                 self._finish(r, finished)
             else:
-                drafts[r.req_id] = k          # update_draft_token_ids: k drafts for the next step
+                r.num_spec_tokens = k          # update_draft_token_ids: k drafts for the next step
         spec.pos = pos
         spec.num_draft_tokens += ndraft_tokens
         spec.end_step(nver, nemit)

@@ -181,7 +181,7 @@ def test_lookahead_slots_and_rollback_keep_blocks():
     b = s.schedule()
     assert r.nblocks == 3 and b.num_prefill_tokens == 30
     s.update_from_output(b)
-    assert (r.num_output, s.drafts[1]) == (1, 3)
+    assert (r.num_output, r.num_spec_tokens) == (1, 3)
     # verify step: 1 + 3 tokens from computed 30 -> computed 34, slots 34 + 3 = 37 -> 3 blocks
     b = s.schedule()
     assert (b.num_decode_tokens, b.num_spec_tokens, r.num_computed, r.nblocks) == (1, 3, 34, 3)
@@ -212,7 +212,7 @@ def test_drafts_cleared_on_preemption_and_kv_invariants_hold():
         batch = s.schedule()
         preempted += len(batch.preempted)
         for r in batch.preempted:
-            assert r.req_id not in s.drafts
+            assert r.num_spec_tokens == 0
         s.update_from_output(batch)
         s.kv.check_invariants(s.running, s.waiting)
     assert not s.has_work and preempted > 0
