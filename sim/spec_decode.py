@@ -24,7 +24,7 @@ seeded from the run's seed, so the workload's own random stream is the same with
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -246,6 +246,11 @@ class ProposerCost:
     draft_profile: Any = None                  # sim.cost_model.CostProfile of the drafter, or None
     kv_dtype: str = "auto"
     block_size: int = 16
+    # per num_seqs: (linear-layer seconds, attention intercept + per-sequence seconds, seconds per
+    # context token, all-reduce seconds or None), the terms of one pass that depend on num_seqs only
+    # (a step asks for the same few sizes over and over; filled on first use)
+    by_num_seqs: dict[int, tuple[float, float, float, float | None]] = field(
+        default_factory=dict, compare=False, repr=False)
 
 
 def proposer_time_s(pc: ProposerCost, num_seqs: int, ctx_tokens: int) -> float:
@@ -257,11 +262,17 @@ def proposer_time_s(pc: ProposerCost, num_seqs: int, ctx_tokens: int) -> float:
     p = pc.draft_profile
     if p is None:
         return pc.cpu_s_per_seq * num_seqs
-    one = p.linear_s(num_seqs)
-    a = p.attention(p.decode_attention, pc.kv_dtype, pc.block_size)
-    one += a.intercept_s + a.s_per_seq * num_seqs + a.s_per_kv_token * ctx_tokens
-    if p.allreduce_calls_per_step:
-        one += p.allreduce_calls_per_step * p.allreduce_s_per_call + p.allreduce_s_per_token * num_seqs
+    terms = pc.by_num_seqs.get(num_seqs)
+    if terms is None:
+        a = p.attention(p.decode_attention, pc.kv_dtype, pc.block_size)
+        ar = (p.allreduce_calls_per_step * p.allreduce_s_per_call + p.allreduce_s_per_token * num_seqs
+              if p.allreduce_calls_per_step else None)
+        terms = pc.by_num_seqs[num_seqs] = (p.linear_s(num_seqs), a.intercept_s + a.s_per_seq * num_seqs,
+                                            a.s_per_kv_token, ar)
+    lin, per_seqs, per_ctx, ar = terms
+    one = lin + (per_seqs + per_ctx * ctx_tokens)    # the float operations in the order of the formula
+    if ar is not None:
+        one += ar
     return pc.num_speculative_tokens * one
 
 
