@@ -986,7 +986,12 @@ class SchedulerV1:
         ndraft_tokens = 0
         nbuf = len(buf)
         running = Status.RUNNING
-        for r, drafted in zip(batch.samplers, batch.spec_drafts, strict=True):
+        samplers = batch.samplers
+        spec_drafts = batch.spec_drafts
+        assert len(samplers) == len(spec_drafts)
+        for i in range(len(samplers)):      # (indexing: mypyc's fast zip takes no strict=)
+            r = samplers[i]
+            drafted = spec_drafts[i]
             if r.status is not running:
                 continue
             out = r.num_output
