@@ -219,6 +219,57 @@ def test_drafts_cleared_on_preemption_and_kv_invariants_hold():
     assert a.num_output == 60 and b.num_output == 60
 
 
+@pytest.mark.parametrize("num_blocks,budget,threshold", [(30, 16384, 0), (4000, 96, 0), (36, 128, 40)])
+def test_batch_shape_is_the_sum_over_what_was_scheduled(num_blocks, budget, threshold):
+    # The spec scheduling pass keeps the shape in running totals; recount it from the recorded
+    # schedule with the definitions of StepBatch.add_spec_decode / add_shape: a request with one
+    # new token, or whose computed tokens were one short of its sequence (a verify), is a decode
+    # of 1 + (d - 1) drafts attending to computed + d; anything else is a prefill chunk.  Under KV
+    # pressure (preemption), a tight budget (vLLM's literal running loop) and chunking by the
+    # long-prefill threshold, every step obeys the budget and every request completes.
+    dec = SpecDecoder(spec(k=3, acceptance_rate=0.6), np.random.default_rng(7))
+    kv = KVCacheManager(num_blocks, 16, True, 8192)
+    lim = SchedulerLimits(max_num_seqs=256, max_num_batched_tokens=budget, max_model_len=8192,
+                          long_prefill_token_threshold=threshold, scheduler_reserve_full_isl=False)
+    s = SchedulerV1(lim, kv, record_schedule=True, spec=dec)
+    rng = np.random.default_rng(1)
+    reqs = [make_request(int(rng.integers(20, 90)), int(rng.integers(5, 40)), req_id=i) for i in range(12)]
+    for r in reqs:
+        s.add_request(r)
+    preempted = 0
+    for _ in range(2000):
+        if not s.has_work:
+            break
+        before = {r.req_id: (r.num_computed, r.num_prompt_tokens + r.num_output) for r in reqs}
+        b = s.schedule()
+        preempted += len(b.preempted)
+        n_dec = n_spec = ctx = n_pre = seqs = 0
+        pairs = 0.0
+        samplers = []
+        for r, d in b.scheduled:
+            comp, ntok = before[r.req_id]
+            if comp == 0 and r.num_computed > d:      # admitted with a prefix-cache hit
+                comp = r.num_computed - d
+            if d == 1 or comp + 1 == ntok:
+                n_dec, n_spec, ctx = n_dec + 1, n_spec + d - 1, ctx + comp + d
+            else:
+                n_pre, seqs, pairs = n_pre + d, seqs + 1, pairs + d * (comp + (d + 1) / 2)
+            assert r.num_computed == comp + d
+            if comp + d >= ntok:
+                samplers.append((r.req_id, comp + d - ntok))
+        assert (b.num_decode_tokens, b.num_spec_tokens, b.decode_ctx_tokens) == (n_dec, n_spec, ctx)
+        assert (b.num_prefill_tokens, b.num_prefill_seqs) == (n_pre, seqs)
+        assert b.prefill_pairs == pytest.approx(pairs)
+        assert b.num_tokens <= budget
+        assert sorted(samplers) == sorted((r.req_id, k) for r, k in zip(b.samplers, b.spec_drafts, strict=True))
+        s.update_from_output(b)
+        s.kv.check_invariants(s.running, s.waiting)
+    assert not s.has_work
+    assert all(r.num_output == r.max_tokens for r in reqs)
+    if num_blocks < 100:
+        assert preempted > 0
+
+
 # ---------------------------------------------------------------------------- scenarios
 BASE = {"model": "llama-3-8b", "hardware": {"gpu": "H100-SXM"},
         "workload": {"arrival": {"process": "poisson", "rate": 10},
