@@ -29,6 +29,8 @@ every public hash in the map points at a block carrying that hash.
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 I32 = np.int32
@@ -61,6 +63,7 @@ class BlockPool:
         self.nfree = n - 1
         self.num_cached_free = 0
         self.num_evictions = 0
+        self.num_multi = 0                              # entries of `cached` naming more than one block
 
     # --- queries -----------------------------------------------------------------------------
     @property
@@ -78,6 +81,18 @@ class BlockPool:
         if entry is None or isinstance(entry, int):
             return entry
         return next(iter(entry))
+
+    def longest_hit(self, hashes: list[int]) -> list[int]:
+        """Blocks registered under the leading public `hashes`, up to the first miss (`lookup`
+        of each in turn, with the dict lookups done in one pass at C speed)."""
+        vals = list(map(self.cached.get, hashes))
+        try:
+            del vals[vals.index(None):]
+        except ValueError:
+            pass
+        if self.num_multi:
+            return [v if isinstance(v, int) else next(iter(v)) for v in vals]  # type: ignore[arg-type, misc]
+        return vals  # type: ignore[return-value]
 
     def free_queue(self) -> list[int]:
         """The free queue, head first (tests and debugging)."""
@@ -164,14 +179,12 @@ class BlockPool:
             return
         if self.cached:
             pub = taken[self.public[taken]]
-            for b in pub.tolist():
-                bh = int(self.hash_of[b])
-                entry = self.cached.pop(bh)
-                if isinstance(entry, dict):
-                    del entry[b]
-                    if entry:
-                        self.cached[bh] = entry if len(entry) > 1 else next(iter(entry))
             if pub.size:
+                if self.num_multi:
+                    for b in pub.tolist():
+                        self._unregister(b, int(self.hash_of[b]))
+                else:                       # every entry names one block: drop them in one pass
+                    deque(map(self.cached.__delitem__, self.hash_of[pub].tolist()), maxlen=0)
                 self.public[pub] = False
         self.hash_of[taken] = NO_HASH
         self.num_cached_free -= k
@@ -179,16 +192,22 @@ class BlockPool:
 
     def _evict_one(self, b: int) -> None:
         """`_evict` for one public block, with scalar operations (a decode step's new block)."""
-        bh = int(self.hash_of[b])
-        entry = self.cached.pop(bh)
-        if isinstance(entry, dict):
-            del entry[b]
-            if entry:
-                self.cached[bh] = entry if len(entry) > 1 else next(iter(entry))
+        self._unregister(b, int(self.hash_of[b]))
         self.public[b] = False
         self.hash_of[b] = NO_HASH
         self.num_cached_free -= 1
         self.num_evictions += 1
+
+    def _unregister(self, b: int, bh: int) -> None:
+        """Take block `b` out of the hash map entry `bh`."""
+        entry = self.cached.pop(bh)
+        if isinstance(entry, dict):
+            del entry[b]
+            if len(entry) > 1:
+                self.cached[bh] = entry
+            else:
+                self.cached[bh] = next(iter(entry))
+                self.num_multi -= 1
 
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
@@ -279,8 +298,20 @@ class BlockPool:
             self.cached[block_hash] = block
         elif isinstance(entry, int):
             self.cached[block_hash] = {entry: None, block: None}
+            self.num_multi += 1
         else:
             entry[block] = None
+
+    def cache_public_run(self, blocks: np.ndarray, hashes: list[int]) -> None:
+        """`cache_public` of blocks[i] under hashes[i] for each i, in order; in bulk when no
+        block carries a hash yet and no hash is registered yet (the common case)."""
+        if len(hashes) > 2 and not self.hash_of[blocks].any() and self.cached.keys().isdisjoint(hashes):
+            self.hash_of[blocks] = hashes
+            self.public[blocks] = True
+            self.cached.update(zip(hashes, blocks.tolist()))
+            return
+        for b, h in zip(blocks.tolist(), hashes):
+            self.cache_public(b, h)
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the pool's bookkeeping is inconsistent."""
@@ -292,6 +323,7 @@ class BlockPool:
         assert in_use + self.nfree == self.num_blocks - 1, "free + used != total"
         assert sum(1 for b in q if self.hash_of[b] != NO_HASH) == self.num_cached_free, "cached-free count drifted"
         assert all(self.hash_of[b] == NO_HASH for b in self.stack[: self.top].tolist()), "hashed block at the front"
+        assert sum(isinstance(e, dict) for e in self.cached.values()) == self.num_multi, "multi-entry count drifted"
         for h, entry in self.cached.items():
             ids = [entry] if isinstance(entry, int) else list(entry)
             for b in ids:

@@ -79,17 +79,11 @@ class KVCacheManager:
         bs = self.block_size
         max_blocks = (req.num_prompt_tokens + req.num_output - 1) // bs
         n_pub = min(self._num_public(req), max_blocks)
-        lookup = self.pool.lookup
-        hits: list[int] = []
         shared = req.prefix_hashes
         if shared is None or len(shared) < n_pub:
             shared = [block_hash(req, i, bs) for i in range(n_pub)]
-        for i in range(n_pub):
-            b = lookup(shared[i])
-            if b is None:
-                break
-            hits.append(b)
-        else:
+        hits: list[int] = self.pool.longest_hit(shared[:n_pub] if len(shared) > n_pub else shared)
+        if len(hits) == n_pub:
             # the sequence's own private blocks, still cached after a preemption
             m = min(max_blocks, req.prev_nblocks)
             if m > n_pub and req.blocks is not None:
@@ -238,8 +232,7 @@ class KVCacheManager:
             shared = req.prefix_hashes
             end = min(full, n_pub)
             if shared is not None and len(shared) >= end:     # the hashes computed up front
-                for i in range(start, end):
-                    self.pool.cache_public(int(table[i]), shared[i])
+                self.pool.cache_public_run(table[start:end], shared[start:end])
             else:
                 for i in range(start, end):
                     self.pool.cache_public(int(table[i]), block_hash(req, i, bs))
