@@ -54,6 +54,7 @@ class BlockPool:
         self.top = 0
         cap = max(2 * n, 1024)
         self.fifo = np.empty(cap, dtype=I32)
+        self.pos = np.arange(cap)                       # FIFO positions (slices of it instead of aranges)
         self.fifo[: n - 1] = np.arange(1, n, dtype=I32)
         self.where = np.full(n, -1, dtype=np.int64)
         self.where[1:] = np.arange(0, n - 1)
@@ -163,7 +164,7 @@ class BlockPool:
         parts = []
         while rem:
             w = self.fifo[self.head: self.head + rem]
-            live = self.where[w] == np.arange(self.head, self.head + rem)
+            live = self.where[w] == self.pos[self.head: self.head + rem]
             nlive = int(np.count_nonzero(live))
             self.num_stale -= rem - nlive
             self.head += rem
@@ -178,14 +179,14 @@ class BlockPool:
         if not k:
             return
         if self.cached:
-            pub = taken[self.public[taken]]
-            if pub.size:
+            pm = self.public[taken]
+            if pm.any():
                 if self.num_multi:
-                    for b in pub.tolist():
+                    for b in taken[pm].tolist():
                         self._unregister(b, int(self.hash_of[b]))
                 else:                       # every entry names one block: drop them in one pass
-                    deque(map(self.cached.__delitem__, self.hash_of[pub].tolist()), maxlen=0)
-                self.public[pub] = False
+                    deque(map(self.cached.__delitem__, h[pm].tolist()), maxlen=0)
+                self.public[taken] = False
         self.hash_of[taken] = NO_HASH
         self.num_cached_free -= k
         self.num_evictions += k
@@ -211,14 +212,15 @@ class BlockPool:
 
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
-        ref = self.ref
-        freed = blocks[ref[blocks] == 0]
+        r = self.ref[blocks]
+        freed = blocks[r == 0]
         if freed.size:
             self.where[freed] = -1
             self.num_stale += int(freed.size)
             self.nfree -= int(freed.size)
             self.num_cached_free -= int(freed.size)
-        ref[blocks] += 1
+        r += 1
+        self.ref[blocks] = r
 
     def free_unshared(self, table: np.ndarray, num_hashed: int) -> None:
         """Free a request's whole table when no block of it is shared (every ref count is 1):
@@ -238,10 +240,40 @@ class BlockPool:
                 self._compact_fifo(num_hashed)
             t = self.tail
             self.fifo[t: t + num_hashed] = back
-            self.where[back] = np.arange(t, t + num_hashed)
+            self.where[back] = self.pos[t: t + num_hashed]
             self.tail = t + num_hashed
             self.num_cached_free += num_hashed
         self.nfree += n
+
+    def free_table(self, table: np.ndarray, num_hashed: int) -> None:
+        """`free_blocks(table[::-1])` for a request's table whose first `num_hashed` blocks carry
+        hashes (and may be shared) and whose other blocks are its own, unhashed: those go to the
+        front, the hashed ones reaching ref count 0 to the back, tail first."""
+        n = table.size
+        if num_hashed < n:
+            front = table[num_hashed:]
+            k = n - num_hashed
+            self.ref[front] = 0
+            self.stack[self.top: self.top + k] = front
+            self.top += k
+        nz = n - num_hashed
+        if num_hashed:
+            head = table[:num_hashed]
+            r = self.ref[head]
+            r -= 1
+            self.ref[head] = r
+            back = head[r == 0][::-1]
+            m = int(back.size)
+            if m:
+                if self.tail + m > self.fifo.shape[0]:
+                    self._compact_fifo(m)
+                t = self.tail
+                self.fifo[t: t + m] = back
+                self.where[back] = self.pos[t: t + m]
+                self.tail = t + m
+                self.num_cached_free += m
+                nz += m
+        self.nfree += nz
 
     def free_blocks(self, ordered: np.ndarray) -> None:
         """Drop one reference from each block; those reaching 0 return to the free queue,
@@ -264,7 +296,7 @@ class BlockPool:
             if self.tail + back.size > self.fifo.shape[0]:
                 self._compact_fifo(int(back.size))
             self.fifo[self.tail: self.tail + back.size] = back
-            self.where[back] = np.arange(self.tail, self.tail + back.size)
+            self.where[back] = self.pos[self.tail: self.tail + back.size]
             self.tail += int(back.size)
             self.num_cached_free += int(back.size)
         self.nfree += int(z.size)
@@ -276,6 +308,8 @@ class BlockPool:
         fifo = np.empty(cap, dtype=I32)
         fifo[: live.size] = live
         self.fifo = fifo
+        if cap > self.pos.shape[0]:
+            self.pos = np.arange(cap)
         self.where[live] = np.arange(live.size)
         self.head, self.tail, self.num_stale = 0, int(live.size), 0
 

@@ -135,12 +135,10 @@ class KVCacheManager:
         self.prefix_hits_tokens += num_hit_tokens
 
     # ------------------------------------------------------------------ allocation
-    def _blocks_to_allocate(self, req: Request, num_tokens: int, hits: np.ndarray | None) -> int:
-        nh = 0 if hits is None else int(hits.size)
-        need = max(cdiv(num_tokens, self.block_size) - nh - req.nblocks, 0)
-        if nh:
-            need += int(np.count_nonzero(self.pool.ref[hits] == 0))
-        return need
+    def _blocks_to_allocate(self, req: Request, num_tokens: int, num_hits: int, num_hits_free: int) -> int:
+        """New blocks for `num_tokens` after adopting `num_hits` hit blocks, plus the hit blocks
+        that must leave the free queue (`num_hits_free`: those with ref count 0)."""
+        return max(cdiv(num_tokens, self.block_size) - num_hits - req.nblocks, 0) + num_hits_free
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
                        hits: np.ndarray | None = None, full_sequence_must_fit: bool = False,
@@ -158,11 +156,13 @@ class KVCacheManager:
         if has_scheduled_reqs and req.status in (Status.WAITING, Status.PREEMPTED):
             watermark = self.watermark_blocks
         free = pool.nfree
+        nh = 0 if hits is None else int(hits.size)
+        nh_free = int(np.count_nonzero(pool.ref[hits] == 0)) if nh else 0
         if full_sequence_must_fit:
-            if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), hits) + watermark > free:
+            if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), nh, nh_free) + watermark > free:
                 return False
         need_slot = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
-        if self._blocks_to_allocate(req, need_slot, hits) + watermark > free:
+        if self._blocks_to_allocate(req, need_slot, nh, nh_free) + watermark > free:
             return False
         table = self._ensure_table(req)
         if hits is not None:
@@ -252,7 +252,8 @@ class KVCacheManager:
                         table[i0:i1], -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(i0, i1, dtype=np.int64)))
             self.num_blocks_held -= n
             if req.num_public_blocks > 0 or req.cached_on_admit:
-                self.pool.free_blocks(table[:n][::-1])   # blocks may be shared: count references
+                # blocks may be shared: count references (as free_blocks(table[:n][::-1]))
+                self.pool.free_table(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
             else:
                 self.pool.free_unshared(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
         req.prev_nblocks = n
