@@ -29,11 +29,9 @@ every public hash in the map points at a block carrying that hash.
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 
-I32 = np.int32
+ID = np.intp      # block ids: numpy indexes with intp arrays several times faster than with int32 ones
 NO_HASH = 0
 
 
@@ -46,16 +44,16 @@ class BlockPool:
         n = num_blocks
         self.num_blocks = n
         self.enable_caching = enable_caching
-        self.ref = np.zeros(n, dtype=I32)
+        self.ref = np.zeros(n, dtype=np.int32)
         self.hash_of = np.zeros(n, dtype=np.int64)     # NO_HASH = none
         self.public = np.zeros(n, dtype=bool)
         self.cached: dict[int, int | dict[int, None]] = {}
-        self.stack = np.empty(n, dtype=I32)            # queue front; stack[top-1] is the head
+        self.stack = np.empty(n, dtype=ID)            # queue front; stack[top-1] is the head
         self.top = 0
         cap = max(2 * n, 1024)
-        self.fifo = np.empty(cap, dtype=I32)
+        self.fifo = np.empty(cap, dtype=ID)
         self.pos = np.arange(cap)                       # FIFO positions (slices of it instead of aranges)
-        self.fifo[: n - 1] = np.arange(1, n, dtype=I32)
+        self.fifo[: n - 1] = np.arange(1, n, dtype=ID)
         self.where = np.full(n, -1, dtype=np.int64)
         self.where[1:] = np.arange(0, n - 1)
         self.head = 0
@@ -64,7 +62,7 @@ class BlockPool:
         self.nfree = n - 1
         self.num_cached_free = 0
         self.num_evictions = 0
-        self.num_multi = 0                              # entries of `cached` naming more than one block
+        self.multi: set[int] = set()                    # hashes whose `cached` entry names several blocks
 
     # --- queries -----------------------------------------------------------------------------
     @property
@@ -91,7 +89,7 @@ class BlockPool:
             del vals[vals.index(None):]
         except ValueError:
             pass
-        if self.num_multi:
+        if self.multi and not self.multi.isdisjoint(hashes):
             return [v if isinstance(v, int) else next(iter(v)) for v in vals]  # type: ignore[arg-type, misc]
         return vals  # type: ignore[return-value]
 
@@ -161,16 +159,25 @@ class BlockPool:
         return out
 
     def _pop_fifo_skipping_stale(self, rem: int) -> np.ndarray:
+        """The first `rem` live FIFO entries from the head, skipping stale ones (head ends just
+        past the last one taken).  A window of `rem` + a few stale entries is read at a time."""
         parts = []
         while rem:
-            w = self.fifo[self.head: self.head + rem]
-            live = self.where[w] == self.pos[self.head: self.head + rem]
-            nlive = int(np.count_nonzero(live))
-            self.num_stale -= rem - nlive
-            self.head += rem
-            parts.append(w[live])
-            rem -= nlive
-        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+            h = self.head
+            span = min(rem + min(self.num_stale, rem + 64), self.tail - h)
+            w = self.fifo[h: h + span]
+            idx = np.flatnonzero(self.where[w] == self.pos[h: h + span])
+            if idx.size >= rem:
+                end = int(idx[rem - 1]) + 1
+                parts.append(w[idx[:rem]])
+                self.num_stale -= end - rem
+                self.head = h + end
+                break
+            parts.append(w[idx])
+            self.num_stale -= span - int(idx.size)
+            self.head = h + span
+            rem -= int(idx.size)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _evict(self, taken: np.ndarray) -> None:
         """Blocks leaving the free queue for new data lose their hashes (cached-free -> gone)."""
@@ -180,12 +187,15 @@ class BlockPool:
             return
         if self.cached:
             pm = self.public[taken]
-            if pm.any():
-                if self.num_multi:
-                    for b in taken[pm].tolist():
-                        self._unregister(b, int(self.hash_of[b]))
-                else:                       # every entry names one block: drop them in one pass
-                    deque(map(self.cached.__delitem__, h[pm].tolist()), maxlen=0)
+            if np.count_nonzero(pm):        # (count_nonzero: far cheaper than .any() on small arrays)
+                hs = h[pm].tolist()
+                if self.multi and not self.multi.isdisjoint(hs):
+                    for b, bh in zip(taken[pm].tolist(), hs, strict=True):
+                        self._unregister(b, bh)
+                else:                       # every entry names one block: just drop them
+                    cached = self.cached
+                    for bh in hs:
+                        del cached[bh]
                 self.public[taken] = False
         self.hash_of[taken] = NO_HASH
         self.num_cached_free -= k
@@ -208,7 +218,7 @@ class BlockPool:
                 self.cached[bh] = entry
             else:
                 self.cached[bh] = next(iter(entry))
-                self.num_multi -= 1
+                self.multi.discard(bh)
 
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
@@ -305,7 +315,7 @@ class BlockPool:
         w = self.fifo[self.head: self.tail]
         live = w[self.where[w] == np.arange(self.head, self.tail)]
         cap = max(self.fifo.shape[0], 2 * (live.size + extra))
-        fifo = np.empty(cap, dtype=I32)
+        fifo = np.empty(cap, dtype=ID)
         fifo[: live.size] = live
         self.fifo = fifo
         if cap > self.pos.shape[0]:
@@ -316,7 +326,7 @@ class BlockPool:
     def set_private_hashes(self, blocks: np.ndarray, tokens: np.ndarray) -> None:
         """Mark full blocks with a private hash (only their own sequence can hit them)."""
         fresh = self.hash_of[blocks] == NO_HASH
-        if fresh.all():
+        if np.count_nonzero(fresh) == fresh.size:
             self.hash_of[blocks] = tokens
         else:
             self.hash_of[blocks[fresh]] = tokens[fresh]
@@ -332,19 +342,19 @@ class BlockPool:
             self.cached[block_hash] = block
         elif isinstance(entry, int):
             self.cached[block_hash] = {entry: None, block: None}
-            self.num_multi += 1
+            self.multi.add(block_hash)
         else:
             entry[block] = None
 
     def cache_public_run(self, blocks: np.ndarray, hashes: list[int]) -> None:
         """`cache_public` of blocks[i] under hashes[i] for each i, in order; in bulk when no
         block carries a hash yet and no hash is registered yet (the common case)."""
-        if len(hashes) > 2 and not self.hash_of[blocks].any() and self.cached.keys().isdisjoint(hashes):
+        if len(hashes) > 2 and not np.count_nonzero(self.hash_of[blocks]) and self.cached.keys().isdisjoint(hashes):
             self.hash_of[blocks] = hashes
             self.public[blocks] = True
-            self.cached.update(zip(hashes, blocks.tolist()))
+            self.cached.update(zip(hashes, blocks.tolist(), strict=True))
             return
-        for b, h in zip(blocks.tolist(), hashes):
+        for b, h in zip(blocks.tolist(), hashes, strict=True):
             self.cache_public(b, h)
 
     def check_invariants(self) -> None:
@@ -357,7 +367,7 @@ class BlockPool:
         assert in_use + self.nfree == self.num_blocks - 1, "free + used != total"
         assert sum(1 for b in q if self.hash_of[b] != NO_HASH) == self.num_cached_free, "cached-free count drifted"
         assert all(self.hash_of[b] == NO_HASH for b in self.stack[: self.top].tolist()), "hashed block at the front"
-        assert sum(isinstance(e, dict) for e in self.cached.values()) == self.num_multi, "multi-entry count drifted"
+        assert {h for h, e in self.cached.items() if isinstance(e, dict)} == self.multi, "multi-entry set drifted"
         for h, entry in self.cached.items():
             ids = [entry] if isinstance(entry, int) else list(entry)
             for b in ids:

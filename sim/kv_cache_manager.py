@@ -68,7 +68,7 @@ class KVCacheManager:
     def _ensure_table(self, req: Request) -> np.ndarray:
         if req.blocks is None:
             cap = cdiv(req.num_prompt_tokens + req.max_tokens + self.spec_slack_tokens, self.block_size) + 1
-            req.blocks = np.zeros(cap, dtype=np.int32)
+            req.blocks = np.zeros(cap, dtype=np.intp)     # intp: fast fancy indexing
         return req.blocks
 
     # ------------------------------------------------------------------ prefix cache lookup
@@ -90,11 +90,11 @@ class KVCacheManager:
                 old = req.blocks[n_pub:m]
                 want = -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(n_pub, m, dtype=np.int64))
                 ok = self.pool.hash_of[old] == want
-                k = int(np.argmin(ok)) if not ok.all() else int(ok.size)
+                k = int(np.argmin(ok)) if np.count_nonzero(ok) < ok.size else int(ok.size)
                 hits.extend(old[:k].tolist())
         if not hits:
             return None, 0
-        return np.asarray(hits, dtype=np.int32), len(hits) * bs
+        return np.asarray(hits, dtype=np.intp), len(hits) * bs
 
     def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
         """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
