@@ -166,7 +166,7 @@ class BlockPool:
             h = self.head
             span = min(rem + min(self.num_stale, rem + 64), self.tail - h)
             w = self.fifo[h: h + span]
-            idx = np.flatnonzero(self.where[w] == self.pos[h: h + span])
+            idx = (self.where[w] == self.pos[h: h + span]).nonzero()[0]   # (flatnonzero: a slow wrapper)
             if idx.size >= rem:
                 end = int(idx[rem - 1]) + 1
                 parts.append(w[idx[:rem]])
@@ -187,8 +187,8 @@ class BlockPool:
             return
         if self.cached:
             pm = self.public[taken]
-            if np.count_nonzero(pm):        # (count_nonzero: far cheaper than .any() on small arrays)
-                hs = h[pm].tolist()
+            hs = h[pm].tolist()
+            if hs:
                 if self.multi and not self.multi.isdisjoint(hs):
                     for b, bh in zip(taken[pm].tolist(), hs, strict=True):
                         self._unregister(b, bh)
