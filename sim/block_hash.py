@@ -17,9 +17,13 @@ reproducible bit for bit.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from sim.request import Request
 
-_CHAINS: dict[tuple[tuple[tuple[int, int], ...], int], list[int]] = {}   # (segments, block size) -> hashes
+# (segments, block size) -> hashes; oldest first.  An OrderedDict: dropping the oldest is O(1)
+# (next(iter(dict)) after many deletions scans the dead slots at the front of a plain dict).
+_CHAINS: OrderedDict[tuple[tuple[tuple[int, int], ...], int], list[int]] = OrderedDict()
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
 
 
@@ -46,7 +50,7 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
         _extend_chain(hashes, segments, block_size, num_blocks)
     if len(segments) > 1:            # a lone segment (a system prompt, one trace block) is cheap to redo
         if len(_CHAINS) >= _CHAINS_MAX:
-            del _CHAINS[next(iter(_CHAINS))]
+            _CHAINS.popitem(last=False)
         _CHAINS[key] = hashes
     return hashes
 
