@@ -17,9 +17,13 @@ reproducible bit for bit.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from sim.request import Request
 
-_CHAINS: dict[tuple[tuple[tuple[int, int], ...], int], list[int]] = {}   # (segments, block size) -> hashes
+# (segments, block size) -> hashes; oldest first.  An OrderedDict: dropping the oldest is O(1)
+# (next(iter(dict)) after many deletions scans the dead slots at the front of a plain dict).
+_CHAINS: OrderedDict[tuple[tuple[tuple[int, int], ...], int], list[int]] = OrderedDict()
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
 
 
@@ -43,36 +47,49 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
     total = sum(length for _, length in segments)
     num_blocks = total // block_size
     if num_blocks > len(hashes):
-        parent = hashes[-1] if hashes else 0
-        seg_idx, seg_off = 0, len(hashes) * block_size     # find the segment holding the resume point
-        while seg_off >= segments[seg_idx][1]:
-            seg_off -= segments[seg_idx][1]
-            seg_idx += 1
-        for _ in range(num_blocks - len(hashes)):
-            seg_id, seg_len = segments[seg_idx]
-            if seg_len - seg_off > block_size:          # the block lies inside one run: one piece
-                parent = hash((parent, (seg_id, seg_off, seg_off + block_size)))
-                seg_off += block_size
-                hashes.append(parent)
-                continue
-            need = block_size
-            pieces: list[tuple[int, int, int]] = []
-            while need:
-                seg_id, seg_len = segments[seg_idx]
-                take = min(need, seg_len - seg_off)
-                pieces.append((seg_id, seg_off, seg_off + take))
-                seg_off += take
-                need -= take
-                if seg_off == seg_len:
-                    seg_idx += 1
-                    seg_off = 0
-            parent = hash((parent, *pieces))
-            hashes.append(parent)
+        _extend_chain(hashes, segments, block_size, num_blocks)
     if len(segments) > 1:            # a lone segment (a system prompt, one trace block) is cheap to redo
         if len(_CHAINS) >= _CHAINS_MAX:
-            del _CHAINS[next(iter(_CHAINS))]
+            _CHAINS.popitem(last=False)
         _CHAINS[key] = hashes
     return hashes
+
+
+def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: int, num_blocks: int) -> None:
+    """Append the hashes of blocks len(hashes) .. num_blocks-1: a block inside one run is keyed
+    (parent, (segment_id, start, end)); a block spanning runs (parent, piece, piece, ...)."""
+    parent = hashes[-1] if hashes else 0
+    seg_idx, seg_off = 0, len(hashes) * bs         # find the segment holding the resume point
+    while seg_off >= segments[seg_idx][1]:
+        seg_off -= segments[seg_idx][1]
+        seg_idx += 1
+    append = hashes.append
+    remaining = num_blocks - len(hashes)
+    while remaining:
+        seg_id, seg_len = segments[seg_idx]
+        k = min((seg_len - seg_off - 1) // bs, remaining)   # blocks ending before the run does
+        if k > 0:
+            for off in range(seg_off, seg_off + k * bs, bs):
+                parent = hash((parent, (seg_id, off, off + bs)))
+                append(parent)
+            seg_off += k * bs
+            remaining -= k
+            if not remaining:
+                break
+        need = bs                                   # a block reaching (or crossing) the run's end
+        pieces: list[tuple[int, int, int]] = []
+        while need:
+            seg_id, seg_len = segments[seg_idx]
+            take = min(need, seg_len - seg_off)
+            pieces.append((seg_id, seg_off, seg_off + take))
+            seg_off += take
+            need -= take
+            if seg_off == seg_len:
+                seg_idx += 1
+                seg_off = 0
+        parent = hash((parent, *pieces))
+        append(parent)
+        remaining -= 1
 
 
 def block_hash(req: Request, index: int, block_size: int) -> int:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-I32 = np.int32
+ID = np.intp      # block ids: numpy indexes with intp arrays several times faster than with int32 ones
 NO_HASH = 0
 
 
@@ -44,15 +44,16 @@ class BlockPool:
         n = num_blocks
         self.num_blocks = n
         self.enable_caching = enable_caching
-        self.ref = np.zeros(n, dtype=I32)
+        self.ref = np.zeros(n, dtype=np.int32)
         self.hash_of = np.zeros(n, dtype=np.int64)     # NO_HASH = none
         self.public = np.zeros(n, dtype=bool)
         self.cached: dict[int, int | dict[int, None]] = {}
-        self.stack = np.empty(n, dtype=I32)            # queue front; stack[top-1] is the head
+        self.stack = np.empty(n, dtype=ID)            # queue front; stack[top-1] is the head
         self.top = 0
         cap = max(2 * n, 1024)
-        self.fifo = np.empty(cap, dtype=I32)
-        self.fifo[: n - 1] = np.arange(1, n, dtype=I32)
+        self.fifo = np.empty(cap, dtype=ID)
+        self.pos = np.arange(cap)                       # FIFO positions (slices of it instead of aranges)
+        self.fifo[: n - 1] = np.arange(1, n, dtype=ID)
         self.where = np.full(n, -1, dtype=np.int64)
         self.where[1:] = np.arange(0, n - 1)
         self.head = 0
@@ -61,6 +62,7 @@ class BlockPool:
         self.nfree = n - 1
         self.num_cached_free = 0
         self.num_evictions = 0
+        self.multi: set[int] = set()                    # hashes whose `cached` entry names several blocks
 
     # --- queries -----------------------------------------------------------------------------
     @property
@@ -78,6 +80,18 @@ class BlockPool:
         if entry is None or isinstance(entry, int):
             return entry
         return next(iter(entry))
+
+    def longest_hit(self, hashes: list[int]) -> list[int]:
+        """Blocks registered under the leading public `hashes`, up to the first miss (`lookup`
+        of each in turn, with the dict lookups done in one pass at C speed)."""
+        vals = list(map(self.cached.get, hashes))
+        try:
+            del vals[vals.index(None):]
+        except ValueError:
+            pass
+        if self.multi and not self.multi.isdisjoint(hashes):
+            return [v if isinstance(v, int) else next(iter(v)) for v in vals]  # type: ignore[arg-type, misc]
+        return vals  # type: ignore[return-value]
 
     def free_queue(self) -> list[int]:
         """The free queue, head first (tests and debugging)."""
@@ -145,16 +159,25 @@ class BlockPool:
         return out
 
     def _pop_fifo_skipping_stale(self, rem: int) -> np.ndarray:
+        """The first `rem` live FIFO entries from the head, skipping stale ones (head ends just
+        past the last one taken).  A window of `rem` + a few stale entries is read at a time."""
         parts = []
         while rem:
-            w = self.fifo[self.head: self.head + rem]
-            live = self.where[w] == np.arange(self.head, self.head + rem)
-            nlive = int(np.count_nonzero(live))
-            self.num_stale -= rem - nlive
-            self.head += rem
-            parts.append(w[live])
-            rem -= nlive
-        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+            h = self.head
+            span = min(rem + min(self.num_stale, rem + 64), self.tail - h)
+            w = self.fifo[h: h + span]
+            idx = (self.where[w] == self.pos[h: h + span]).nonzero()[0]   # (flatnonzero: a slow wrapper)
+            if idx.size >= rem:
+                end = int(idx[rem - 1]) + 1
+                parts.append(w[idx[:rem]])
+                self.num_stale -= end - rem
+                self.head = h + end
+                break
+            parts.append(w[idx])
+            self.num_stale -= span - int(idx.size)
+            self.head = h + span
+            rem -= int(idx.size)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _evict(self, taken: np.ndarray) -> None:
         """Blocks leaving the free queue for new data lose their hashes (cached-free -> gone)."""
@@ -163,43 +186,51 @@ class BlockPool:
         if not k:
             return
         if self.cached:
-            pub = taken[self.public[taken]]
-            for b in pub.tolist():
-                bh = int(self.hash_of[b])
-                entry = self.cached.pop(bh)
-                if isinstance(entry, dict):
-                    del entry[b]
-                    if entry:
-                        self.cached[bh] = entry if len(entry) > 1 else next(iter(entry))
-            if pub.size:
-                self.public[pub] = False
+            pm = self.public[taken]
+            hs = h[pm].tolist()
+            if hs:
+                if self.multi and not self.multi.isdisjoint(hs):
+                    for b, bh in zip(taken[pm].tolist(), hs, strict=True):
+                        self._unregister(b, bh)
+                else:                       # every entry names one block: just drop them
+                    cached = self.cached
+                    for bh in hs:
+                        del cached[bh]
+                self.public[taken] = False
         self.hash_of[taken] = NO_HASH
         self.num_cached_free -= k
         self.num_evictions += k
 
     def _evict_one(self, b: int) -> None:
         """`_evict` for one public block, with scalar operations (a decode step's new block)."""
-        bh = int(self.hash_of[b])
-        entry = self.cached.pop(bh)
-        if isinstance(entry, dict):
-            del entry[b]
-            if entry:
-                self.cached[bh] = entry if len(entry) > 1 else next(iter(entry))
+        self._unregister(b, int(self.hash_of[b]))
         self.public[b] = False
         self.hash_of[b] = NO_HASH
         self.num_cached_free -= 1
         self.num_evictions += 1
 
+    def _unregister(self, b: int, bh: int) -> None:
+        """Take block `b` out of the hash map entry `bh`."""
+        entry = self.cached.pop(bh)
+        if isinstance(entry, dict):
+            del entry[b]
+            if len(entry) > 1:
+                self.cached[bh] = entry
+            else:
+                self.cached[bh] = next(iter(entry))
+                self.multi.discard(bh)
+
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
-        ref = self.ref
-        freed = blocks[ref[blocks] == 0]
+        r = self.ref[blocks]
+        freed = blocks[r == 0]
         if freed.size:
             self.where[freed] = -1
             self.num_stale += int(freed.size)
             self.nfree -= int(freed.size)
             self.num_cached_free -= int(freed.size)
-        ref[blocks] += 1
+        r += 1
+        self.ref[blocks] = r
 
     def free_unshared(self, table: np.ndarray, num_hashed: int) -> None:
         """Free a request's whole table when no block of it is shared (every ref count is 1):
@@ -219,10 +250,40 @@ class BlockPool:
                 self._compact_fifo(num_hashed)
             t = self.tail
             self.fifo[t: t + num_hashed] = back
-            self.where[back] = np.arange(t, t + num_hashed)
+            self.where[back] = self.pos[t: t + num_hashed]
             self.tail = t + num_hashed
             self.num_cached_free += num_hashed
         self.nfree += n
+
+    def free_table(self, table: np.ndarray, num_hashed: int) -> None:
+        """`free_blocks(table[::-1])` for a request's table whose first `num_hashed` blocks carry
+        hashes (and may be shared) and whose other blocks are its own, unhashed: those go to the
+        front, the hashed ones reaching ref count 0 to the back, tail first."""
+        n = table.size
+        if num_hashed < n:
+            front = table[num_hashed:]
+            k = n - num_hashed
+            self.ref[front] = 0
+            self.stack[self.top: self.top + k] = front
+            self.top += k
+        nz = n - num_hashed
+        if num_hashed:
+            head = table[:num_hashed]
+            r = self.ref[head]
+            r -= 1
+            self.ref[head] = r
+            back = head[r == 0][::-1]
+            m = int(back.size)
+            if m:
+                if self.tail + m > self.fifo.shape[0]:
+                    self._compact_fifo(m)
+                t = self.tail
+                self.fifo[t: t + m] = back
+                self.where[back] = self.pos[t: t + m]
+                self.tail = t + m
+                self.num_cached_free += m
+                nz += m
+        self.nfree += nz
 
     def free_blocks(self, ordered: np.ndarray) -> None:
         """Drop one reference from each block; those reaching 0 return to the free queue,
@@ -245,7 +306,7 @@ class BlockPool:
             if self.tail + back.size > self.fifo.shape[0]:
                 self._compact_fifo(int(back.size))
             self.fifo[self.tail: self.tail + back.size] = back
-            self.where[back] = np.arange(self.tail, self.tail + back.size)
+            self.where[back] = self.pos[self.tail: self.tail + back.size]
             self.tail += int(back.size)
             self.num_cached_free += int(back.size)
         self.nfree += int(z.size)
@@ -254,16 +315,18 @@ class BlockPool:
         w = self.fifo[self.head: self.tail]
         live = w[self.where[w] == np.arange(self.head, self.tail)]
         cap = max(self.fifo.shape[0], 2 * (live.size + extra))
-        fifo = np.empty(cap, dtype=I32)
+        fifo = np.empty(cap, dtype=ID)
         fifo[: live.size] = live
         self.fifo = fifo
+        if cap > self.pos.shape[0]:
+            self.pos = np.arange(cap)
         self.where[live] = np.arange(live.size)
         self.head, self.tail, self.num_stale = 0, int(live.size), 0
 
     def set_private_hashes(self, blocks: np.ndarray, tokens: np.ndarray) -> None:
         """Mark full blocks with a private hash (only their own sequence can hit them)."""
         fresh = self.hash_of[blocks] == NO_HASH
-        if fresh.all():
+        if np.count_nonzero(fresh) == fresh.size:
             self.hash_of[blocks] = tokens
         else:
             self.hash_of[blocks[fresh]] = tokens[fresh]
@@ -279,8 +342,20 @@ class BlockPool:
             self.cached[block_hash] = block
         elif isinstance(entry, int):
             self.cached[block_hash] = {entry: None, block: None}
+            self.multi.add(block_hash)
         else:
             entry[block] = None
+
+    def cache_public_run(self, blocks: np.ndarray, hashes: list[int]) -> None:
+        """`cache_public` of blocks[i] under hashes[i] for each i, in order; in bulk when no
+        block carries a hash yet and no hash is registered yet (the common case)."""
+        if len(hashes) > 2 and not np.count_nonzero(self.hash_of[blocks]) and self.cached.keys().isdisjoint(hashes):
+            self.hash_of[blocks] = hashes
+            self.public[blocks] = True
+            self.cached.update(zip(hashes, blocks.tolist(), strict=True))
+            return
+        for b, h in zip(blocks.tolist(), hashes, strict=True):
+            self.cache_public(b, h)
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the pool's bookkeeping is inconsistent."""
@@ -292,6 +367,7 @@ class BlockPool:
         assert in_use + self.nfree == self.num_blocks - 1, "free + used != total"
         assert sum(1 for b in q if self.hash_of[b] != NO_HASH) == self.num_cached_free, "cached-free count drifted"
         assert all(self.hash_of[b] == NO_HASH for b in self.stack[: self.top].tolist()), "hashed block at the front"
+        assert {h for h, e in self.cached.items() if isinstance(e, dict)} == self.multi, "multi-entry set drifted"
         for h, entry in self.cached.items():
             ids = [entry] if isinstance(entry, int) else list(entry)
             for b in ids:

@@ -68,7 +68,7 @@ class KVCacheManager:
     def _ensure_table(self, req: Request) -> np.ndarray:
         if req.blocks is None:
             cap = cdiv(req.num_prompt_tokens + req.max_tokens + self.spec_slack_tokens, self.block_size) + 1
-            req.blocks = np.zeros(cap, dtype=np.int32)
+            req.blocks = np.zeros(cap, dtype=np.intp)     # intp: fast fancy indexing
         return req.blocks
 
     # ------------------------------------------------------------------ prefix cache lookup
@@ -79,28 +79,22 @@ class KVCacheManager:
         bs = self.block_size
         max_blocks = (req.num_prompt_tokens + req.num_output - 1) // bs
         n_pub = min(self._num_public(req), max_blocks)
-        lookup = self.pool.lookup
-        hits: list[int] = []
         shared = req.prefix_hashes
         if shared is None or len(shared) < n_pub:
             shared = [block_hash(req, i, bs) for i in range(n_pub)]
-        for i in range(n_pub):
-            b = lookup(shared[i])
-            if b is None:
-                break
-            hits.append(b)
-        else:
+        hits: list[int] = self.pool.longest_hit(shared[:n_pub] if len(shared) > n_pub else shared)
+        if len(hits) == n_pub:
             # the sequence's own private blocks, still cached after a preemption
             m = min(max_blocks, req.prev_nblocks)
             if m > n_pub and req.blocks is not None:
                 old = req.blocks[n_pub:m]
                 want = -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(n_pub, m, dtype=np.int64))
                 ok = self.pool.hash_of[old] == want
-                k = int(np.argmin(ok)) if not ok.all() else int(ok.size)
+                k = int(np.argmin(ok)) if np.count_nonzero(ok) < ok.size else int(ok.size)
                 hits.extend(old[:k].tolist())
         if not hits:
             return None, 0
-        return np.asarray(hits, dtype=np.int32), len(hits) * bs
+        return np.asarray(hits, dtype=np.intp), len(hits) * bs
 
     def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
         """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
@@ -141,12 +135,10 @@ class KVCacheManager:
         self.prefix_hits_tokens += num_hit_tokens
 
     # ------------------------------------------------------------------ allocation
-    def _blocks_to_allocate(self, req: Request, num_tokens: int, hits: np.ndarray | None) -> int:
-        nh = 0 if hits is None else int(hits.size)
-        need = max(cdiv(num_tokens, self.block_size) - nh - req.nblocks, 0)
-        if nh:
-            need += int(np.count_nonzero(self.pool.ref[hits] == 0))
-        return need
+    def _blocks_to_allocate(self, req: Request, num_tokens: int, num_hits: int, num_hits_free: int) -> int:
+        """New blocks for `num_tokens` after adopting `num_hits` hit blocks, plus the hit blocks
+        that must leave the free queue (`num_hits_free`: those with ref count 0)."""
+        return max(cdiv(num_tokens, self.block_size) - num_hits - req.nblocks, 0) + num_hits_free
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
                        hits: np.ndarray | None = None, full_sequence_must_fit: bool = False,
@@ -164,11 +156,13 @@ class KVCacheManager:
         if has_scheduled_reqs and req.status in (Status.WAITING, Status.PREEMPTED):
             watermark = self.watermark_blocks
         free = pool.nfree
+        nh = 0 if hits is None else int(hits.size)
+        nh_free = int(np.count_nonzero(pool.ref[hits] == 0)) if nh else 0
         if full_sequence_must_fit:
-            if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), hits) + watermark > free:
+            if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), nh, nh_free) + watermark > free:
                 return False
         need_slot = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
-        if self._blocks_to_allocate(req, need_slot, hits) + watermark > free:
+        if self._blocks_to_allocate(req, need_slot, nh, nh_free) + watermark > free:
             return False
         table = self._ensure_table(req)
         if hits is not None:
@@ -238,8 +232,7 @@ class KVCacheManager:
             shared = req.prefix_hashes
             end = min(full, n_pub)
             if shared is not None and len(shared) >= end:     # the hashes computed up front
-                for i in range(start, end):
-                    self.pool.cache_public(int(table[i]), shared[i])
+                self.pool.cache_public_run(table[start:end], shared[start:end])
             else:
                 for i in range(start, end):
                     self.pool.cache_public(int(table[i]), block_hash(req, i, bs))
@@ -259,7 +252,8 @@ class KVCacheManager:
                         table[i0:i1], -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(i0, i1, dtype=np.int64)))
             self.num_blocks_held -= n
             if req.num_public_blocks > 0 or req.cached_on_admit:
-                self.pool.free_blocks(table[:n][::-1])   # blocks may be shared: count references
+                # blocks may be shared: count references (as free_blocks(table[:n][::-1]))
+                self.pool.free_table(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
             else:
                 self.pool.free_unshared(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
         req.prev_nblocks = n

@@ -112,3 +112,51 @@ class PoolMachine(RuleBasedStateMachine):
 
 TestPoolMachine = PoolMachine.TestCase
 TestPoolMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def _pool_state(pool: BlockPool) -> tuple[object, ...]:
+    entries = {h: ([e] if isinstance(e, int) else list(e)) for h, e in pool.cached.items()}
+    return (pool.free_queue(), pool.ref.tolist(), pool.hash_of.tolist(), pool.public.tolist(), entries,
+            pool.nfree, pool.num_cached_free, pool.num_evictions)
+
+
+def test_bulk_request_operations_match_block_by_block_reference():
+    """The per-request bulk paths (`longest_hit`, `cache_public_run`, `free_table`, stale-skipping
+    `get_new_blocks`) against vLLM's block-by-block operations (`lookup` until the first miss,
+    `cache_public` per block, `free_blocks(table[::-1])`) on two pools driven alike: same hits,
+    same blocks handed out, same free queue, hash map (duplicates included), ref counts, counters."""
+    rng = np.random.default_rng(7)
+    bulk, ref = BlockPool(40, enable_caching=True), BlockPool(40, enable_caching=True)
+    live: list[tuple[list[int], int]] = []           # (table, number of hashed leading blocks)
+    for _ in range(600):
+        if live and (rng.random() < 0.45 or bulk.nfree < 12):
+            table, nh = live.pop(int(rng.integers(len(live))))
+            bulk.free_table(np.asarray(table, dtype=np.intp), nh)
+            ref.free_blocks(np.asarray(table[::-1], dtype=np.intp))
+        else:
+            chain = [int(rng.integers(4)) * 1000 + i + 1 for i in range(int(rng.integers(1, 8)))]
+            hits = bulk.longest_hit(chain)
+            expect: list[int] = []
+            for h in chain:
+                b = ref.lookup(h)
+                if b is None:
+                    break
+                expect.append(b)
+            assert hits == expect
+            hits = hits[: int(rng.integers(len(hits) + 1))]  # sometimes recompute cached blocks: duplicates
+            if hits:
+                bulk.touch(np.asarray(hits, dtype=np.intp))
+                ref.touch(np.asarray(hits, dtype=np.intp))
+            n_new = int(rng.integers(0, 6))
+            new = bulk.get_new_blocks(n_new).tolist()
+            assert new == ref.get_new_blocks(n_new).tolist()
+            table = hits + new
+            nh = len(hits) + min(len(chain) - len(hits), int(rng.integers(0, n_new + 1)))
+            run = np.asarray(table[len(hits): nh], dtype=np.intp)
+            bulk.cache_public_run(run, chain[len(hits): nh])
+            for b, h in zip(run.tolist(), chain[len(hits): nh], strict=True):
+                ref.cache_public(b, h)
+            live.append((table, nh))
+        assert _pool_state(bulk) == _pool_state(ref)
+        bulk.check_invariants()
+    assert bulk.multi and bulk.num_evictions > 0        # the walk did reach duplicates and evictions
