@@ -196,6 +196,13 @@ class PipelineClock:
         self.last_s = t
         return t
 
+    def save(self) -> tuple[list[float], list[float], float, float]:
+        return self.free_s[:], self.busy_s[:], self.first_s, self.last_s
+
+    def restore(self, state: tuple[list[float], list[float], float, float]) -> None:
+        """Undo the launches since `save` (a quiet stretch planned and dropped)."""
+        self.free_s, self.busy_s, self.first_s, self.last_s = state[0][:], state[1][:], state[2], state[3]
+
     def bubble_frac(self) -> float:
         """Share of stage-time idle between the first launch and the last batch out."""
         span = self.last_s - self.first_s
