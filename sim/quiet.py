@@ -7,6 +7,10 @@ certain to be such steps; this module prices them one by one (each step's attent
 by the batch size), cuts the stretch before the first step whose scheduling would see the next
 arrival, and applies it: the same block tables, clock, metrics and times as taking the steps one
 by one, with one SimPy event instead of one per step.  Pure functions; the engine yields.
+
+Pipeline parallelism (`pipeline_stretch`): the same for the batch queue, whose lanes (one decode
+set per in-flight batch, `sim.scheduler_v1.Lane`) step in turn; a stretch takes whole rounds while
+every lane only decodes, with the stage clocks advanced launch by launch as the engine would.
 """
 
 from __future__ import annotations
