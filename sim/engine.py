@@ -263,18 +263,34 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
 
 
 def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
-                   on_request_done: Callable[[int], None]) -> Generator[Any, Any, None]:
+                   on_request_done: Callable[[int], None], nxt: NextArrival | None = None) -> Generator[Any, Any, None]:
     """Pipeline parallelism (vLLM's `step_with_batch_queue`): schedule a batch while fewer than
     p are in flight and the scheduler has work; otherwise wait for the oldest batch's output and
     apply it.  Each batch costs the CPU `overhead_s` before it enters stage 0, then passes the
     stages (`sim.pipeline.PipelineClock`).  A request in flight is not scheduled again until its
-    output is applied (the scheduler's rule), so with few requests stages idle: the bubbles."""
+    output is applied (the scheduler's rule), so with few requests stages idle: the bubbles.
+    With `nxt` (the next arrival), rounds in which every lane only decodes are taken at once
+    (`sim.quiet.pipeline_stretch`)."""
     sched = rep.scheduler
     pipe = rep.pipeline
     p = pipe.num_stages
     inflight: deque[tuple[StepBatch, float, float, KVState]] = deque()
     cpu_free_s = 0.0          # the CPU's overhead for the last batch ends here
+    quiet_ok = nxt is not None and p > 1 and getattr(sched, "lanes_on", False) and not rep.check_invariants
     while True:
+        if quiet_ok and len(inflight) == p - 1 and sched.ready_lanes:
+            horizon = nxt.for_replica(rep.index)  # type: ignore[union-attr]
+            # cheap test first: the second scheduling comes when the oldest batch is out
+            st = quiet.pipeline_stretch(rep, env.now, horizon, list(inflight)) if inflight[0][2] < horizon else None
+            if st is not None:
+                rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
+                inflight = deque(st.inflight)
+                cpu_free_s = st.cpu_free_s
+                yield env.timeout(st.end_s - env.now)
+                running, waiting = sched.num_running, rep.num_waiting_seen
+                for d, start, dt, kv in st.rows:
+                    recorder.on_decode_step(rep.index, start, dt, d, running, waiting, kv)
+                continue
         if len(inflight) < p and sched.has_work:
             batch = sched.schedule()
             rep.num_unseen_arrivals = 0
@@ -397,7 +413,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
                 and (autoscaler is None or autoscaler.cfg.metric != "kv_usage") and pool is None)
     for rep in replicas:
         if rep.pipeline is not None:
-            env.process(serve_pipeline(env, rep, recorder, on_request_done))
+            env.process(serve_pipeline(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
             continue
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
     if prefill is not None:

@@ -185,16 +185,27 @@ class PipelineClock:
         if self.first_s < 0.0:
             self.first_s = now_s
         t = now_s
-        last = len(self.shares) - 1
+        free, busy = self.free_s, self.busy_s
+        last = len(free) - 1
         send = self.transfer_s_per_token * tokens
-        for i, share in enumerate(self.shares):
-            start = t if t > self.free_s[i] else self.free_s[i]
+        i = 0
+        for share in self.shares:
+            f = free[i]
+            start = t if t > f else f
             dt = gpu_s * share + (send if i < last else 0.0)
             t = start + dt
-            self.free_s[i] = t
-            self.busy_s[i] += dt
+            free[i] = t
+            busy[i] += dt
+            i += 1
         self.last_s = t
         return t
+
+    def save(self) -> tuple[list[float], list[float], float, float]:
+        return self.free_s[:], self.busy_s[:], self.first_s, self.last_s
+
+    def restore(self, state: tuple[list[float], list[float], float, float]) -> None:
+        """Undo the launches since `save` (a quiet stretch planned and dropped)."""
+        self.free_s, self.busy_s, self.first_s, self.last_s = state[0][:], state[1][:], state[2], state[3]
 
     def bubble_frac(self) -> float:
         """Share of stage-time idle between the first launch and the last batch out."""

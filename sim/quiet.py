@@ -7,12 +7,18 @@ certain to be such steps; this module prices them one by one (each step's attent
 by the batch size), cuts the stretch before the first step whose scheduling would see the next
 arrival, and applies it: the same block tables, clock, metrics and times as taking the steps one
 by one, with one SimPy event instead of one per step.  Pure functions; the engine yields.
+
+Pipeline parallelism (`pipeline_stretch`): the same for the batch queue, whose lanes (one decode
+set per in-flight batch, `sim.scheduler_v1.Lane`) step in turn; a stretch takes whole rounds while
+every lane only decodes, with the stage clocks advanced launch by launch as the engine would.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from sim.batch import StepBatch
 from sim.cost_model import step_time_s
 from sim.kv_state import KVState
 from sim.metrics import Recorder
@@ -95,3 +101,88 @@ def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[KVState],
     running, waiting = sched.num_running, rep.num_waiting_seen
     for j in range(first, len(stretch.durations)):
         rec.on_decode_step(rep.index, stretch.starts[j], stretch.durations[j], d, running, waiting, states[j])
+
+
+@dataclass(slots=True)
+class PipeStretch:
+    """A pipeline quiet stretch, applied: the batch queue as it stands at `end_s` (entries
+    (batch, start, done, KV state) oldest first), when the CPU is next free, and the applications
+    to record (lane members, start, duration, KV state while it ran), in order."""
+
+    end_s: float
+    inflight: list[tuple[StepBatch, float, float, KVState]]
+    cpu_free_s: float
+    rows: list[tuple[int, float, float, KVState]]
+
+
+def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
+                     inflight: list[tuple[StepBatch, float, float, KVState]]) -> PipeStretch | None:
+    """PP (sim.engine.serve_pipeline with p - 1 batches in flight and one lane applied): take the
+    coming rounds of the batch queue at once while every lane only decodes.  Iteration i schedules
+    the applied lane's next step at t_i (before the next arrival) and launches it through the stage
+    clocks, then waits for the oldest batch in flight and applies it at t_{i+1} = t_i + (done - t_i)
+    — the float operations of the step-by-step loop, so the same times.  None: take a normal step."""
+    sched = rep.scheduler
+    plan = sched.pp_quiet_lanes(QUIET_MAX_STEPS)
+    if not plan:
+        return None
+    pipe = rep.pipeline
+    p = len(plan)
+    oh = pipe.overhead_s
+    saved = pipe.save()
+    # pass 1, the times: lane k of the round-robin order takes its next step while the scheduling
+    # precedes the next arrival and the interleaved allocations find free blocks
+    free = sched.kv.pool.nfree
+    taken = [0] * p
+    queue = [(e[1], e[2]) for e in inflight]       # (start, done) oldest first
+    steps: list[tuple[float, float]] = []          # each launch: (start, done)
+    applies: list[float] = []
+    t = now
+    cpu_free = 0.0
+    n = 0
+    while t < horizon_s:
+        k = n % p
+        lane, counts = plan[k]
+        j = taken[k]
+        if j >= len(counts) or counts[j] > free:
+            break
+        free -= counts[j]
+        taken[k] = j + 1
+        d = lane.num_members
+        ctx = lane.members_base + d * (lane.clock + j) + d
+        cpu_free = t + oh
+        done = pipe.launch(cpu_free, step_time_s(rep.coster, 0, d, ctx, 0.0), d)
+        steps.append((t, done))
+        queue.append((t, done))
+        _, done = queue.pop(0)
+        if cpu_free > done:
+            done = cpu_free
+        if done > t:
+            t = t + (done - t)
+        applies.append(t)
+        n += 1
+    if n < p or now + (t - now) != t:              # too short, or the one event would not land on t
+        pipe.restore(saved)
+        return None
+    # pass 2: the same schedulings and applications on the scheduler, in order
+    lanes = [e[0] for e in plan]
+    entries: list[tuple[StepBatch | None, float, float, KVState, int, int]] = [
+        (e[0], e[1], e[2], e[3], k + 1, 0) for k, e in enumerate(inflight)]   # lane index k + 1
+    rows: list[tuple[int, float, float, KVState]] = []
+    for i in range(n):
+        k = i % p
+        ctx = sched.pp_quiet_schedule(lanes[k])
+        start, done = steps[i]
+        entries.append((None, start, done, sched.kv_state(), k, ctx))
+        _, s0, _, kv0, k0, _ = entries.pop(0)
+        ti = applies[i]
+        sched.pp_quiet_apply(lanes[k0], ti)
+        rows.append((lanes[k0].num_members, s0, ti - s0, kv0))
+    out: list[tuple[StepBatch, float, float, KVState]] = []
+    lane_batches: list[tuple[StepBatch, Any]] = []
+    for b, s0, d0, kv0, k0, ctx in entries:
+        batch = b if b is not None else sched.pp_quiet_batch(lanes[k0], ctx)
+        out.append((batch, s0, d0, kv0))
+        lane_batches.append((batch, lanes[k0]))
+    sched.pp_quiet_end(lane_batches, lanes[n % p])      # applied last
+    return PipeStretch(t, out, cpu_free, rows)

@@ -626,6 +626,87 @@ class SchedulerV1:
             self.ready_lanes = []
         self._load_lane(lane)
 
+    # ------------------------------------------------------------------ PP quiet stretches
+    def pp_quiet_lanes(self, limit: int) -> list[tuple[Lane, list[int]]]:
+        """PP: the lanes in the order the batch queue schedules them (the applied lane, then the
+        lanes in flight, oldest first), each with the blocks its next decode-only steps allocate,
+        when every upcoming scheduling and application is certain to change nothing but the lanes'
+        counters and block tables: nobody explicit, admitted, finishing (the applications in flight
+        included) or sampling a first token.  Empty: take a normal step.  The caller checks the
+        free blocks over the interleaved steps and that no request arrives."""
+        if (not self.lanes_on or self.explicit or self.record_schedule or self.loading
+                or len(self.ready_lanes) != 1):
+            return []
+        lim = self.limits
+        if self.waiting and len(self.running_map) < lim.max_num_seqs:
+            return []
+        for b, _ in self.lane_inflight:
+            if b.samplers or b.stale:
+                return []
+        lanes = [self.ready_lanes[0]] + [ln for _, ln in self.lane_inflight]
+        bs = self.kv.block_size
+        steps: list[int] = []
+        for lane in lanes:
+            if lane.num_members > lim.max_num_batched_tokens:
+                return []                         # the literal path would split the cohort
+            keys = lane.finish_keys
+            while keys and keys[0] not in lane.finish_due:
+                heapq.heappop(keys)
+            m = min(limit, bs)                    # a lane in flight: its application sets upd = clock
+            if keys:
+                m = min(m, keys[0] - lane.clock - 1)
+            if m <= 0:
+                return []
+            steps.append(m)
+        out: list[tuple[Lane, list[int]]] = []
+        for lane, m in zip(lanes, steps, strict=True):
+            c = lane.clock
+            counts: list[int] = []
+            for j in range(m):
+                lst = lane.alloc_due.get(c + j)
+                counts.append(0 if lst is None else sum(1 for r, v in lst if r.version == v and r.in_decode_set))
+            out.append((lane, counts))
+        return out
+
+    def pp_quiet_schedule(self, lane: Lane) -> int:
+        """Schedule `lane`'s next decode-only step without a batch (what `schedule` does for it:
+        its members' due blocks in admission order, clock + 1); returns the step's decode context."""
+        c = lane.clock
+        lst = lane.alloc_due.pop(c, None)
+        if lst:
+            due = [r for r, v in lst if r.version == v and r.in_decode_set]
+            if len(due) > 1:
+                due.sort(key=lambda r: r.admit_seq)
+            if due:
+                self.kv.append_blocks(due)
+                _extend(lane.alloc_due, c + self.kv.block_size, due)
+        lane.clock = c + 1
+        d = lane.num_members
+        return lane.members_base + d * c + d
+
+    def pp_quiet_apply(self, lane: Lane, now_s: float) -> None:
+        """Apply `lane`'s batch in flight (what `update_from_output` does for a member-only batch)."""
+        lane.upd = lane.clock
+        lane.finish_due.pop(lane.upd, None)
+        lane.last_update_s = now_s
+
+    def pp_quiet_batch(self, lane: Lane, ctx_tokens: int) -> StepBatch:
+        """The batch `lane` has in flight after a quiet stretch, as `schedule` would have made it."""
+        b = StepBatch()
+        d = lane.num_members
+        b.num_decode_tokens = d
+        b.decode_ctx_tokens = ctx_tokens
+        b.num_members = d
+        b.clock_after = lane.clock
+        return b
+
+    def pp_quiet_end(self, inflight: list[tuple[StepBatch, Lane]], ready: Lane) -> None:
+        """After a quiet stretch: the batches now in flight, and the lane applied last (loaded)."""
+        self.inflight = [b for b, _ in inflight]
+        self.lane_inflight = inflight
+        self.ready_lanes = [ready]
+        self._load_lane(ready)
+
     def _leave_other_lane(self, r: Request, other: Lane) -> None:
         """A member of a lane in flight leaves (preempted while the current lane is loaded).  One
         that joined in the batch in flight has that token still to come: its last token time stays."""

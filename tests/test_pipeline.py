@@ -98,7 +98,7 @@ def test_a_model_that_does_not_fit_one_stage_is_refused_in_one_line():
 def run_pipeline(table: RequestTable, *, stages: int, stage_s: float, send_s_per_token: float = 0.0,
                  overhead_s: float = 0.0, budget: int = 2048, num_blocks: int = 100_000, max_num_seqs: int = 4096,
                  caching: bool = False, lanes: bool = True, coster: StepCoster | None = None,
-                 check: bool = False, policy: str = "fcfs"):
+                 check: bool = False, policy: str = "fcfs", quiet: bool = True):
     """One replica; every stage takes `stage_s` whatever the batch (a constant profile of
     `stage_s` split in `stages` shares of 1 each)."""
     lim = SchedulerLimits(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=8192,
@@ -108,7 +108,7 @@ def run_pipeline(table: RequestTable, *, stages: int, stage_s: float, send_s_per
                   check_invariants=check)
     rep.pipeline = PipelineClock((1.0,) * stages, send_s_per_token, overhead_s)
     rec = Recorder(len(table))
-    end = simulate(table, [rep], Router("round-robin", 1, 16, 1 << 20).route, rec)
+    end = simulate(table, [rep], Router("round-robin", 1, 16, 1 << 20).route, rec, quiet_stretches=quiet)
     return rec, end, rep
 
 
@@ -288,6 +288,53 @@ def test_lanes_equal_the_literal_pipeline_under_priority_preemption():
     assert end_l == pytest.approx(end_x, rel=1e-12)
     assert np.allclose(rec_l.finish_s, rec_x.finish_s, rtol=0, atol=1e-9)
     assert rec_l.itl_samples()[1].sum() == rec_x.itl_samples()[1].sum()
+
+
+@pytest.mark.parametrize(("stages", "budget", "num_blocks", "caching", "max_num_seqs", "rate"), [
+    (2, 2048, 100_000, False, 4096, 40.0),    # plenty of everything: long decode-only rounds
+    (3, 1024, 100_000, True, 4096, 80.0),     # three lanes, prefix caching
+    (4, 256, 100_000, False, 4096, 80.0),     # budget-bound: cohorts split by the literal path
+    (2, 1024, 700, True, 4096, 80.0),         # KV-bound: preemptions, block allocation order
+    (2, 512, 2000, False, 24, 200.0),         # seq-bound: a waiting queue behind full lanes
+])
+def test_quiet_rounds_equal_step_by_step(stages, budget, num_blocks, caching, max_num_seqs, rate, monkeypatch):
+    # decode-only rounds of the batch queue taken as one event (sim.quiet.pipeline_stretch) against
+    # every batch its own event: the same numbers, bit for bit (times, tokens, KV and stage clocks)
+    from sim import quiet as quiet_mod
+    taken = []
+    plan = quiet_mod.pipeline_stretch
+
+    def counted(*a):
+        st = plan(*a)
+        if st is not None:
+            taken.append(len(st.rows))
+        return st
+    monkeypatch.setattr(quiet_mod, "pipeline_stretch", counted)
+    rng = np.random.default_rng(stages * 7 + num_blocks)
+    m = 300
+    t = np.cumsum(rng.exponential(1 / rate, m))
+    segs = [((int(rng.integers(0, 4)), 64),) for _ in range(m)] if caching else None
+    table = RequestTable(t, rng.integers(65, 900, m), rng.integers(1, 300, m), segments=segs)
+    runs = [run_pipeline(table, stages=stages, stage_s=0.0, budget=budget, num_blocks=num_blocks, caching=caching,
+                         max_num_seqs=max_num_seqs, coster=roofline_coster(), overhead_s=0.0015,
+                         send_s_per_token=2e-8, quiet=quiet)
+            for quiet in (True, False)]
+    (rec_q, end_q, rep_q), (rec_s, end_s, rep_s) = runs
+    assert end_q == end_s
+    for name in ("first_token_s", "finish_s", "first_scheduled_s", "output_tokens", "preemptions",
+                 "prefix_hit_tokens"):
+        assert np.array_equal(getattr(rec_q, name), getattr(rec_s, name), equal_nan=name.endswith("_s")), name
+    assert rec_q.itl_gaps == rec_s.itl_gaps
+    assert rec_q.itl_uniform_gap == rec_s.itl_uniform_gap and rec_q.itl_uniform_count == rec_s.itl_uniform_count
+    assert (rec_q.num_steps, rec_q.busy_s, rec_q.kv_weighted, rec_q.kv_usage_max, rec_q.running_weighted) == \
+           (rec_s.num_steps, rec_s.busy_s, rec_s.kv_weighted, rec_s.kv_usage_max, rec_s.running_weighted)
+    assert rec_q.steps == rec_s.steps                       # the step table, row for row
+    pq, ps = rep_q.pipeline, rep_s.pipeline
+    assert (pq.free_s, pq.busy_s, pq.first_s, pq.last_s) == (ps.free_s, ps.busy_s, ps.first_s, ps.last_s)
+    assert rep_q.scheduler.num_preemptions == rep_s.scheduler.num_preemptions
+    if num_blocks < 1000:
+        assert rep_s.scheduler.num_preemptions > 0          # the case really preempts
+    assert sum(taken) > rec_s.num_steps // 20               # many batches were taken in stretches
 
 
 def test_report_section_only_with_pipeline_parallelism(tmp_path):
