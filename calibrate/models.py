@@ -1,7 +1,7 @@
 """Model shapes for calibration: one tensor-parallel shard's layer dimensions.
 
 A calibrated profile belongs to a (GPU, model shard) pair, because attention time depends on the
-shard's KV heads and GEMM time on its weight shapes.  Shapes come from `sim.models.load_model` when
+shard's KV heads and GEMM time on its weight shapes.  Shapes come from `sim.model_catalog.load_model` when
 that module exists; until then (and as a fallback) a small built-in table covers the Llama-3 models.
 Tensor parallelism splits attention heads, KV heads (at least one per rank, as vLLM replicates them),
 the MLP's intermediate size and the vocabulary across `tp` ranks; one GPU times one shard.
@@ -51,9 +51,9 @@ _BUILTIN: dict[str, tuple[int, int, int, int, int, int, int]] = {
 
 
 def _from_sim_models(name: str) -> Any | None:
-    """The lead's `sim.models.load_model(name, ctx)` when present, else None."""
+    """The lead's `sim.model_catalog.load_model(name, ctx)` when present, else None."""
     try:
-        mod = importlib.import_module("sim.models")
+        mod = importlib.import_module("sim.model_catalog")
     except ImportError:
         return None
     load = getattr(mod, "load_model", None)

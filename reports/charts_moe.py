@@ -24,7 +24,7 @@ TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
 def _resolve(data: ReportData) -> tuple[Any, Any, dict[str, Any]] | None:
     """(ModelSpec, HardwareSpec, engine mapping) of the scenario, or None when not an MoE run."""
     from sim.hardware import load_hardware
-    from sim.models import load_model
+    from sim.model_catalog import load_model
     from sim.schema import Ctx
     sc = data.scenario
     if "model" not in sc:

@@ -317,7 +317,7 @@ def check_pipeline(engine: EngineConfig, model: Any, ctx: Ctx) -> None:
 
 
 def scenario_from_dict(raw: dict[str, Any], file: str) -> Scenario:
-    from sim.models import load_model
+    from sim.model_catalog import load_model
 
     ctx = Ctx(file)
     for key in raw:

@@ -99,7 +99,7 @@ class SpeculativeConfig:
         if self.method == "draft_model" and self.model is None:
             raise ctx.at("model").error("method draft_model needs the draft model (a preset name or a config.json)")
         if self.model is not None and self.method == "draft_model":
-            from sim.models import load_model
+            from sim.model_catalog import load_model
             load_model(self.model, ctx.at("model"))
         if self.draft_tensor_parallel_size is not None:
             positive(ctx, "draft_tensor_parallel_size", self.draft_tensor_parallel_size)
@@ -232,7 +232,7 @@ def drafter_model(cfg: SpeculativeConfig, target: Any, ctx: Ctx | None = None) -
         return None
     if cfg.method in HEAD_METHODS:
         return replace(target, name=f"{target.name}-{cfg.method}-head", num_layers=1)
-    from sim.models import load_model
+    from sim.model_catalog import load_model
     return load_model(cfg.model, ctx or Ctx("", "engine.speculative_config.model"))
 
 

@@ -10,7 +10,7 @@ import sim.memory as mem
 from sim.errors import ScenarioError
 from sim.hardware import PRESETS as GPUS
 from sim.memory import GIB, activation_peak_bytes, compute_kv_capacity
-from sim.models import PRESETS
+from sim.model_catalog import PRESETS
 from sim.schema import Ctx
 
 KW = dict(block_size=16, kv_cache_dtype="auto", gpu_memory_utilization=0.9, swap_space_gib=4,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sim.errors import ScenarioError
-from sim.models import PRESETS, load_model
+from sim.model_catalog import PRESETS, load_model
 from sim.schema import Ctx
 
 CTX = Ctx("s.yaml", "model")

@@ -15,7 +15,8 @@ from sim.config import load_scenario
 from sim.errors import ScenarioError
 from sim.hardware import PRESETS as GPUS
 from sim.memory import GIB, activation_peak_bytes, compute_kv_capacity
-from sim.models import PRESETS, ModelSpec, from_hf_config
+from sim.model_catalog import PRESETS, from_hf_config
+from sim.models import ModelSpec
 from sim.moe import (
     busiest_rank_experts,
     busiest_rank_pairs,

@@ -18,7 +18,7 @@ from sim.errors import ScenarioError
 from sim.hardware import find_preset
 from sim.kv_cache_manager import KVCacheManager
 from sim.metrics import Recorder
-from sim.models import PRESETS
+from sim.model_catalog import PRESETS
 from sim.pipeline import PipelineClock, pipeline_capacity, plan_stages, pp_indices, stage_layers
 from sim.replica import Replica
 from sim.requests_table import RequestTable

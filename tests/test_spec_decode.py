@@ -14,7 +14,7 @@ from sim.engine import simulate
 from sim.errors import ScenarioError
 from sim.kv_cache_manager import KVCacheManager
 from sim.metrics import Recorder
-from sim.models import PRESETS
+from sim.model_catalog import PRESETS
 from sim.replica import Replica
 from sim.requests_table import RequestTable
 from sim.router import Router
