@@ -239,15 +239,7 @@ class KVOffload:
     def lookup(self, keys: list[int]) -> tuple[int, int]:
         """The longest run of `keys` (consecutive blocks after the GPU hit) held by the tiers:
         (blocks in the CPU tier, blocks on disk) within that run."""
-        cpu, disk = self.cpu, self.disk
-        n_cpu = n_disk = 0
-        for k in keys:
-            if k in cpu:
-                n_cpu += 1
-            elif disk is not None and k in disk:
-                n_disk += 1
-            else:
-                break
+        _, n_cpu, n_disk = self.lookup_prompt(keys, 0, 0, len(keys))
         return n_cpu, n_disk
 
     def lookup_prompt(self, shared: list[int], base: int, start: int, end: int) -> tuple[list[int], int, int]:

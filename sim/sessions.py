@@ -304,13 +304,17 @@ def _turn_counts(cfg: SessionsConfig, num_requests: int | None, duration_s: floa
         turns = dist.sample(count, rng)
     else:
         raise ctx.at("sessions").error("set run.num_requests (turns) or sessions.num_sessions to bound the sessions")
-    if num_requests is not None:
-        cum = np.cumsum(turns)
-        s = int(np.searchsorted(cum, num_requests)) + 1
-        turns = turns[:s].copy()
-        if turns.size and cum[s - 1] > num_requests:
-            turns[-1] -= cum[s - 1] - num_requests
-    return turns
+    return turns if num_requests is None else _cap_turns(turns, num_requests)
+
+
+def _cap_turns(turns: np.ndarray, num_requests: int) -> np.ndarray:
+    """Whole sessions in order until `num_requests` turns, the last session cut to fit."""
+    cum = np.cumsum(turns)
+    k = int(np.searchsorted(cum, num_requests)) + 1
+    out = turns[:k].copy()
+    if out.size and cum[k - 1] > num_requests:
+        out[-1] -= cum[k - 1] - num_requests
+    return out
 
 
 def _poisson_starts(rate: float, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -341,11 +345,7 @@ def _bounded_trace(conv: Conversations, cfg: SessionsConfig, num_requests: int |
             raise ctx.at("sessions").error("the trace has no timestamps: set sessions.rate or sessions.num_users")
     turns = conv.turns.copy()
     if num_requests is not None:
-        cum = np.cumsum(turns)
-        k = int(np.searchsorted(cum, num_requests)) + 1
-        turns = turns[:k].copy()
-        if turns.size and cum[k - 1] > num_requests:
-            turns[-1] -= cum[k - 1] - num_requests
+        turns = _cap_turns(turns, num_requests)
     keep_sessions = turns.size
     offset = np.concatenate(([0], np.cumsum(conv.turns)))
     idx = np.concatenate([np.arange(offset[i], offset[i] + turns[i]) for i in range(keep_sessions)]) \
