@@ -100,3 +100,15 @@ class StepBatch:
     @property
     def is_empty(self) -> bool:
         return self.num_tokens == 0 and not self.preempted and not self.swap_out_blocks and not self.swap_in_blocks
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What applying one step's output changed."""
+
+    first_tokens: list[Request]
+    finished: list[Request]
+    sampled: list[Request] = field(default_factory=list)   # object-style schedulers only
+    itl_gaps_s: np.ndarray | None = None                    # gaps not equal to the step's duration
+    num_uniform_gaps: int = 0                                # tokens whose gap is exactly the step's duration
+    num_tokens: int = 0                                      # tokens produced this step

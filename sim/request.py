@@ -92,3 +92,8 @@ class Request:
     def __repr__(self) -> str:
         return (f"Request({self.req_id}, {self.status.name}, prompt={self.num_prompt_tokens}, "
                 f"max={self.max_tokens}, computed={self.num_computed}, out={self.num_output})")
+
+
+def admit_seq_of_pair(e: tuple[Request, int]) -> int:
+    """Sort key of (request, tokens) pairs: the order requests entered the running list."""
+    return e[0].admit_seq

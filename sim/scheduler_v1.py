@@ -50,16 +50,17 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from sim.batch import StepBatch
+from sim.batch import StepBatch, StepOutcome
 from sim.contiguous import ContiguousKVManager
 from sim.kv_cache_manager import KVCacheManager, cdiv
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
 from sim.request import Request, Status
+from sim.scheduler_spec import schedule_spec, update_from_output_spec
 from sim.spec_decode import SpecDecoder
 
 
@@ -78,18 +79,6 @@ class SchedulerLimits:
     pipeline_parallel_size: int = 1          # > 1: up to this many batches in flight (sim.pipeline)
 
 
-@dataclass(slots=True)
-class StepOutcome:
-    """What applying one step's output changed."""
-
-    first_tokens: list[Request]
-    finished: list[Request]
-    sampled: list[Request] = field(default_factory=list)   # object-style schedulers only
-    itl_gaps_s: np.ndarray | None = None                    # gaps not equal to the step's duration
-    num_uniform_gaps: int = 0                                # tokens whose gap is exactly the step's duration
-    num_tokens: int = 0                                      # tokens produced this step
-
-
 def _push(cal: dict[int, list[tuple[Request, int]]], key: int, req: Request) -> None:
     lst = cal.get(key)
     if lst is None:
@@ -104,10 +93,6 @@ def _extend(cal: dict[int, list[tuple[Request, int]]], key: int, reqs: list[Requ
         cal[key] = [(r, r.version) for r in reqs]
     else:
         lst.extend((r, r.version) for r in reqs)
-
-
-def _admit_seq_of_pair(e: tuple[Request, int]) -> int:
-    return e[0].admit_seq
 
 
 class PriorityWaiting:
@@ -375,7 +360,7 @@ class SchedulerV1:
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepBatch:
         if self.spec is not None:
-            return self._schedule_spec()
+            return schedule_spec(self)
         lim = self.limits
         batch = StepBatch()
         if self.lanes_on:
@@ -435,154 +420,6 @@ class SchedulerV1:
         if self.lanes_on:
             self._save_lane(self.lane)
             self.lane_inflight.append((batch, self.lane))
-        return batch
-
-    # ------------------------------------------------------------------ speculative decoding
-    def _schedule_spec(self) -> StepBatch:
-        """`schedule` with speculative decoding (synchronous, no PP, so nobody is in the decode set
-        and every running request is explicit): the same decisions as the general path, in one
-        pass per phase.  Demands (`_demand` with the drafts), the KV blocks each needs for its
-        tokens plus the drafter's lookahead (`_schedule_running_regular`) and whether it fills a
-        block to cache are worked out in one loop over the running list; the batch shape and
-        `_update_after_schedule` (who samples, with how many drafts) in another.  Demands are kept
-        as two parallel lists (no tuple per request per step)."""
-        lim = self.limits
-        batch = StepBatch()
-        kv = self.kv
-        budget = lim.max_num_batched_tokens
-        if self.loading:
-            self._finish_loads()
-        thr = lim.long_prefill_token_threshold if len(self.running_map) + len(self.waiting) > 1 else 0
-        mml = lim.max_model_len
-        la = self.lookahead
-        bs = kv.block_size
-        caching = kv.enable_caching
-        reqs: list[Request] = []                    # the running requests scheduled, in running-list order
-        ds: list[int] = []                          # their new tokens
-        needs: list[tuple[Request, int]] = []       # requests that need more blocks, and how many
-        to_cache: list[tuple[Request, int]] = []    # requests whose tokens fill a block to cache
-        total = 0
-        nblocks_needed = 0
-        for r in self.explicit.values():
-            comp = r.num_computed
-            ntok = r.num_prompt_tokens + r.num_output      # (ph is 0: synchronous scheduling)
-            d = ntok - comp + r.num_spec_tokens
-            if 0 < thr < d:
-                d = thr
-            if d > mml - 1 - comp:
-                d = mml - 1 - comp
-            if d <= 0:
-                continue
-            reqs.append(r)
-            ds.append(d)
-            total += d
-            end = comp + d
-            slots = end + la
-            if slots > mml:
-                slots = mml
-            k = (slots + bs - 1) // bs - r.nblocks
-            if k > 0:
-                needs.append((r, k))
-                nblocks_needed += k
-            if caching:
-                n = end if end < ntok else ntok
-                if n // bs > r.num_cached_blocks:
-                    to_cache.append((r, n))
-        if total > budget:
-            lit = self._schedule_running_literal(batch, budget, thr)
-            reqs = [r for r, _ in lit]
-            ds = [d for _, d in lit]
-        else:
-            pool = kv.pool
-            if needs and nblocks_needed <= pool.nfree:
-                if len(needs) > 1:
-                    needs.sort(key=_admit_seq_of_pair)
-                if nblocks_needed == len(needs):
-                    kv.append_blocks([r for r, _ in needs])   # one block each, in order (pop_few)
-                else:
-                    for r, k in needs:
-                        kv.append_blocks_n(r, k)
-                for r, n in to_cache:
-                    kv.cache_blocks(r, n)
-            elif needs:
-                if len(needs) > 1:
-                    needs.sort(key=_admit_seq_of_pair)
-                for r, k in needs:
-                    if r.status is not Status.RUNNING:
-                        continue               # preempted as a tail victim earlier in this loop
-                    stop = False
-                    while pool.nfree < k:
-                        if self._preempt_last(batch) is r:
-                            stop = True
-                            break
-                    if stop:
-                        break
-                    kv.append_blocks_n(r, k)
-                alive = [i for i in range(len(reqs)) if reqs[i].status is Status.RUNNING]
-                reqs = [reqs[i] for i in alive]
-                ds = [ds[i] for i in alive]
-                for r, n in to_cache:
-                    if r.status is Status.RUNNING:
-                        kv.cache_blocks(r, n)
-            else:
-                for r, n in to_cache:
-                    kv.cache_blocks(r, n)
-        if self.record_schedule:
-            batch.scheduled.extend(sorted(zip(reqs, ds, strict=True), key=_admit_seq_of_pair))
-        # shape (before the update: a decode verifying drafts attends to its context + 1 + drafts)
-        # and _update_after_schedule for the running requests
-        samplers = batch.samplers
-        spec_drafts = batch.spec_drafts
-        used = 0
-        n_dec = batch.num_decode_tokens
-        n_spec = batch.num_spec_tokens
-        dec_ctx = batch.decode_ctx_tokens
-        n_pre = batch.num_prefill_tokens
-        n_pre_seqs = batch.num_prefill_seqs
-        pairs = batch.prefill_pairs
-        ctx = 0
-        for i in range(len(reqs)):
-            r = reqs[i]
-            d = ds[i]
-            comp = r.num_computed
-            ntok = r.num_prompt_tokens + r.num_output
-            used += d
-            if d == 1 or comp + 1 == ntok:          # a decode (see StepBatch.add_spec_decode / add_shape)
-                n_dec += 1
-                n_spec += d - 1
-                dec_ctx += comp + d
-            else:
-                n_pre += d
-                n_pre_seqs += 1
-                pairs += d * (comp + (d + 1) / 2)
-            comp += d
-            r.num_computed = comp
-            if comp >= ntok:
-                samplers.append(r)
-                spec_drafts.append(comp - ntok)
-                ctx += comp
-            r.num_spec_tokens = 0                   # used up: new ones come with the step's output
-        batch.num_decode_tokens = n_dec
-        batch.num_spec_tokens = n_spec
-        batch.decode_ctx_tokens = dec_ctx
-        batch.num_prefill_tokens = n_pre
-        batch.num_prefill_seqs = n_pre_seqs
-        batch.prefill_pairs = pairs
-        if not batch.preempted:
-            for r, d in self._admit_waiting(batch, budget - used, thr):   # shape added there
-                comp = r.num_computed + d
-                r.num_computed = comp
-                ntok = r.num_prompt_tokens + r.num_output
-                if comp >= ntok:
-                    samplers.append(r)
-                    spec_drafts.append(comp - ntok)
-                    ctx += comp
-                r.num_spec_tokens = 0
-        batch.num_draft_seqs = len(samplers)     # the proposer drafts for every sampler this step
-        batch.draft_ctx_tokens = ctx
-        self.clock += 1
-        batch.clock_after = self.clock
-        self.inflight.append(batch)
         return batch
 
     # ------------------------------------------------------------------ PP lanes
@@ -975,7 +812,7 @@ class SchedulerV1:
         """Apply the tokens sampled by `batch`; finish requests that reached max_tokens.
         In async mode the engine calls this after the *next* step was scheduled."""
         if self.spec is not None:
-            return self._update_from_output_spec(batch, now_s)
+            return update_from_output_spec(self, batch, now_s)
         self.inflight.remove(batch)
         lane: Lane | None = None
         if self.lanes_on:
@@ -1041,81 +878,6 @@ class SchedulerV1:
         ntok = len(batch.samplers) + batch.num_members
         return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,
                            num_uniform_gaps=batch.num_members, num_tokens=ntok)
-
-    def _update_from_output_spec(self, batch: StepBatch, now_s: float) -> StepOutcome:
-        """Spec decode (synchronous): each sampler's drafts are accepted or rejected
-        (the `SpecDecoder`'s draws), `num_computed` rolls back by the rejected ones, the request gets
-        accepted + 1 tokens (capped at max_tokens) as one chunk (one ITL gap, as
-        `vllm bench serve` sees a streamed chunk), and k new drafts unless it finished."""
-        spec = self.spec
-        assert spec is not None
-        self.inflight.remove(batch)
-        self.upd = batch.clock_after
-        prev_s = self.last_update_s        # a token then: its gap is the step's duration (counted, not kept)
-        self.last_update_s = now_s
-        num_uniform = 0
-        first: list[Request] = []
-        finished: list[Request] = []
-        gaps: list[float] = []
-        k = spec.k
-        buf = spec.buf                         # accepted lengths of full k-drafts, drawn in chunks
-        pos = spec.pos
-        hist = spec.accepted_hist
-        ntok = 0
-        nver = 0
-        nemit = 0
-        ndraft_tokens = 0
-        nbuf = len(buf)
-        running = Status.RUNNING
-        samplers = batch.samplers
-        spec_drafts = batch.spec_drafts
-        assert len(samplers) == len(spec_drafts)
-        for i in range(len(samplers)):      # (indexing: mypyc's fast zip takes no strict=)
-            r = samplers[i]
-            drafted = spec_drafts[i]
-            if r.status is not running:
-                continue
-            out = r.num_output
-            room = r.max_tokens - out
-            if drafted:
-                if pos >= nbuf:
-                    spec.refill()
-                    buf = spec.buf
-                    nbuf = len(buf)
-                    pos = 0
-                acc = buf[pos]
-                pos += 1
-                if acc > drafted:          # a draft cut short accepts a prefix of a full one
-                    acc = drafted
-                hist[acc] += 1
-                ndraft_tokens += drafted
-                if r.num_computed > 0:
-                    r.num_computed -= drafted - acc
-                emit = acc + 1 if acc < room else room
-                nver += 1
-                nemit += emit
-            else:
-                emit = 1 if room > 1 else room
-            if out == 0:
-                first.append(r)
-            out += emit
-            r.num_output = out
-            ntok += emit
-            last = r.last_token_s
-            if last == prev_s and last >= 0.0:
-                num_uniform += 1
-            elif last >= 0.0:
-                gaps.append(now_s - last)
-            r.last_token_s = now_s
-            if out >= r.max_tokens:
-                self._finish(r, finished)
-            else:
-                r.num_spec_tokens = k          # update_draft_token_ids: k drafts for the next step
-        spec.pos = pos
-        spec.num_draft_tokens += ndraft_tokens
-        spec.end_step(nver, nemit)
-        return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,
-                           num_uniform_gaps=num_uniform, num_tokens=ntok)
 
     def _finish(self, r: Request, finished: list[Request]) -> None:
         if r.in_decode_set:
