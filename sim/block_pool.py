@@ -63,6 +63,7 @@ class BlockPool:
         self.num_cached_free = 0
         self.num_evictions = 0
         self.multi: set[int] = set()                    # hashes whose `cached` entry names several blocks
+        self.neg_index = -np.arange(1024, dtype=np.int64)   # -i for table index i (private hashes)
 
     # --- queries -----------------------------------------------------------------------------
     @property
@@ -330,6 +331,15 @@ class BlockPool:
             self.hash_of[blocks] = tokens
         else:
             self.hash_of[blocks[fresh]] = tokens[fresh]
+
+    def set_private_hashes_fresh(self, blocks: np.ndarray, start: int, key: int) -> None:
+        """`set_private_hashes(blocks, -(key + arange(start, start + len(blocks))))` for blocks
+        that carry no hash yet (a table none of whose blocks was shared or registered)."""
+        end = start + blocks.size
+        neg = self.neg_index
+        if end > neg.size:
+            neg = self.neg_index = -np.arange(2 * end, dtype=np.int64)
+        self.hash_of[blocks] = neg[start:end] - key
 
     def cache_public(self, block: int, block_hash: int) -> None:
         """Register a full block under a public hash (vLLM `cache_full_blocks`, one block)."""

@@ -207,7 +207,10 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
     while True:
         if quiet_ok and sched.num_members > 1:
             horizon = nxt.for_replica(rep.index)  # type: ignore[union-attr]
-            stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, horizon)
+            # a stretch may end with members finishing, unless the step in flight also hands new
+            # members their first tokens (applied for real below, it would free before allocating)
+            through = pending is not None and not pending.samplers
+            stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, horizon, through)
                        if async_ and pending is not None else
                        None if async_ else quiet.plan_sync(rep, env.now, horizon))
             if stretch is not None:
@@ -215,16 +218,23 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 if first is not None:     # the step in flight hands new members their tokens: apply it for real
                     e0 = pending_start + pending_dt
                     recorder.on_tokens(e0, pending_dt, sched.update_from_output(first, e0))
-                states = sched.advance_quiet(len(stretch.durations))
+                m = len(stretch.durations)
+                states = sched.advance_quiet(m, stretch.finishes, stretch.starts[m - 1] if m > 1 else -1.0)
                 rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
                 if async_:
                     pending = sched.quiet_batch()
+                    if pending.is_empty:                  # everyone left: the last scheduling made an empty batch
+                        sched.update_from_output(pending, stretch.starts[m - 1])
+                        pending = None
                 yield env.timeout(stretch.end_s - env.now)
                 sched.last_update_s = env.now
                 if first is not None:
                     recorder.on_step(rep.index, stretch.starts[0], stretch.durations[0], first, 0,
                                      sched.num_running, rep.num_waiting_seen, states[0])
-                quiet.record(rep, recorder, stretch, states, 1 if first is not None else 0)
+                if stretch.finishes:
+                    _finish_stretch(env, rep, recorder, stretch, states, on_request_done)
+                else:
+                    quiet.record(rep, recorder, stretch, states, 1 if first is not None else 0)
                 if async_:
                     pending_start, pending_dt = stretch.end_s, stretch.pending_dt
                 continue
@@ -260,6 +270,26 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 yield rep.wait_for_work(env)
             continue
         pending, pending_start, pending_dt = batch, env.now, rep.coster.step_time_s(batch)
+
+
+def _finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, stretch: quiet.Stretch,
+                    states: list[KVState], on_request_done: Callable[[int], None]) -> None:
+    """Record a finishing quiet stretch (async) at its end: its steps but the last as quiet
+    steps, then the last step's application as `_apply` makes it: the leavers finish and free
+    their blocks, then the step's row with the running count and KV usage after them."""
+    sched = rep.scheduler
+    m = len(stretch.durations)
+    d = sched.num_members + sched.quiet_leave_members      # members of the steps that ran
+    quiet.record(rep, recorder, stretch, states, 0, m - 1)
+    now = env.now
+    finished = sched.quiet_finish(now)
+    for req in finished:
+        rep.on_finished(req)
+        if recorder.on_finish(now, req):
+            on_request_done(req.parent_id)
+    recorder.on_decode_step(rep.index, stretch.starts[m - 1], stretch.durations[m - 1], d, sched.num_running,
+                            rep.num_waiting_seen, states[m - 1], len(finished),
+                            rep.kv_state()[0] if finished else None)
 
 
 def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,

@@ -244,14 +244,17 @@ class KVCacheManager:
         if n:
             table = req.blocks
             assert table is not None
+            shared = req.num_public_blocks > 0 or req.cached_on_admit
             if self.enable_caching:
                 i0 = max(req.num_public_blocks, 0)
                 i1 = min(req.num_cached_blocks, n)
-                if i1 > i0:
+                if i1 > i0 and shared:
                     self.pool.set_private_hashes(
                         table[i0:i1], -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(i0, i1, dtype=np.int64)))
+                elif i1 > i0:         # blocks fresh from the free queue, never hashed: no check needed
+                    self.pool.set_private_hashes_fresh(table[i0:i1], i0, (req.req_id + 1) * PRIVATE_SHIFT)
             self.num_blocks_held -= n
-            if req.num_public_blocks > 0 or req.cached_on_admit:
+            if shared:
                 # blocks may be shared: count references (as free_blocks(table[:n][::-1]))
                 self.pool.free_table(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
             else:

@@ -153,8 +153,11 @@ class Recorder:
         self.running_weighted += dt * num_running
 
     def on_decode_step(self, replica: int, start_s: float, duration_s: float, num_members: int,
-                       num_running: int, num_waiting: int, kv: KVState) -> None:
-        """A quiet step (only decodes, nothing finished): its tokens' gaps and its step row."""
+                       num_running: int, num_waiting: int, kv: KVState, num_finished: int = 0,
+                       usage_after: float | None = None) -> None:
+        """A quiet step (only decodes; the last of a finishing stretch finishes `num_finished`
+        requests, `usage_after` being the KV usage once they are freed, as in `on_step`): its
+        tokens' gaps and its step row."""
         self.itl_uniform_gap.append(duration_s)
         self.itl_uniform_count.append(num_members)
         self.num_steps += 1
@@ -170,8 +173,8 @@ class Recorder:
         s.num_running.append(num_running)
         s.num_waiting.append(num_waiting)
         s.num_preempted.append(0)
-        s.num_finished.append(0)
-        s.kv_cache_usage.append(kv[0])
+        s.num_finished.append(num_finished)
+        s.kv_cache_usage.append(kv[0] if usage_after is None else usage_after)
         s.kv_token_state_frac.append(kv[1])
         s.kv_internal_frag_frac.append(kv[2])
         s.kv_reserved_frac.append(kv[3])

@@ -8,6 +8,13 @@ by the batch size), cuts the stretch before the first step whose scheduling woul
 arrival, and applies it: the same block tables, clock, metrics and times as taking the steps one
 by one, with one SimPy event instead of one per step.  Pure functions; the engine yields.
 
+Async engine: a stretch may also end with the step whose scheduling sees members leave because
+their last token is in flight and whose application finishes them (`Stretch.finishes`): the
+leavers leave the decode set in `advance_quiet`, and the engine finishes them at the stretch's
+end, the moment the step-by-step engine applies that step (`SchedulerV1.quiet_finish`), so
+nothing outside the replica sees them go earlier.  On the 100k Azure benchmark this takes 63 %
+of the steps in stretches instead of 36 %.
+
 Pipeline parallelism (`pipeline_stretch`): the same for the batch queue, whose lanes (one decode
 set per in-flight batch, `sim.scheduler_v1.Lane`) step in turn; a stretch takes whole rounds while
 every lane only decodes, with the stage clocks advanced launch by launch as the engine would.
@@ -35,6 +42,7 @@ class Stretch:
     durations: list[float]
     end_s: float                 # when the last applied step ends
     pending_dt: float = 0.0      # async: duration of the step left in flight
+    finishes: bool = False       # the last step's application finishes members (`quiet_finish`)
 
 
 def plan_sync(rep: Replica, now: float, next_arrival_s: float) -> Stretch | None:
@@ -62,14 +70,18 @@ def plan_sync(rep: Replica, now: float, next_arrival_s: float) -> Stretch | None
 
 
 def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float,
-               next_arrival_s: float) -> Stretch | None:
+               next_arrival_s: float, through_finish: bool = False) -> Stretch | None:
     """Async engine: iteration j schedules step j+1 at the start of step j (step 0 is in flight)
-    and then applies step j; every such scheduling must precede the next arrival."""
+    and then applies step j; every such scheduling must precede the next arrival.
+    `through_finish`: the stretch may end with an iteration whose scheduling sees members leave
+    (their last token in flight) and whose application finishes them (`Stretch.finishes`); that
+    iteration may be the only one."""
     if pending_start + pending_dt >= next_arrival_s:
         return None                           # cheap test first: iteration 1 would see the arrival
     sched = rep.scheduler
-    counts = sched.quiet_steps(QUIET_MAX_STEPS)
-    if len(counts) < 2:
+    counts = sched.quiet_steps(QUIET_MAX_STEPS, through_finish)
+    fin_key = sched.quiet_finish_key
+    if len(counts) < (1 if fin_key >= 0 else 2):
         return None
     d, base, c = sched.num_members, sched.members_base, sched.clock
     starts = [pending_start]
@@ -80,6 +92,9 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
     for j in range(len(counts)):
         if s >= next_arrival_s:
             break
+        if c + j == fin_key:                  # the leavers are not in step j+1
+            d -= sched.quiet_leave_members
+            base -= sched.quiet_leave_base
         next_dt = step_time_s(rep.coster, 0, d, base + d * (c + j) + d, 0.0)   # step j+1, scheduled at clock c+j
         m = j + 1
         end_j = starts[j] + durs[j]
@@ -87,19 +102,24 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
             starts.append(end_j)
             durs.append(next_dt)
         s = end_j
-    if m < 2:
+    finishes = fin_key >= 0 and m == len(counts)
+    if m < (1 if finishes else 2):
         return None
     starts, durs = starts[:m], durs[:m]
-    return Stretch(starts, durs, starts[-1] + durs[-1], pending_dt=next_dt)
+    return Stretch(starts, durs, starts[-1] + durs[-1], pending_dt=next_dt, finishes=finishes)
 
 
 def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[KVState],
-           first: int = 0) -> None:
-    """Metrics of the applied steps (from index `first`), as the step-by-step engine records them."""
+           first: int = 0, last: int = -1) -> None:
+    """Metrics of the applied steps from index `first` up to `last` (excluded; -1: all), as the
+    step-by-step engine records them."""
     sched = rep.scheduler
     d = sched.num_members
+    if stretch.finishes:                      # the steps ran before the leavers left
+        d += sched.quiet_leave_members
     running, waiting = sched.num_running, rep.num_waiting_seen
-    for j in range(first, len(stretch.durations)):
+    end = len(stretch.durations) if last < 0 else last
+    for j in range(first, end):
         rec.on_decode_step(rep.index, stretch.starts[j], stretch.durations[j], d, running, waiting, states[j])
 
 

@@ -197,6 +197,11 @@ class SchedulerV1:
         self.offload: KVOffload | None = kv.offload if isinstance(kv, KVCacheManager) else None
         self.loading: list[tuple[float, int, Request]] = []
         self.now_s = 0.0
+        # a finishing quiet stretch (`quiet_steps(through_finish=True)`): its last clock value and
+        # the leavers' share of the decode set's shape
+        self.quiet_finish_key = -1
+        self.quiet_leave_members = 0
+        self.quiet_leave_base = 0
 
     # ------------------------------------------------------------------ queues and views
     def add_request(self, req: Request) -> None:
@@ -291,10 +296,17 @@ class SchedulerV1:
         _push(self.finish_due, key, r)
 
     # ------------------------------------------------------------------ quiet stretches
-    def quiet_steps(self, limit: int) -> list[int]:
+    def quiet_steps(self, limit: int, through_finish: bool = False) -> list[int]:
         """Blocks allocated in each of the next steps that are certain to change nothing but the
         decode set's counters and block tables: nobody finishes, is admitted, preempted or
-        prefilling (the caller also makes sure no request arrives).  Empty: take a normal step."""
+        prefilling (the caller also makes sure no request arrives).  Empty: take a normal step.
+
+        `through_finish` (async scheduling): the stretch may end with the first step whose
+        scheduling sees members leave because their last token is in flight; that step's
+        application finishes them (`quiet_finish`).  Then `quiet_finish_key` is that step's
+        clock value and `quiet_leave_members` / `quiet_leave_base` what the leavers take out of
+        the decode set's shape (for the step time of the step left in flight); otherwise -1."""
+        self.quiet_finish_key = -1
         if self.explicit or self.record_schedule or not self.num_members or self.loading:
             return []
         if self.waiting and len(self.running_map) < self.limits.max_num_seqs:
@@ -307,29 +319,64 @@ class SchedulerV1:
             heapq.heappop(keys)
         c = self.clock
         m = min(limit, self.kv.block_size)
+        leavers: set[int] = set()
         if keys:
-            m = min(m, keys[0] - c - 1)
+            k0 = keys[0]
+            if through_finish and self.limits.async_scheduling and 0 <= k0 - c < m:
+                m = k0 - c + 1
+                dm = 0
+                db = 0
+                for r, v in self.finish_due[k0]:
+                    if r.version == v and r.in_decode_set:
+                        leavers.add(r.req_id)
+                        dm += 1
+                        db += r.base_computed - r.base_clock
+                if leavers:
+                    self.quiet_finish_key = k0
+                    self.quiet_leave_members = dm
+                    self.quiet_leave_base = db
+            else:
+                m = min(m, k0 - c - 1)
         free = self.kv.pool.nfree
         counts: list[int] = []
         for j in range(m):
             lst = self.alloc_due.get(c + j)
-            k = 0 if lst is None else sum(1 for r, v in lst if r.version == v and r.in_decode_set)
+            if lst is None:
+                k = 0
+            elif c + j == self.quiet_finish_key:      # leavers are not scheduled: no block for them
+                k = sum(1 for r, v in lst if r.version == v and r.in_decode_set and r.req_id not in leavers)
+            else:
+                k = sum(1 for r, v in lst if r.version == v and r.in_decode_set)
             free -= k
             if free < 0:
                 break
             counts.append(k)
+        if len(counts) < m:
+            self.quiet_finish_key = -1
         return counts
 
-    def advance_quiet(self, m: int) -> list[KVState]:
+    def advance_quiet(self, m: int, finish: bool = False, leave_s: float = -1.0) -> list[KVState]:
         """Take `m` quiet steps (see `quiet_steps`) at once: member block allocations in vLLM's
         order, the step clock, and (async) the trivial application of the steps in flight.
+        With `finish`, the last step is `quiet_steps`'s finishing step: its scheduling takes the
+        leavers out of the decode set first (as `schedule` does; `leave_s`, when >= 0, is the
+        time of the application before it), and their finishing is left to `quiet_finish`.
         Returns the KV state after each step's allocations."""
         kv = self.kv
         bs = kv.block_size
         async_ = self.limits.async_scheduling
         states = []
-        for _ in range(m):
+        for i in range(m):
             c = self.clock
+            fin = finish and i == m - 1
+            if fin:
+                assert c == self.quiet_finish_key
+                if leave_s >= 0.0:
+                    self.last_update_s = leave_s
+                for r, v in self.finish_due.get(c, ()):
+                    if r.version == v and r.in_decode_set:
+                        self._leave(r)
+                        self._push_finish(c, r)
             lst = self.alloc_due.pop(c, None)
             if lst:
                 due = [r for r, v in lst if r.version == v and r.in_decode_set]
@@ -339,10 +386,29 @@ class SchedulerV1:
                     kv.append_blocks(due)
                     _extend(self.alloc_due, c + bs, due)
             self.clock = c + 1
-            self.finish_due.pop(self.clock - (1 if async_ else 0), None)
+            if not fin:
+                self.finish_due.pop(self.clock - (1 if async_ else 0), None)
             self.upd = self.clock - (1 if async_ else 0)
             states.append(self.kv_state())
         return states
+
+    def quiet_finish(self, now_s: float) -> list[Request]:
+        """The application of a finishing stretch's last step (async): its leavers finish and
+        free their blocks, in running-list order, as `update_from_output` does."""
+        self.last_update_s = now_s
+        self.upd = self.quiet_finish_key          # (an empty batch closed after it may have moved it on)
+        to_finish: list[Request] = []
+        for r, v in self.finish_due.pop(self.upd, ()):
+            if r.version == v and r.status is Status.RUNNING:
+                to_finish.append(r)
+        if len(to_finish) > 1:
+            to_finish.sort(key=lambda q: q.admit_seq)
+        finished: list[Request] = []
+        for r in to_finish:
+            if r.status is Status.RUNNING:
+                self._finish(r, finished)
+        self.quiet_finish_key = -1
+        return finished
 
     def quiet_batch(self) -> StepBatch:
         """The step the decode set runs at the current clock, as a batch (async: left in flight
