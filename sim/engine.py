@@ -212,7 +212,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             through = pending is not None and not pending.samplers
             stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, horizon, through)
                        if async_ and pending is not None else
-                       None if async_ else quiet.plan_sync(rep, env.now, horizon))
+                       None if async_ else quiet.plan_sync(rep, env.now, horizon, True))
             if stretch is not None:
                 first = pending if async_ and pending is not None and pending.samplers else None
                 if first is not None:     # the step in flight hands new members their tokens: apply it for real
@@ -274,12 +274,12 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
 
 def _finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, stretch: quiet.Stretch,
                     states: list[KVState], on_request_done: Callable[[int], None]) -> None:
-    """Record a finishing quiet stretch (async) at its end: its steps but the last as quiet
-    steps, then the last step's application as `_apply` makes it: the leavers finish and free
-    their blocks, then the step's row with the running count and KV usage after them."""
+    """Record a finishing quiet stretch at its end: its steps but the last as quiet steps, then
+    the last step's application as `_apply` makes it: the members it finishes free their blocks,
+    then the step's row with the running count and KV usage after them."""
     sched = rep.scheduler
     m = len(stretch.durations)
-    d = sched.num_members + sched.quiet_leave_members      # members of the steps that ran
+    d = stretch.members
     quiet.record(rep, recorder, stretch, states, 0, m - 1)
     now = env.now
     finished = sched.quiet_finish(now)

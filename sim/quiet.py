@@ -8,11 +8,11 @@ by the batch size), cuts the stretch before the first step whose scheduling woul
 arrival, and applies it: the same block tables, clock, metrics and times as taking the steps one
 by one, with one SimPy event instead of one per step.  Pure functions; the engine yields.
 
-Async engine: a stretch may also end with the step whose scheduling sees members leave because
-their last token is in flight and whose application finishes them (`Stretch.finishes`): the
-leavers leave the decode set in `advance_quiet`, and the engine finishes them at the stretch's
-end, the moment the step-by-step engine applies that step (`SchedulerV1.quiet_finish`), so
-nothing outside the replica sees them go earlier.  On the 100k Azure benchmark this takes 63 %
+A stretch may also end with the step whose application finishes members (`Stretch.finishes`;
+async: the step whose scheduling sees them leave because their last token is in flight, which
+`advance_quiet` takes out of the decode set): the engine finishes them at the stretch's end, the
+moment the step-by-step engine applies that step (`SchedulerV1.quiet_finish`), so nothing
+outside the replica sees them go earlier.  On the 100k Azure benchmark this takes 63 %
 of the steps in stretches instead of 36 %.
 
 Pipeline parallelism (`pipeline_stretch`): the same for the batch queue, whose lanes (one decode
@@ -43,16 +43,19 @@ class Stretch:
     end_s: float                 # when the last applied step ends
     pending_dt: float = 0.0      # async: duration of the step left in flight
     finishes: bool = False       # the last step's application finishes members (`quiet_finish`)
+    members: int = 0             # decode-set members of the applied steps
 
 
-def plan_sync(rep: Replica, now: float, next_arrival_s: float) -> Stretch | None:
-    """Sync engine: step j is scheduled at its own start, which must precede the next arrival."""
+def plan_sync(rep: Replica, now: float, next_arrival_s: float, through_finish: bool = False) -> Stretch | None:
+    """Sync engine: step j is scheduled at its own start, which must precede the next arrival.
+    `through_finish`: the stretch may end with the step whose application finishes members."""
     sched = rep.scheduler
     d, base, c = sched.num_members, sched.members_base, sched.clock
     if now + step_time_s(rep.coster, 0, d, base + d * c + d, 0.0) >= next_arrival_s:
         return None                           # cheap test first: step 1 would see the arrival
-    counts = sched.quiet_steps(QUIET_MAX_STEPS)
-    if len(counts) < 2:
+    counts = sched.quiet_steps(QUIET_MAX_STEPS, through_finish)
+    fin_key = sched.quiet_finish_key
+    if len(counts) < (1 if fin_key >= 0 else 2):
         return None
     starts: list[float] = []
     durs: list[float] = []
@@ -64,9 +67,10 @@ def plan_sync(rep: Replica, now: float, next_arrival_s: float) -> Stretch | None
         starts.append(t)
         durs.append(dt)
         t += dt
-    if len(durs) < 2:
+    finishes = fin_key >= 0 and len(durs) == len(counts)
+    if len(durs) < (1 if finishes else 2):
         return None
-    return Stretch(starts, durs, t)
+    return Stretch(starts, durs, t, finishes=finishes, members=d)
 
 
 def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float,
@@ -106,7 +110,8 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
     if m < (1 if finishes else 2):
         return None
     starts, durs = starts[:m], durs[:m]
-    return Stretch(starts, durs, starts[-1] + durs[-1], pending_dt=next_dt, finishes=finishes)
+    return Stretch(starts, durs, starts[-1] + durs[-1], pending_dt=next_dt, finishes=finishes,
+                   members=sched.num_members)
 
 
 def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[KVState],
@@ -114,9 +119,7 @@ def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[KVState],
     """Metrics of the applied steps from index `first` up to `last` (excluded; -1: all), as the
     step-by-step engine records them."""
     sched = rep.scheduler
-    d = sched.num_members
-    if stretch.finishes:                      # the steps ran before the leavers left
-        d += sched.quiet_leave_members
+    d = stretch.members                       # (async: the leavers may have left since)
     running, waiting = sched.num_running, rep.num_waiting_seen
     end = len(stretch.durations) if last < 0 else last
     for j in range(first, end):

@@ -301,11 +301,12 @@ class SchedulerV1:
         decode set's counters and block tables: nobody finishes, is admitted, preempted or
         prefilling (the caller also makes sure no request arrives).  Empty: take a normal step.
 
-        `through_finish` (async scheduling): the stretch may end with the first step whose
-        scheduling sees members leave because their last token is in flight; that step's
-        application finishes them (`quiet_finish`).  Then `quiet_finish_key` is that step's
-        clock value and `quiet_leave_members` / `quiet_leave_base` what the leavers take out of
-        the decode set's shape (for the step time of the step left in flight); otherwise -1."""
+        `through_finish`: the stretch may end with the first application that finishes members
+        (`quiet_finish`): async, the step whose scheduling sees them leave because their last
+        token is in flight; sync, the step that gives them their last token.  Then
+        `quiet_finish_key` is the clock value of that application and (async)
+        `quiet_leave_members` / `quiet_leave_base` what the leavers take out of the decode set's
+        shape (for the step time of the step left in flight); otherwise it is -1."""
         self.quiet_finish_key = -1
         if self.explicit or self.record_schedule or not self.num_members or self.loading:
             return []
@@ -320,10 +321,12 @@ class SchedulerV1:
         c = self.clock
         m = min(limit, self.kv.block_size)
         leavers: set[int] = set()
+        async_ = self.limits.async_scheduling
         if keys:
             k0 = keys[0]
-            if through_finish and self.limits.async_scheduling and 0 <= k0 - c < m:
-                m = k0 - c + 1
+            span = k0 - c + 1 if async_ else k0 - c        # steps up to the finishing application
+            if through_finish and 0 < span <= m:
+                m = span
                 dm = 0
                 db = 0
                 for r, v in self.finish_due[k0]:
@@ -358,9 +361,10 @@ class SchedulerV1:
     def advance_quiet(self, m: int, finish: bool = False, leave_s: float = -1.0) -> list[KVState]:
         """Take `m` quiet steps (see `quiet_steps`) at once: member block allocations in vLLM's
         order, the step clock, and (async) the trivial application of the steps in flight.
-        With `finish`, the last step is `quiet_steps`'s finishing step: its scheduling takes the
-        leavers out of the decode set first (as `schedule` does; `leave_s`, when >= 0, is the
-        time of the application before it), and their finishing is left to `quiet_finish`.
+        With `finish`, the last step is `quiet_steps`'s finishing step: its application's
+        finishing is left to `quiet_finish`, and (async) its scheduling first takes the leavers
+        out of the decode set, as `schedule` does (`leave_s`, when >= 0, is the time of the
+        application before it).
         Returns the KV state after each step's allocations."""
         kv = self.kv
         bs = kv.block_size
@@ -369,7 +373,7 @@ class SchedulerV1:
         for i in range(m):
             c = self.clock
             fin = finish and i == m - 1
-            if fin:
+            if fin and async_:
                 assert c == self.quiet_finish_key
                 if leave_s >= 0.0:
                     self.last_update_s = leave_s
@@ -393,8 +397,8 @@ class SchedulerV1:
         return states
 
     def quiet_finish(self, now_s: float) -> list[Request]:
-        """The application of a finishing stretch's last step (async): its leavers finish and
-        free their blocks, in running-list order, as `update_from_output` does."""
+        """The application of a finishing stretch's last step: the members it finishes free
+        their blocks, in running-list order, as `update_from_output` does."""
         self.last_update_s = now_s
         self.upd = self.quiet_finish_key          # (an empty batch closed after it may have moved it on)
         to_finish: list[Request] = []

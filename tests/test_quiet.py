@@ -61,13 +61,15 @@ def test_stretches_match_step_by_step(async_, caching, blocks, replicas, policy)
         assert pre_a > 0
 
 
-def test_async_stretches_run_through_finishes(monkeypatch):
-    """Async engine: a stretch may end with the step whose application finishes members (their
-    last token was in flight).  Such stretches happen, often, and the run still matches the
+@pytest.mark.parametrize("async_", [False, True])
+def test_stretches_run_through_finishes(monkeypatch, async_):
+    """A stretch may end with the step whose application finishes members (async: their last
+    token was in flight).  Such stretches happen, often, and the run still matches the
     step-by-step engine: the same finish times, step table and KV usage after each finish."""
     from sim import quiet
     taken = {"finishing": 0, "all": 0}
-    plan = quiet.plan_async
+    name = "plan_async" if async_ else "plan_sync"
+    plan = getattr(quiet, name)
 
     def counting(*args, **kw):
         st = plan(*args, **kw)
@@ -76,13 +78,13 @@ def test_async_stretches_run_through_finishes(monkeypatch):
             taken["finishing"] += st.finishes
         return st
 
-    monkeypatch.setattr(quiet, "plan_async", counting)
+    monkeypatch.setattr(quiet, name, counting)
     rng = np.random.default_rng(5)
     n = 300
     t = np.cumsum(rng.exponential(1 / 4.0, n))
     table = RequestTable(t, rng.integers(70, 600, n), rng.integers(1, 200, n))
-    a, end_a, _ = run(table, True, async_=True, caching=True, blocks=2000)
-    b, end_b, _ = run(table, False, async_=True, caching=True, blocks=2000)
+    a, end_a, _ = run(table, True, async_=async_, caching=True, blocks=2000)
+    b, end_b, _ = run(table, False, async_=async_, caching=True, blocks=2000)
     assert taken["finishing"] > 50 and taken["finishing"] < taken["all"]
     assert end_a == end_b and a.num_steps == b.num_steps
     assert np.array_equal(a.finish_s, b.finish_s) and np.array_equal(a.first_token_s, b.first_token_s)
