@@ -207,10 +207,8 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
     while True:
         if quiet_ok and sched.num_members > 1:
             horizon = nxt.for_replica(rep.index)  # type: ignore[union-attr]
-            # a stretch may end with members finishing, unless the step in flight also hands new
-            # members their first tokens (applied for real below, it would free before allocating)
-            through = pending is not None and not pending.samplers
-            stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, horizon, through)
+            stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, horizon, True,
+                                        bool(pending.samplers))
                        if async_ and pending is not None else
                        None if async_ else quiet.plan_sync(rep, env.now, horizon, True))
             if stretch is not None:
@@ -232,7 +230,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                     recorder.on_step(rep.index, stretch.starts[0], stretch.durations[0], first, 0,
                                      sched.num_running, rep.num_waiting_seen, states[0])
                 if stretch.finishes:
-                    _finish_stretch(env, rep, recorder, stretch, states, on_request_done)
+                    _finish_stretch(env, rep, recorder, stretch, states, on_request_done, 1 if first is not None else 0)
                 else:
                     quiet.record(rep, recorder, stretch, states, 1 if first is not None else 0)
                 if async_:
@@ -273,14 +271,15 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
 
 
 def _finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, stretch: quiet.Stretch,
-                    states: list[KVState], on_request_done: Callable[[int], None]) -> None:
+                    states: list[KVState], on_request_done: Callable[[int], None], first: int) -> None:
     """Record a finishing quiet stretch at its end: its steps but the last as quiet steps, then
     the last step's application as `_apply` makes it: the members it finishes free their blocks,
-    then the step's row with the running count and KV usage after them."""
+    then the step's row with the running count and KV usage after them.  `first`: steps already
+    recorded (the step in flight, applied for real)."""
     sched = rep.scheduler
     m = len(stretch.durations)
     d = stretch.members
-    quiet.record(rep, recorder, stretch, states, 0, m - 1)
+    quiet.record(rep, recorder, stretch, states, first, m - 1)
     now = env.now
     finished = sched.quiet_finish(now)
     for req in finished:

@@ -96,8 +96,10 @@ class Recorder:
     def on_admitted(self, now_s: float, admitted: list[Request]) -> None:
         fs = self.first_scheduled_s
         for req in admitted:
-            if np.isnan(fs[req.parent_id]):
-                fs[req.parent_id] = now_s
+            row = req.parent_id
+            v = fs[row]
+            if v != v:                        # NaN: not scheduled before
+                fs[row] = now_s
 
     def on_tokens(self, now_s: float, step_s: float, outcome: Any) -> None:
         """ITL gaps: those equal to this step's duration (a request that also produced a token in
@@ -115,18 +117,23 @@ class Recorder:
             self.itl_gaps.extend(g.tolist())
         for req in outcome.first_tokens:
             row = req.parent_id
-            if np.isnan(ft[row]):
+            v = ft[row]
+            if v != v:                        # NaN: the request's first token (of any of its samples)
                 ft[row] = now_s
 
     def on_finish(self, now_s: float, req: Request) -> bool:
         """Record a finished sequence; True when its whole request (all n samples) is done."""
         row = req.parent_id
         self.output_tokens[row] += req.num_output
-        self.preemptions[row] += req.num_preemptions
-        self.prefix_hit_tokens[row] = max(self.prefix_hit_tokens[row], max(req.prefix_hit_tokens, 0))
+        if req.num_preemptions:
+            self.preemptions[row] += req.num_preemptions
+        hit = req.prefix_hit_tokens
+        if hit > 0 and hit > self.prefix_hit_tokens[row]:
+            self.prefix_hit_tokens[row] = hit
         self.replica[row] = req.replica
-        self.children_left[row] -= 1
-        if self.children_left[row] == 0:
+        left = int(self.children_left[row]) - 1
+        self.children_left[row] = left
+        if left == 0:
             self.finish_s[row] = now_s
             return True
         return False

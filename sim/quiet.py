@@ -34,16 +34,20 @@ from sim.replica import Replica
 QUIET_MAX_STEPS = 64
 
 
-@dataclass(slots=True)
 class Stretch:
-    """A planned stretch: step start times and durations (async: of the steps applied)."""
+    """A planned stretch: step start times and durations (async: of the steps applied).  A plain
+    class, not a dataclass, so that mypyc compiles its `__init__` (one is made per stretch)."""
 
-    starts: list[float]
-    durations: list[float]
-    end_s: float                 # when the last applied step ends
-    pending_dt: float = 0.0      # async: duration of the step left in flight
-    finishes: bool = False       # the last step's application finishes members (`quiet_finish`)
-    members: int = 0             # decode-set members of the applied steps
+    __slots__ = ("starts", "durations", "end_s", "pending_dt", "finishes", "members")
+
+    def __init__(self, starts: list[float], durations: list[float], end_s: float, pending_dt: float = 0.0,
+                 finishes: bool = False, members: int = 0) -> None:
+        self.starts = starts
+        self.durations = durations
+        self.end_s = end_s                # when the last applied step ends
+        self.pending_dt = pending_dt      # async: duration of the step left in flight
+        self.finishes = finishes          # the last step's application finishes members (`quiet_finish`)
+        self.members = members            # decode-set members of the applied steps
 
 
 def plan_sync(rep: Replica, now: float, next_arrival_s: float, through_finish: bool = False) -> Stretch | None:
@@ -74,20 +78,24 @@ def plan_sync(rep: Replica, now: float, next_arrival_s: float, through_finish: b
 
 
 def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float,
-               next_arrival_s: float, through_finish: bool = False) -> Stretch | None:
+               next_arrival_s: float, through_finish: bool = False, first_in_flight: bool = False) -> Stretch | None:
     """Async engine: iteration j schedules step j+1 at the start of step j (step 0 is in flight)
     and then applies step j; every such scheduling must precede the next arrival.
     `through_finish`: the stretch may end with an iteration whose scheduling sees members leave
     (their last token in flight) and whose application finishes them (`Stretch.finishes`); that
-    iteration may be the only one."""
+    iteration may be the only one — unless `first_in_flight` (the step in flight hands new
+    members their first tokens and is applied for real before the stretch: it would free the
+    leavers' blocks before iteration 0 allocates)."""
     if pending_start + pending_dt >= next_arrival_s:
         return None                           # cheap test first: iteration 1 would see the arrival
     sched = rep.scheduler
     counts = sched.quiet_steps(QUIET_MAX_STEPS, through_finish)
     fin_key = sched.quiet_finish_key
+    d, base, c = sched.num_members, sched.members_base, sched.clock
+    if fin_key == c and first_in_flight:
+        return None
     if len(counts) < (1 if fin_key >= 0 else 2):
         return None
-    d, base, c = sched.num_members, sched.members_base, sched.clock
     starts = [pending_start]
     durs = [pending_dt]
     s = now                                   # when iteration 0 schedules
