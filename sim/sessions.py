@@ -78,7 +78,7 @@ class TurnsConfig:
         if self.dist == "fixed":
             return np.full(count, self.value, dtype=np.int64)
         if self.dist == "uniform":
-            return rng.integers(self.low, self.high + 1, size=count).astype(np.int64)  # type: ignore[operator]
+            return rng.integers(self.low, self.high + 1, size=count).astype(np.int64)  # type: ignore[operator, arg-type]
         return np.minimum(rng.geometric(1.0 / self.mean, size=count), MAX_TURNS - 1).astype(np.int64)  # type: ignore[operator]
 
 

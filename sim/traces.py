@@ -187,7 +187,8 @@ def read_session_trace(path: Path, ctx: Ctx) -> Any:
             raise _cell_error(path, ctx, int(bad[0]) + first_line, "think_time_s", "expected seconds >= 0",
                               df["think_time_s"].iloc[bad[0]])
     label = df["session_id"].astype(str).to_numpy()
-    codes, first_row = pd.factorize(label)[0], {}
+    codes = pd.factorize(label)[0]
+    first_row: dict[int, int] = {}
     for i, c in enumerate(codes.tolist()):
         first_row.setdefault(c, i)
     starts = np.full(len(first_row), np.nan)
