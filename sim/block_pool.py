@@ -85,11 +85,11 @@ class BlockPool:
     def longest_hit(self, hashes: list[int]) -> list[int]:
         """Blocks registered under the leading public `hashes`, up to the first miss (`lookup`
         of each in turn, with the dict lookups done in one pass at C speed)."""
+        if not hashes:
+            return []
         vals = list(map(self.cached.get, hashes))
-        try:
+        if None in vals:
             del vals[vals.index(None):]
-        except ValueError:
-            pass
         if self.multi and not self.multi.isdisjoint(hashes):
             return [v if isinstance(v, int) else next(iter(v)) for v in vals]  # type: ignore[arg-type, misc]
         return vals  # type: ignore[return-value]

@@ -18,18 +18,27 @@ from sim.metrics import Recorder
 PERCENTILES = (50, 90, 95, 99)
 
 
-def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """np.percentile(np.repeat(values, weights), q) (linear method) without expanding."""
+def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: list[float]) -> list[float]:
+    """np.percentile(np.repeat(values, weights), q) (linear method) for each q, without expanding
+    and with one sort."""
     order = np.argsort(values, kind="stable")
     v = values[order]
     cw = np.cumsum(weights[order])
     total = int(cw[-1])
-    pos = q / 100.0 * (total - 1)
-    lo = int(np.floor(pos))
-    hi = min(lo + 1, total - 1)
-    v_lo = v[np.searchsorted(cw, lo, side="right")]
-    v_hi = v[np.searchsorted(cw, hi, side="right")]
-    return float(v_lo + (v_hi - v_lo) * (pos - lo))
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (total - 1)
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, total - 1)
+        v_lo = v[np.searchsorted(cw, lo, side="right")]
+        v_hi = v[np.searchsorted(cw, hi, side="right")]
+        out.append(float(v_lo + (v_hi - v_lo) * (pos - lo)))
+    return out
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """np.percentile(np.repeat(values, weights), q) (linear method) without expanding."""
+    return weighted_percentiles(values, weights, [q])[0]
 
 
 def _stats(name: str, values_s: np.ndarray, out: dict[str, Any], weights: np.ndarray | None = None) -> None:
@@ -42,10 +51,11 @@ def _stats(name: str, values_s: np.ndarray, out: dict[str, Any], weights: np.nda
     total = weights.sum()
     mean = float(np.dot(ms, weights) / total)
     out[f"mean_{name}_ms"] = mean
-    out[f"median_{name}_ms"] = weighted_percentile(ms, weights, 50)
+    qs = weighted_percentiles(ms, weights, [50.0, *PERCENTILES])
+    out[f"median_{name}_ms"] = qs[0]
     out[f"std_{name}_ms"] = float(np.sqrt(np.dot(weights, (ms - mean) ** 2) / total))
-    for p in PERCENTILES:
-        out[f"p{p}_{name}_ms"] = weighted_percentile(ms, weights, p)
+    for p, v in zip(PERCENTILES, qs[1:], strict=True):
+        out[f"p{p}_{name}_ms"] = v
 
 
 def meets(ttft_s: np.ndarray, e2el_s: np.ndarray, out_tok: np.ndarray, ttft_ms: float | None,
