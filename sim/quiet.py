@@ -130,8 +130,7 @@ def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[KVState],
     d = stretch.members                       # (async: the leavers may have left since)
     running, waiting = sched.num_running, rep.num_waiting_seen
     end = len(stretch.durations) if last < 0 else last
-    for j in range(first, end):
-        rec.on_decode_step(rep.index, stretch.starts[j], stretch.durations[j], d, running, waiting, states[j])
+    rec.on_decode_steps(rep.index, stretch.starts, stretch.durations, first, end, d, running, waiting, states)
 
 
 @dataclass(slots=True)
