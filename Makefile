@@ -22,7 +22,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	touch $@
 
 # mypyc-compiled hot modules (setup_native.py); a failed build leaves pure Python, same results.
-NATIVE_SRC := $(addprefix sim/,request.py batch.py kv_cache_manager.py scheduler_v1.py scheduler_spec.py cost_model.py quiet.py)
+NATIVE_SRC := $(addprefix sim/,request.py batch.py kv_cache_manager.py scheduler_v1.py scheduler_spec.py scheduler_quiet.py cost_model.py quiet.py)
 $(VENV)/.native: $(NATIVE_SRC) setup_native.py | $(VENV)/.core
 	$(BIN)/pip install -q 'mypy>=1.10'
 	-$(BIN)/python setup_native.py

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_spec", "cost_model", "quiet"]
+MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_spec", "scheduler_quiet", "cost_model", "quiet"]
 STAMP = ROOT / "sim" / "_native.sha256"
 
 

@@ -324,22 +324,20 @@ class BlockPool:
         self.where[live] = np.arange(live.size)
         self.head, self.tail, self.num_stale = 0, int(live.size), 0
 
-    def set_private_hashes(self, blocks: np.ndarray, tokens: np.ndarray) -> None:
-        """Mark full blocks with a private hash (only their own sequence can hit them)."""
-        fresh = self.hash_of[blocks] == NO_HASH
-        if np.count_nonzero(fresh) == fresh.size:
-            self.hash_of[blocks] = tokens
-        else:
-            self.hash_of[blocks[fresh]] = tokens[fresh]
-
-    def set_private_hashes_fresh(self, blocks: np.ndarray, start: int, key: int) -> None:
-        """`set_private_hashes(blocks, -(key + arange(start, start + len(blocks))))` for blocks
-        that carry no hash yet (a table none of whose blocks was shared or registered)."""
+    def set_private_hashes(self, blocks: np.ndarray, start: int, key: int, fresh: bool) -> None:
+        """Mark full blocks with private hashes (only their own sequence can hit them): blocks[k],
+        block start + k of its table, gets -(key + start + k) unless it carries a hash already.
+        `fresh`: none does (a table none of whose blocks was shared or registered)."""
         end = start + blocks.size
         neg = self.neg_index
         if end > neg.size:
             neg = self.neg_index = -np.arange(2 * end, dtype=np.int64)
-        self.hash_of[blocks] = neg[start:end] - key
+        tokens = neg[start:end] - key
+        if not fresh:
+            unhashed = self.hash_of[blocks] == NO_HASH
+            if np.count_nonzero(unhashed) < unhashed.size:
+                blocks, tokens = blocks[unhashed], tokens[unhashed]
+        self.hash_of[blocks] = tokens
 
     def cache_public(self, block: int, block_hash: int) -> None:
         """Register a full block under a public hash (vLLM `cache_full_blocks`, one block)."""

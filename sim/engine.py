@@ -21,6 +21,7 @@ from typing import Any
 import simpy
 
 from sim import quiet
+from sim import scheduler_quiet as sq
 from sim.admission import Admission
 from sim.autoscaler import Autoscaler
 from sim.batch import StepBatch
@@ -31,6 +32,7 @@ from sim.replica import Replica
 from sim.request import Request
 from sim.requests_table import RequestTable
 from sim.router import Router
+from sim.scheduler_v1 import SchedulerV1
 from sim.sessions import follow_up_rows
 
 
@@ -200,7 +202,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
     With `nxt` (the next arrival), runs of decode-only steps are taken at once (`sim.quiet`)."""
     sched = rep.scheduler
     async_ = rep.async_scheduling
-    quiet_ok = nxt is not None and hasattr(sched, "quiet_steps")
+    quiet_ok = nxt is not None and isinstance(sched, SchedulerV1)
     pending: StepBatch | None = None
     pending_start = 0.0
     pending_dt = 0.0
@@ -217,10 +219,10 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                     e0 = pending_start + pending_dt
                     recorder.on_tokens(e0, pending_dt, sched.update_from_output(first, e0))
                 m = len(stretch.durations)
-                states = sched.advance_quiet(m, stretch.finishes, stretch.starts[m - 1] if m > 1 else -1.0)
+                states = sq.advance_quiet(sched, m, stretch.finishes, stretch.starts[m - 1] if m > 1 else -1.0)
                 rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
                 if async_:
-                    pending = sched.quiet_batch()
+                    pending = sq.quiet_batch(sched)
                     if pending.is_empty:                  # everyone left: the last scheduling made an empty batch
                         sched.update_from_output(pending, stretch.starts[m - 1])
                         pending = None
@@ -281,7 +283,7 @@ def _finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, st
     d = stretch.members
     quiet.record(rep, recorder, stretch, states, first, m - 1)
     now = env.now
-    finished = sched.quiet_finish(now)
+    finished = sq.quiet_finish(sched, now)
     for req in finished:
         rep.on_finished(req)
         if recorder.on_finish(now, req):

@@ -248,11 +248,8 @@ class KVCacheManager:
             if self.enable_caching:
                 i0 = max(req.num_public_blocks, 0)
                 i1 = min(req.num_cached_blocks, n)
-                if i1 > i0 and shared:
-                    self.pool.set_private_hashes(
-                        table[i0:i1], -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(i0, i1, dtype=np.int64)))
-                elif i1 > i0:         # blocks fresh from the free queue, never hashed: no check needed
-                    self.pool.set_private_hashes_fresh(table[i0:i1], i0, (req.req_id + 1) * PRIVATE_SHIFT)
+                if i1 > i0:           # unshared tables hold blocks fresh from the free queue, never hashed
+                    self.pool.set_private_hashes(table[i0:i1], i0, (req.req_id + 1) * PRIVATE_SHIFT, not shared)
             self.num_blocks_held -= n
             if shared:
                 # blocks may be shared: count references (as free_blocks(table[:n][::-1]))

@@ -192,52 +192,9 @@ class Recorder:
 
     def on_decode_steps(self, replica: int, starts_s: list[float], durations_s: list[float], first: int, last: int,
                         num_members: int, num_running: int, num_waiting: int, states: list[KVState]) -> None:
-        """`on_decode_step` for steps first <= j < last of a quiet stretch (one call per stretch;
-        the same additions in the same order)."""
-        if last <= first:
-            return
-        gap, cnt = self.itl_uniform_gap, self.itl_uniform_count
-        w = self.kv_weighted
-        busy, run_w, kv_max = self.busy_s, self.running_weighted, self.kv_usage_max
+        """`on_decode_step` for steps first <= j < last of a quiet stretch, in one call."""
         for j in range(first, last):
-            dt = durations_s[j]
-            kv = states[j]
-            gap.append(dt)
-            cnt.append(num_members)
-            busy += dt
-            w[0] += dt * kv[0]
-            w[1] += dt * kv[1]
-            w[2] += dt * kv[2]
-            w[3] += dt * kv[3]
-            w[4] += dt * kv[4]
-            w[5] += dt * kv[5]
-            if kv[0] > kv_max:
-                kv_max = kv[0]
-            run_w += dt * num_running
-        self.busy_s, self.running_weighted, self.kv_usage_max = busy, run_w, kv_max
-        self.num_steps += last - first
-        if not self.record_steps:
-            return
-        s = self.steps
-        for j in range(first, last):
-            kv = states[j]
-            s.replica.append(replica)
-            s.start_s.append(starts_s[j])
-            s.duration_s.append(durations_s[j])
-            s.num_prefill_tokens.append(0)
-            s.num_decode_tokens.append(num_members)
-            s.num_running.append(num_running)
-            s.num_waiting.append(num_waiting)
-            s.num_preempted.append(0)
-            s.num_finished.append(0)
-            s.kv_cache_usage.append(kv[0])
-            s.kv_token_state_frac.append(kv[1])
-            s.kv_internal_frag_frac.append(kv[2])
-            s.kv_reserved_frac.append(kv[3])
-            s.kv_cached_free_frac.append(kv[4])
-            s.kv_external_frag_frac.append(kv[5])
-            s.swap_in_blocks.append(0)
-            s.swap_out_blocks.append(0)
+            self.on_decode_step(replica, starts_s[j], durations_s[j], num_members, num_running, num_waiting, states[j])
 
     def on_step(self, replica: int, start_s: float, duration_s: float, batch: StepBatch, num_finished: int,
                 num_running: int, num_waiting: int, kv: KVState,

@@ -2,7 +2,7 @@
 
 Between events (an arrival the scheduler would see, a finish, a preemption, an admission, a
 prefill) every step of a replica decodes one token for each running request and at most
-allocates blocks.  `sim.scheduler_v1.SchedulerV1.quiet_steps` says how many upcoming steps are
+allocates blocks.  `sim.scheduler_quiet.quiet_steps` says how many upcoming steps are
 certain to be such steps; this module prices them one by one (each step's attention context grows
 by the batch size), cuts the stretch before the first step whose scheduling would see the next
 arrival, and applies it: the same block tables, clock, metrics and times as taking the steps one
@@ -11,7 +11,7 @@ by one, with one SimPy event instead of one per step.  Pure functions; the engin
 A stretch may also end with the step whose application finishes members (`Stretch.finishes`;
 async: the step whose scheduling sees them leave because their last token is in flight, which
 `advance_quiet` takes out of the decode set): the engine finishes them at the stretch's end, the
-moment the step-by-step engine applies that step (`SchedulerV1.quiet_finish`), so nothing
+moment the step-by-step engine applies that step (`sim.scheduler_quiet.quiet_finish`), so nothing
 outside the replica sees them go earlier.  On the 100k Azure benchmark this takes 63 %
 of the steps in stretches instead of 36 %.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sim import scheduler_quiet as sq
 from sim.batch import StepBatch
 from sim.cost_model import step_time_s
 from sim.kv_state import KVState
@@ -57,7 +58,7 @@ def plan_sync(rep: Replica, now: float, next_arrival_s: float, through_finish: b
     d, base, c = sched.num_members, sched.members_base, sched.clock
     if now + step_time_s(rep.coster, 0, d, base + d * c + d, 0.0) >= next_arrival_s:
         return None                           # cheap test first: step 1 would see the arrival
-    counts = sched.quiet_steps(QUIET_MAX_STEPS, through_finish)
+    counts = sq.quiet_steps(sched, QUIET_MAX_STEPS, through_finish)
     fin_key = sched.quiet_finish_key
     if len(counts) < (1 if fin_key >= 0 else 2):
         return None
@@ -89,7 +90,7 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
     if pending_start + pending_dt >= next_arrival_s:
         return None                           # cheap test first: iteration 1 would see the arrival
     sched = rep.scheduler
-    counts = sched.quiet_steps(QUIET_MAX_STEPS, through_finish)
+    counts = sq.quiet_steps(sched, QUIET_MAX_STEPS, through_finish)
     fin_key = sched.quiet_finish_key
     d, base, c = sched.num_members, sched.members_base, sched.clock
     if fin_key == c and first_in_flight:
@@ -153,7 +154,7 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     clocks, then waits for the oldest batch in flight and applies it at t_{i+1} = t_i + (done - t_i)
     — the float operations of the step-by-step loop, so the same times.  None: take a normal step."""
     sched = rep.scheduler
-    plan = sched.pp_quiet_lanes(QUIET_MAX_STEPS)
+    plan = sq.pp_quiet_lanes(sched, QUIET_MAX_STEPS)
     if not plan:
         return None
     pipe = rep.pipeline
@@ -201,18 +202,18 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     rows: list[tuple[int, float, float, KVState]] = []
     for i in range(n):
         k = i % p
-        ctx = sched.pp_quiet_schedule(lanes[k])
+        ctx = sq.pp_quiet_schedule(sched, lanes[k])
         start, done = steps[i]
         entries.append((None, start, done, sched.kv_state(), k, ctx))
         _, s0, _, kv0, k0, _ = entries.pop(0)
         ti = applies[i]
-        sched.pp_quiet_apply(lanes[k0], ti)
+        sq.pp_quiet_apply(sched, lanes[k0], ti)
         rows.append((lanes[k0].num_members, s0, ti - s0, kv0))
     out: list[tuple[StepBatch, float, float, KVState]] = []
     lane_batches: list[tuple[StepBatch, Any]] = []
     for b, s0, d0, kv0, k0, ctx in entries:
-        batch = b if b is not None else sched.pp_quiet_batch(lanes[k0], ctx)
+        batch = b if b is not None else sq.pp_quiet_batch(sched, lanes[k0], ctx)
         out.append((batch, s0, d0, kv0))
         lane_batches.append((batch, lanes[k0]))
-    sched.pp_quiet_end(lane_batches, lanes[n % p])      # applied last
+    sq.pp_quiet_end(sched, lane_batches, lanes[n % p])      # applied last
     return PipeStretch(t, out, cpu_free, rows)
