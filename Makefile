@@ -21,10 +21,11 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# mypyc-compiled hot modules (setup_native.py); a failed build leaves pure Python, same results.
-NATIVE_SRC := $(addprefix sim/,request.py batch.py kv_cache_manager.py scheduler_v1.py scheduler_spec.py scheduler_quiet.py cost_model.py quiet.py)
+# Hot modules compiled with mypyc and (the block pool) Cython, setup_native.py; a failed build
+# leaves pure Python, same results.
+NATIVE_SRC := $(addprefix sim/,request.py batch.py kv_cache_manager.py scheduler_v1.py scheduler_spec.py scheduler_quiet.py cost_model.py quiet.py block_pool.py block_pool.pxd)
 $(VENV)/.native: $(NATIVE_SRC) setup_native.py | $(VENV)/.core
-	$(BIN)/pip install -q 'mypy>=1.10'
+	$(BIN)/pip install -q 'mypy>=1.10' 'cython>=3.0'
 	-$(BIN)/python setup_native.py
 	touch $@
 
@@ -50,7 +51,7 @@ setup-dev: $(VENV)/.dev                   ## + test and lint tools
 setup-calibrate: $(VENV)/.calibrate       ## + torch (CPU wheel) and triton
 setup-vllm: $(VLLM_VENV)/.vllm            ## vLLM 0.32 (CPU build) in .venv-vllm for `pagesim validate`
 
-fast: $(VENV)/.native                   ## compile the simulator's hot modules with mypyc (make run/test/bench do it)
+fast: $(VENV)/.native                   ## compile the simulator's hot modules with mypyc and Cython (make run/test/bench do it)
 
 run: $(VENV)/.core $(VENV)/.native  ## simulate the default scenario, write results and the HTML report
 	$(BIN)/pagesim run $(SCENARIO) --out $(OUT)

@@ -1,7 +1,8 @@
 """pagesim: a discrete-event simulator of PagedAttention serving engines (vLLM).
 
-Compiled modules: `make fast` (setup_native.py) may leave mypyc extensions of some modules
-next to their sources, with sim/_native.sha256 naming the source each was built from.  They are
+Compiled modules: `make fast` (setup_native.py) may leave mypyc and Cython extensions of some
+modules next to their sources, with sim/_native.sha256 naming the source (and, for Cython, its
+.pxd) each was built from.  They are
 used only while every one of those sources is unchanged and PAGESIM_PURE is unset; otherwise a
 finder placed first on sys.meta_path imports all of them from their .py files, so an edited
 source is never shadowed by a stale extension.
@@ -17,6 +18,15 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
+
+
+def source_digest(here: Path, mod: str) -> str:
+    """sha256 of sim/<mod>.py, followed by sim/<mod>.pxd when there is one (Cython's C types)."""
+    h = hashlib.sha256((here / f"{mod}.py").read_bytes())
+    pxd = here / f"{mod}.pxd"
+    if pxd.exists():
+        h.update(pxd.read_bytes())
+    return h.hexdigest()
 
 
 def _compiled_modules() -> set[str]:
@@ -35,7 +45,7 @@ def _native_ok(compiled: set[str], here: Path = _HERE) -> bool:
         return False
     for mod, sha in stamp.items():
         try:
-            if hashlib.sha256((here / f"{mod}.py").read_bytes()).hexdigest() != sha:
+            if source_digest(here, mod) != sha:
                 return False
         except OSError:
             return False

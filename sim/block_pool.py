@@ -19,9 +19,17 @@ vllm/v1/core/block_pool.py of vLLM 0.32 (`BlockPool`, `FreeKVCacheBlockQueue`,
   operation per block.
 
 Representation, for speed (a 100k-request run allocates ~10M blocks): per-block state lives in
-numpy arrays and every operation works on whole arrays of block ids.  The front of the queue is
-a stack (`stack[top-1]` is the head); behind it a FIFO array; removal from the middle (a prefix
-hit on a cached-free block) is lazy: `where[b]` names the FIFO position of a block's live entry.
+numpy arrays (`ref`, `hash_of`, `public`, read by the KV-cache manager and the tests).  The
+front of the queue is a stack (`stack[top-1]` is the head); behind it a FIFO array; removal from
+the middle (a prefix hit on a cached-free block) is lazy: `where[b]` names the FIFO position of a
+block's live entry.
+
+Speed: the operations are plain per-block loops over those arrays, written so that Cython can
+compile this very file (`setup_native.py`; the C types are declared beside it in
+`block_pool.pxd`, so this source stays plain Python and runs as it is when no compiler is at
+hand).  Compiled, each loop reads and writes the arrays through typed memoryviews (`_ref`,
+`_hash`, ... are the same buffers) at C speed; a decode step's block, a request's whole table
+freed, cost tens of nanoseconds per block instead of a numpy call per operation.
 
 Invariants (`check_invariants`): free + in-use == num_blocks - 1; a free block has ref count 0;
 every public hash in the map points at a block carrying that hash.
@@ -29,9 +37,11 @@ every public hash in the map points at a block carrying that hash.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-ID = np.intp      # block ids: numpy indexes with intp arrays several times faster than with int32 ones
+ID = np.intp      # block ids
 NO_HASH = 0
 
 
@@ -47,12 +57,10 @@ class BlockPool:
         self.ref = np.zeros(n, dtype=np.int32)
         self.hash_of = np.zeros(n, dtype=np.int64)     # NO_HASH = none
         self.public = np.zeros(n, dtype=bool)
-        self.cached: dict[int, int | dict[int, None]] = {}
+        self.cached: dict[int, Any] = {}                # public hash -> block, or dict of blocks
         self.stack = np.empty(n, dtype=ID)            # queue front; stack[top-1] is the head
         self.top = 0
-        cap = max(2 * n, 1024)
-        self.fifo = np.empty(cap, dtype=ID)
-        self.pos = np.arange(cap)                       # FIFO positions (slices of it instead of aranges)
+        self.fifo = np.empty(max(2 * n, 1024), dtype=ID)
         self.fifo[: n - 1] = np.arange(1, n, dtype=ID)
         self.where = np.full(n, -1, dtype=np.int64)
         self.where[1:] = np.arange(0, n - 1)
@@ -63,7 +71,16 @@ class BlockPool:
         self.num_cached_free = 0
         self.num_evictions = 0
         self.multi: set[int] = set()                    # hashes whose `cached` entry names several blocks
-        self.neg_index = -np.arange(1024, dtype=np.int64)   # -i for table index i (private hashes)
+        self._views()
+
+    def _views(self) -> None:
+        """The typed views of the arrays (compiled: memoryviews; interpreted: the arrays)."""
+        self._ref = self.ref
+        self._hash = self.hash_of
+        self._public = self.public.view(np.uint8)
+        self._stack = self.stack
+        self._fifo = self.fifo
+        self._where = self.where
 
     # --- queries -----------------------------------------------------------------------------
     @property
@@ -91,7 +108,7 @@ class BlockPool:
         if None in vals:
             del vals[vals.index(None):]
         if self.multi and not self.multi.isdisjoint(hashes):
-            return [v if isinstance(v, int) else next(iter(v)) for v in vals]  # type: ignore[arg-type, misc]
+            return [v if isinstance(v, int) else next(iter(v)) for v in vals]  # type: ignore[arg-type]
         return vals  # type: ignore[return-value]
 
     def free_queue(self) -> list[int]:
@@ -100,115 +117,52 @@ class BlockPool:
         pos = np.arange(self.head, self.tail)
         return self.stack[: self.top][::-1].tolist() + live[self.where[live] == pos].tolist()
 
-    # --- state changes -----------------------------------------------------------------------
+    # --- taking blocks -------------------------------------------------------------------------
     def get_new_blocks(self, n: int) -> np.ndarray:
         """Pop `n` blocks from the front of the free queue (evicting their hashes)."""
         if n > self.nfree:
             raise ValueError(f"cannot get {n} free blocks from a pool with {self.nfree} free")
-        top = self.top
-        if n <= top:                                     # all from the LIFO front: never hashed
-            out = self.stack[top - n: top][::-1].copy()
-            self.top = top - n
-        else:
-            head = self.head
-            rem = n - top
-            if self.num_stale:
-                taken = self._pop_fifo_skipping_stale(rem)
-            else:
-                taken = self.fifo[head: head + rem].copy()
-                self.head = head + rem
-            if self.num_cached_free:
-                self._evict(taken)
-            if top:
-                out = np.concatenate((self.stack[:top][::-1], taken))
-                self.top = 0
-            else:
-                out = taken
-        self.ref[out] = 1
+        out = np.empty(n, dtype=ID)
+        o = out
+        for i in range(n):
+            o[i] = self._pop()
         self.nfree -= n
         return out
 
     def pop_few(self, n: int) -> list[int]:
-        """`get_new_blocks` for a handful of blocks (a decode step's new blocks), with scalar
-        operations: cheaper than vector ones below about ten blocks.  Same order, same effects."""
+        """`get_new_blocks` as a list (a decode step's new blocks)."""
         if n > self.nfree:
             raise ValueError(f"cannot get {n} free blocks from a pool with {self.nfree} free")
         out: list[int] = []
-        stack, fifo, where, ref, hash_of = self.stack, self.fifo, self.where, self.ref, self.hash_of
-        for _ in range(n):                      # (.item(i): a Python int at half the cost of int(a[i]))
-            if self.top:
-                self.top -= 1
-                b = stack.item(self.top)
-            else:
-                while True:
-                    pos = self.head
-                    b = fifo.item(pos)
-                    self.head = pos + 1
-                    if not self.num_stale or where.item(b) == pos:
-                        break
-                    self.num_stale -= 1
-                if self.num_cached_free and hash_of.item(b):
-                    if self.public.item(b):
-                        self._evict_one(b)
-                    else:
-                        hash_of[b] = NO_HASH
-                        self.num_cached_free -= 1
-                        self.num_evictions += 1
-            ref[b] = 1
-            out.append(b)
+        for _ in range(n):
+            out.append(int(self._pop()))
         self.nfree -= n
         return out
 
-    def _pop_fifo_skipping_stale(self, rem: int) -> np.ndarray:
-        """The first `rem` live FIFO entries from the head, skipping stale ones (head ends just
-        past the last one taken).  A window of `rem` + a few stale entries is read at a time."""
-        parts = []
-        while rem:
-            h = self.head
-            span = min(rem + min(self.num_stale, rem + 64), self.tail - h)
-            w = self.fifo[h: h + span]
-            idx = (self.where[w] == self.pos[h: h + span]).nonzero()[0]   # (flatnonzero: a slow wrapper)
-            if idx.size >= rem:
-                end = int(idx[rem - 1]) + 1
-                parts.append(w[idx[:rem]])
-                self.num_stale -= end - rem
-                self.head = h + end
-                break
-            parts.append(w[idx])
-            self.num_stale -= span - int(idx.size)
-            self.head = h + span
-            rem -= int(idx.size)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    def _evict(self, taken: np.ndarray) -> None:
-        """Blocks leaving the free queue for new data lose their hashes (cached-free -> gone)."""
-        h = self.hash_of[taken]
-        k = int(np.count_nonzero(h))
-        if not k:
-            return
-        if self.cached:
-            pm = self.public[taken]
-            hs = h[pm].tolist()
-            if hs:
-                if self.multi and not self.multi.isdisjoint(hs):
-                    for b, bh in zip(taken[pm].tolist(), hs, strict=True):
-                        self._unregister(b, bh)
-                else:                       # every entry names one block: just drop them
-                    cached = self.cached
-                    for bh in hs:
-                        del cached[bh]
-                self.public[taken] = False
-        self.hash_of[taken] = NO_HASH
-        self.num_cached_free -= k
-        self.num_evictions += k
-
-    def _evict_one(self, b: int) -> None:
-        """`_evict` for one public block, with scalar operations (a decode step's new block)."""
-        self._unregister(b, int(self.hash_of[b]))
-        self.public[b] = False
-        self.hash_of[b] = NO_HASH
-        self.num_cached_free -= 1
-        self.num_evictions += 1
+    def _pop(self) -> int:
+        """The head of the free queue, with ref count 1 and its hash evicted (nfree unchanged)."""
+        if self.top:
+            self.top -= 1
+            b = self._stack[self.top]
+        else:
+            fifo = self._fifo
+            where = self._where
+            while True:
+                pos = self.head
+                b = fifo[pos]
+                self.head = pos + 1
+                if where[b] == pos:
+                    break
+                self.num_stale -= 1
+            if self._hash[b] != NO_HASH:             # a cached-free block reused: its hash goes
+                if self._public[b]:
+                    self._unregister(b, int(self._hash[b]))
+                    self._public[b] = 0
+                self._hash[b] = NO_HASH
+                self.num_cached_free -= 1
+                self.num_evictions += 1
+        self._ref[b] = 1
+        return b
 
     def _unregister(self, b: int, bh: int) -> None:
         """Take block `b` out of the hash map entry `bh`."""
@@ -223,36 +177,51 @@ class BlockPool:
 
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
-        r = self.ref[blocks]
-        freed = blocks[r == 0]
-        if freed.size:
-            self.where[freed] = -1
-            self.num_stale += int(freed.size)
-            self.nfree -= int(freed.size)
-            self.num_cached_free -= int(freed.size)
-        r += 1
-        self.ref[blocks] = r
+        bl = np.asarray(blocks, dtype=ID)
+        ref = self._ref
+        where = self._where
+        for i in range(bl.shape[0]):
+            b = bl[i]
+            if ref[b] == 0:
+                where[b] = -1
+                self.num_stale += 1
+                self.nfree -= 1
+                self.num_cached_free -= 1
+            ref[b] += 1
+
+    # --- returning blocks -----------------------------------------------------------------------
+    def _to_front(self, b: int) -> None:
+        self._stack[self.top] = b
+        self.top += 1
+
+    def _room(self, m: int) -> None:
+        """Make room for `m` more FIFO entries behind the tail."""
+        if self.tail + m > self.fifo.shape[0]:
+            self._compact_fifo(m)
+
+    def _to_back(self, b: int) -> None:
+        t = self.tail
+        self._fifo[t] = b
+        self._where[b] = t
+        self.tail = t + 1
 
     def free_unshared(self, table: np.ndarray, num_hashed: int) -> None:
         """Free a request's whole table when no block of it is shared (every ref count is 1):
         its first `num_hashed` blocks carry hashes.  Same queue order as
         `free_blocks(table[::-1])`: unhashed tail blocks to the front, hashed blocks to the back
         tail first."""
-        n = table.size
-        self.ref[table] = 0
-        if num_hashed < n:
-            front = table[num_hashed:]          # reversed twice: the head is the last block
-            k = n - num_hashed
-            self.stack[self.top: self.top + k] = front
-            self.top += k
+        n = table.shape[0]
+        ref = self._ref
+        for i in range(num_hashed, n):          # reversed twice: the head is the last block
+            b = table[i]
+            ref[b] = 0
+            self._to_front(b)
         if num_hashed:
-            back = table[:num_hashed][::-1]
-            if self.tail + num_hashed > self.fifo.shape[0]:
-                self._compact_fifo(num_hashed)
-            t = self.tail
-            self.fifo[t: t + num_hashed] = back
-            self.where[back] = self.pos[t: t + num_hashed]
-            self.tail = t + num_hashed
+            self._room(num_hashed)
+            for i in range(num_hashed - 1, -1, -1):
+                b = table[i]
+                ref[b] = 0
+                self._to_back(b)
             self.num_cached_free += num_hashed
         self.nfree += n
 
@@ -260,57 +229,54 @@ class BlockPool:
         """`free_blocks(table[::-1])` for a request's table whose first `num_hashed` blocks carry
         hashes (and may be shared) and whose other blocks are its own, unhashed: those go to the
         front, the hashed ones reaching ref count 0 to the back, tail first."""
-        n = table.size
-        if num_hashed < n:
-            front = table[num_hashed:]
-            k = n - num_hashed
-            self.ref[front] = 0
-            self.stack[self.top: self.top + k] = front
-            self.top += k
-        nz = n - num_hashed
-        if num_hashed:
-            head = table[:num_hashed]
-            r = self.ref[head]
-            r -= 1
-            self.ref[head] = r
-            back = head[r == 0][::-1]
-            m = int(back.size)
-            if m:
-                if self.tail + m > self.fifo.shape[0]:
-                    self._compact_fifo(m)
-                t = self.tail
-                self.fifo[t: t + m] = back
-                self.where[back] = self.pos[t: t + m]
-                self.tail = t + m
-                self.num_cached_free += m
-                nz += m
-        self.nfree += nz
+        n = table.shape[0]
+        ref = self._ref
+        for i in range(num_hashed, n):
+            b = table[i]
+            ref[b] = 0
+            self._to_front(b)
+        m = 0
+        for i in range(num_hashed):
+            b = table[i]
+            ref[b] -= 1
+            if ref[b] == 0:
+                m += 1
+        if m:
+            self._room(m)
+            for i in range(num_hashed - 1, -1, -1):
+                b = table[i]
+                if ref[b] == 0:
+                    self._to_back(b)
+            self.num_cached_free += m
+        self.nfree += n - num_hashed + m
 
     def free_blocks(self, ordered: np.ndarray) -> None:
         """Drop one reference from each block; those reaching 0 return to the free queue,
         `ordered` being their eviction priority (first = evicted first)."""
-        ref = self.ref
-        ref[ordered] -= 1
-        z = ordered[ref[ordered] == 0]
-        if not z.size:
-            return
-        if self.enable_caching:
-            hashed = self.hash_of[z] != NO_HASH
-            front = z[~hashed]
-            back = z[hashed]
-        else:
-            front, back = z, z[:0]
-        if front.size:
-            self.stack[self.top: self.top + front.size] = front[::-1]
-            self.top += int(front.size)
-        if back.size:
-            if self.tail + back.size > self.fifo.shape[0]:
-                self._compact_fifo(int(back.size))
-            self.fifo[self.tail: self.tail + back.size] = back
-            self.where[back] = self.pos[self.tail: self.tail + back.size]
-            self.tail += int(back.size)
-            self.num_cached_free += int(back.size)
-        self.nfree += int(z.size)
+        bl = np.asarray(ordered, dtype=ID)
+        n = bl.shape[0]
+        ref = self._ref
+        m = 0
+        z = 0
+        for i in range(n):
+            b = bl[i]
+            ref[b] -= 1
+            if ref[b] == 0:
+                z += 1
+                if self.enable_caching and self._hash[b] != NO_HASH:
+                    m += 1
+        for i in range(n - 1, -1, -1):           # unhashed: ordered[0] ends at the head
+            b = bl[i]
+            if ref[b] == 0 and not (self.enable_caching and self._hash[b] != NO_HASH):
+                self._to_front(b)
+        if m:
+            self._room(m)
+            for i in range(n):
+                b = bl[i]
+                if ref[b] == 0 and self.enable_caching and self._hash[b] != NO_HASH:
+                    self._to_back(b)
+            self.num_cached_free += m
+        self.nfree += z
 
     def _compact_fifo(self, extra: int) -> None:
         w = self.fifo[self.head: self.tail]
@@ -319,32 +285,28 @@ class BlockPool:
         fifo = np.empty(cap, dtype=ID)
         fifo[: live.size] = live
         self.fifo = fifo
-        if cap > self.pos.shape[0]:
-            self.pos = np.arange(cap)
         self.where[live] = np.arange(live.size)
         self.head, self.tail, self.num_stale = 0, int(live.size), 0
+        self._views()
 
+    # --- hashes ------------------------------------------------------------------------------------
     def set_private_hashes(self, blocks: np.ndarray, start: int, key: int, fresh: bool) -> None:
         """Mark full blocks with private hashes (only their own sequence can hit them): blocks[k],
         block start + k of its table, gets -(key + start + k) unless it carries a hash already.
         `fresh`: none does (a table none of whose blocks was shared or registered)."""
-        end = start + blocks.size
-        neg = self.neg_index
-        if end > neg.size:
-            neg = self.neg_index = -np.arange(2 * end, dtype=np.int64)
-        tokens = neg[start:end] - key
-        if not fresh:
-            unhashed = self.hash_of[blocks] == NO_HASH
-            if np.count_nonzero(unhashed) < unhashed.size:
-                blocks, tokens = blocks[unhashed], tokens[unhashed]
-        self.hash_of[blocks] = tokens
+        h = self._hash
+        base = -(key + start)
+        for k in range(blocks.shape[0]):
+            b = blocks[k]
+            if fresh or h[b] == NO_HASH:
+                h[b] = base - k
 
     def cache_public(self, block: int, block_hash: int) -> None:
         """Register a full block under a public hash (vLLM `cache_full_blocks`, one block)."""
-        if self.hash_of[block] != NO_HASH:
+        if self._hash[block] != NO_HASH:
             return
-        self.hash_of[block] = block_hash
-        self.public[block] = True
+        self._hash[block] = block_hash
+        self._public[block] = 1
         entry = self.cached.get(block_hash)
         if entry is None:
             self.cached[block_hash] = block
@@ -357,13 +319,23 @@ class BlockPool:
     def cache_public_run(self, blocks: np.ndarray, hashes: list[int]) -> None:
         """`cache_public` of blocks[i] under hashes[i] for each i, in order; in bulk when no
         block carries a hash yet and no hash is registered yet (the common case)."""
-        if len(hashes) > 2 and not np.count_nonzero(self.hash_of[blocks]) and self.cached.keys().isdisjoint(hashes):
-            self.hash_of[blocks] = hashes
-            self.public[blocks] = True
+        bv = blocks
+        n = bv.shape[0]
+        fresh = n > 2 and self.cached.keys().isdisjoint(hashes)
+        if fresh:
+            for i in range(n):
+                if self._hash[bv[i]] != NO_HASH:
+                    fresh = False
+                    break
+        if fresh:
+            for i in range(n):
+                b = bv[i]
+                self._hash[b] = hashes[i]
+                self._public[b] = 1
             self.cached.update(zip(hashes, blocks.tolist(), strict=True))
             return
-        for b, h in zip(blocks.tolist(), hashes, strict=True):
-            self.cache_public(b, h)
+        for i in range(n):
+            self.cache_public(int(bv[i]), hashes[i])
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the pool's bookkeeping is inconsistent."""

@@ -60,3 +60,27 @@ def test_stale_or_unstamped_extensions_are_not_used(tmp_path: Path, monkeypatch:
     (tmp_path / "_native.sha256").unlink()
     monkeypatch.delenv("PAGESIM_PURE")
     assert not sim._native_ok({"a"}, tmp_path)
+
+
+def test_an_edited_pxd_makes_its_extension_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Cython module's C types live in its .pxd: the stamp covers the .py and the .pxd."""
+    monkeypatch.delenv("PAGESIM_PURE", raising=False)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "a.pxd").write_text("cdef int x\n")
+    (tmp_path / "_native.sha256").write_text(f"a {sim.source_digest(tmp_path, 'a')}\n")
+    assert sim._native_ok({"a"}, tmp_path)
+    assert sim.source_digest(tmp_path, "a") != hashlib.sha256(b"x = 1\n").hexdigest()
+    (tmp_path / "a.pxd").write_text("cdef long x\n")
+    assert not sim._native_ok({"a"}, tmp_path)
+
+
+def test_stamped_modules_are_the_compiled_ones_in_use() -> None:
+    """Whatever setup_native.py stamped (mypyc modules, the Cython block pool) is imported from its
+    extension, not from the .py next to it."""
+    stamp = ROOT / "sim" / "_native.sha256"
+    if not sim.NATIVE or not stamp.exists():
+        pytest.skip("no compiled modules in use (run `make fast`)")
+    import importlib
+    for line in stamp.read_text().splitlines():
+        mod = importlib.import_module(f"sim.{line.split()[0]}")
+        assert mod.__file__ is not None and mod.__file__.endswith(".so"), mod.__file__
