@@ -26,7 +26,7 @@ import numpy as np
 
 from sim.block_hash import block_hash, shared_prefix_hashes
 from sim.block_pool import BlockPool
-from sim.kv_offload import KVOffload
+from sim.kv_offload import KVOffload, own_key_base
 from sim.kv_state import KVState
 from sim.request import Request, Status
 
@@ -96,18 +96,22 @@ class KVCacheManager:
             return None, 0
         return np.asarray(hits, dtype=np.intp), len(hits) * bs
 
-    def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
-        """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
-        shared segments (as `block_hash`), else -((content_key << 20) + 1) - i for content unique
-        to the prompt (and its parallel-sampling siblings) — a key made without hashing, distinct
-        per (content, block) below 2**20 blocks, in bulk at C speed."""
+    def _shared_hashes(self, req: Request) -> list[int]:
         shared = req.prefix_hashes
         if shared is None:                  # as block_hash() computes them
             shared = req.prefix_hashes = shared_prefix_hashes(req.segments, self.block_size) if req.segments else []
+        return shared
+
+    def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
+        """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
+        shared segments (as `block_hash`), else `own_key_base(content_key) - i` for content unique
+        to the prompt (and its parallel-sampling siblings) — a key made without hashing, distinct
+        per (content, block) below 2**20 blocks, in bulk at C speed."""
+        shared = self._shared_hashes(req)
         n = len(shared)
         if end <= n:
             return shared[start:end]
-        base = -((req.content_key << 20) + 1)
+        base = own_key_base(req.content_key)
         tail = list(range(base - max(start, n), base - end, -1))
         return shared[start:n] + tail if start < n else tail
 
@@ -122,11 +126,9 @@ class KVCacheManager:
         end = req.num_prompt_tokens // bs
         if end <= start:
             return [], 0, 0
-        shared = req.prefix_hashes
-        if shared is None:                  # as block_hash() computes them
-            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, bs) if req.segments else []
+        shared = self._shared_hashes(req)
         off.query_blocks += end - start
-        return off.lookup_prompt(shared, -((req.content_key << 20) + 1), start, end)
+        return off.lookup_prompt(shared, own_key_base(req.content_key), start, end)
 
     def record_prefix_stats(self, req: Request, num_hit_tokens: int) -> None:
         if not self.enable_caching or req.num_preemptions > 0:
@@ -216,15 +218,14 @@ class KVCacheManager:
         if off is not None and offer:
             end = min(full, req.num_prompt_tokens // self.block_size)
             if end > start:
-                keys = self._prompt_keys(req, start, end)
                 if req.num_preemptions or req.content_key in self.shared_content:
-                    off.store_many(keys)            # stored before maybe: a previous life, a sibling
+                    off.store_many(self._prompt_keys(req, start, end))   # stored before maybe: a previous life, a sibling
                 else:
-                    k = min(max(len(req.prefix_hashes or ()) - start, 0), len(keys))
-                    if k:
-                        off.store_many(keys[:k])    # shared blocks: maybe stored by another request
-                    if k < len(keys):
-                        off.store_new(keys[k:])     # the prompt's own blocks, computed for the first time
+                    n = len(self._shared_hashes(req))
+                    if start < min(n, end):         # shared blocks: maybe stored by another request
+                        off.store_many(self._prompt_keys(req, start, min(n, end)))
+                    if end > max(start, n):         # the prompt's own blocks, computed for the first time
+                        off.store_run(own_key_base(req.content_key), max(start, n), end)
         if start < n_pub:
             table = req.blocks
             assert table is not None

@@ -44,48 +44,141 @@ from typing import Any
 GIB = 1 << 30
 
 
+RUN_BITS = 20        # a prompt's own block i has the key own_key_base(content_key) - i, i < 2**RUN_BITS
+RUN_MASK = (1 << RUN_BITS) - 1
+
+
+def own_key_base(content_key: int) -> int:
+    """Offload keys of content unique to one prompt (and its parallel-sampling siblings): block i
+    is `own_key_base(content_key) - i`, made without hashing, distinct per (content, block) below
+    2**20 blocks and negative, so the key says which run it belongs to."""
+    return -((content_key << RUN_BITS) + 1)
+
+
+class _Run:
+    """Keys base - i for lo <= i < hi, oldest first, inserted together; those in `holes` have
+    left the run (refreshed or removed).  `count` keys are held."""
+
+    __slots__ = ("base", "lo", "hi", "count", "holes")
+
+    def __init__(self, base: int, lo: int, hi: int):
+        self.base = base
+        self.lo = lo
+        self.hi = hi
+        self.count = hi - lo
+        self.holes: set[int] | None = None
+
+
 class LRUTier:
     """A set of block keys with a capacity in blocks, evicting the least recently used key.
 
-    Speed (a 100k-request run stores ~7M blocks): the set `live` holds the keys; `fifo[head:]` lists them
-    oldest first, where a refreshed or removed key leaves a dead older occurrence behind (counted
-    in `stale`, skipped when met).  Fresh keys go in and the oldest come out by whole slices at C
-    speed when nothing is stale."""
+    Speed (a 100k-request run stores ~7M blocks): the set `live` holds single keys; `fifo[head:]`
+    lists the entries oldest first: a single key, where a refreshed or removed key leaves a dead
+    older occurrence behind (counted in `stale`, skipped when met), or a run (`_Run`): a prompt's
+    own blocks stored at once, held as one entry (`insert_run`) — one operation per prompt
+    instead of one per block.  A run key that is refreshed leaves its run (a hole) and becomes
+    a single key; eviction takes a run's keys from its oldest end.  The order of keys is exactly
+    that of one key per entry."""
 
     def __init__(self, capacity_blocks: int):
         self.capacity_blocks = capacity_blocks
         self.live: set[int] = set()
-        self.fifo: list[int] = []
+        self.fifo: list[Any] = []           # int (a single key's occurrence) or _Run
         self.head = 0
         self.stale: dict[int, int] = {}     # key -> its dead occurrences in fifo[head:]
         self.num_stale = 0
+        self.runs: dict[int, list[_Run]] = {}   # base -> its runs holding keys
+        self.num_run_keys = 0
+        self.num_run_entries = 0            # _Run entries in fifo[head:], held keys or not
+
+    def run_of(self, key: int) -> tuple[_Run, int] | None:
+        """The run holding `key`, and the key's index in it; None when no run holds it."""
+        v = -key - 1
+        if v < 0:
+            return None
+        rs = self.runs.get(-(((v >> RUN_BITS) << RUN_BITS) + 1))
+        if rs is None:
+            return None
+        i = v & RUN_MASK
+        for r in rs:
+            if r.lo <= i < r.hi and (r.holes is None or i not in r.holes):
+                return r, i
+        return None
 
     def __contains__(self, key: int) -> bool:
-        return key in self.live
+        return key in self.live or (bool(self.runs) and self.run_of(key) is not None)
 
     def __len__(self) -> int:
-        return len(self.live)
+        return len(self.live) + self.num_run_keys
 
     def __iter__(self) -> Iterator[int]:
         """Keys, least recently used first."""
         skip = dict(self.stale)
-        for k in self.fifo[self.head:]:
-            c = skip.get(k, 0)
+        for e in self.fifo[self.head:]:
+            if type(e) is _Run:
+                for i in range(e.lo, e.hi):
+                    if e.holes is None or i not in e.holes:
+                        yield e.base - i
+                continue
+            c = skip.get(e, 0)
             if c:
-                skip[k] = c - 1
+                skip[e] = c - 1
             else:
-                yield k
+                yield e
 
     def touch(self, key: int) -> None:
         """Make a held key the most recent."""
+        if key not in self.live:            # a run's key leaves its run and becomes a single key
+            self._leave_run(key)
+            self.live.add(key)
+            self.fifo.append(key)
+            return
         self.fifo.append(key)
         self.stale[key] = self.stale.get(key, 0) + 1
         self.num_stale += 1
 
     def remove(self, key: int) -> None:
+        if key not in self.live:
+            self._leave_run(key)
+            return
         self.live.remove(key)
         self.stale[key] = self.stale.get(key, 0) + 1
         self.num_stale += 1
+
+    def _leave_run(self, key: int) -> None:
+        found = self.run_of(key)
+        if found is None:
+            raise KeyError(key)
+        r, i = found
+        r.count -= 1
+        self.num_run_keys -= 1
+        if i == r.lo:
+            r.lo += 1
+            self._trim(r)
+        elif i == r.hi - 1:
+            r.hi -= 1
+            while r.holes and r.hi - 1 in r.holes:
+                r.holes.discard(r.hi - 1)
+                r.hi -= 1
+        else:
+            if r.holes is None:
+                r.holes = set()
+            r.holes.add(i)
+        if not r.count:
+            self._forget(r)
+
+    @staticmethod
+    def _trim(r: _Run) -> None:
+        while r.holes and r.lo in r.holes:
+            r.holes.discard(r.lo)
+            r.lo += 1
+
+    def _forget(self, r: _Run) -> None:
+        """An emptied run: out of the index (its fifo entry is skipped when met)."""
+        rs = self.runs[r.base]
+        rs.remove(r)
+        if not rs:
+            del self.runs[r.base]
 
     def insert(self, key: int) -> int | None:
         """Add `key` (not held) as the most recent; return the key evicted to make room (None:
@@ -94,8 +187,8 @@ class LRUTier:
             return key
         self.live.add(key)
         self.fifo.append(key)
-        if len(self.live) > self.capacity_blocks:
-            return self._pop_oldest()
+        if len(self) > self.capacity_blocks:
+            return self._evict(1, True)[0]
         return None
 
     def insert_new(self, keys: list[int]) -> list[int]:
@@ -104,13 +197,31 @@ class LRUTier:
         self.fifo.extend(keys)
         return self.evict_excess()
 
+    def insert_run(self, base: int, lo: int, hi: int) -> None:
+        """`insert_new` of the keys base - i for lo <= i < hi (none held), as one entry; the
+        evicted keys are not listed."""
+        if hi <= lo:
+            return
+        r = _Run(base, lo, hi)
+        self.fifo.append(r)
+        self.num_run_entries += 1
+        rs = self.runs.get(base)
+        if rs is None:
+            self.runs[base] = [r]
+        else:
+            rs.append(r)
+        self.num_run_keys += hi - lo
+        excess = len(self) - self.capacity_blocks
+        if excess > 0:
+            self._evict(excess, False)
+
     def evict_excess(self) -> list[int]:
         """Evict the oldest keys until the tier is within its capacity; return them."""
-        excess = len(self.live) - self.capacity_blocks
+        excess = len(self) - self.capacity_blocks
         if excess <= 0:
             return []
-        if self.num_stale:
-            return [self._pop_oldest() for _ in range(excess)]
+        if self.num_stale or self.num_run_entries:
+            return self._evict(excess, True)
         h = self.head
         victims = self.fifo[h: h + excess]
         self.head = h + excess
@@ -118,22 +229,54 @@ class LRUTier:
         self._compact()
         return victims
 
-    def _pop_oldest(self) -> int:
+    def _evict(self, excess: int, collect: bool) -> list[int]:
+        """Evict the `excess` oldest keys; return them when `collect`."""
         fifo, stale = self.fifo, self.stale
-        while True:
-            k = fifo[self.head]
+        victims: list[int] = []
+        while excess > 0:
+            e = fifo[self.head]
+            if type(e) is _Run:
+                if e.count:
+                    take = min(excess, e.count)
+                    if e.holes is None:
+                        if collect:
+                            victims.extend(range(e.base - e.lo, e.base - e.lo - take, -1))
+                        e.lo += take
+                    else:
+                        n = 0
+                        while n < take:
+                            if e.lo in e.holes:
+                                e.holes.discard(e.lo)
+                            else:
+                                if collect:
+                                    victims.append(e.base - e.lo)
+                                n += 1
+                            e.lo += 1
+                        self._trim(e)
+                    e.count -= take
+                    self.num_run_keys -= take
+                    excess -= take
+                    if e.count:
+                        continue
+                    self._forget(e)
+                self.head += 1
+                self.num_run_entries -= 1
+                continue
             self.head += 1
-            c = stale.get(k, 0)
+            c = stale.get(e, 0)
             if c:
                 if c == 1:
-                    del stale[k]
+                    del stale[e]
                 else:
-                    stale[k] = c - 1
+                    stale[e] = c - 1
                 self.num_stale -= 1
                 continue
-            self.live.remove(k)
-            self._compact()
-            return k
+            self.live.remove(e)
+            if collect:
+                victims.append(e)
+            excess -= 1
+        self._compact()
+        return victims
 
     def _compact(self) -> None:
         if self.head > 4096 and 2 * self.head > len(self.fifo):
@@ -202,6 +345,15 @@ class KVOffload:
         self.num_stored_blocks += len(keys)
         self.cpu.insert_new(keys)
 
+    def store_run(self, base: int, lo: int, hi: int) -> None:
+        """`store_new` of the keys base - i for lo <= i < hi (a prompt's own blocks, computed for
+        the first time; `own_key_base`), held as one entry of the CPU tier."""
+        if self.cpu.capacity_blocks <= 0 or self.disk is not None:
+            self.store_many(list(range(base - lo, base - hi, -1)))
+            return
+        self.num_stored_blocks += max(hi - lo, 0)
+        self.cpu.insert_run(base, lo, hi)
+
     def store_many(self, keys: list[int]) -> None:
         """Offer computed prompt blocks in order (one request's, one step): each is stored unless
         the CPU tier has it (then it is refreshed); a stored block leaves the disk tier (the fresh
@@ -218,10 +370,10 @@ class KVOffload:
                     else:
                         disk.touch(k)
             return
-        live, fifo = cpu.live, cpu.fifo
+        live, fifo, runs = cpu.live, cpu.fifo, cpu.runs
         n = 0
         for k in keys:
-            if k in live:
+            if k in live or (runs and cpu.run_of(k) is not None):
                 cpu.touch(k)
                 continue
             if disk is not None and k in disk:
@@ -246,14 +398,15 @@ class KVOffload:
         """`lookup` over prompt blocks start <= i < end whose keys are `shared[i]` (chained hashes
         of shared segments) then `base - i` (the prompt's own content), making keys only as far as
         the run of hits goes: (the hit keys, blocks in the CPU tier, blocks on disk)."""
-        live = self.cpu.live
+        cpu = self.cpu
+        live, runs = cpu.live, cpu.runs
         disk = self.disk
         n = len(shared)
         keys: list[int] = []
         n_cpu = n_disk = 0
         for i in range(start, end):
             k = shared[i] if i < n else base - i
-            if k in live:
+            if k in live or (runs and cpu.run_of(k) is not None):
                 n_cpu += 1
             elif disk is not None and k in disk:
                 n_disk += 1

@@ -274,3 +274,57 @@ def test_prompt_lookup_equals_lookup_over_the_prompt_keys():
         off.store(k)
     assert kv.offload_lookup(r, 0) == (keys[:4], 4, 0) and off.lookup(keys) == (4, 0)
     assert kv.offload_lookup(r, 32) == (keys[2:4], 2, 0)     # past a 2-block GPU hit
+
+
+def test_runs_behave_as_one_key_per_block_against_an_ordered_dict():
+    """LRUTier with runs (a prompt's own blocks as one entry) against the textbook LRU, an
+    OrderedDict of keys, under random inserts of runs and single keys, refreshes and removals of
+    keys inside runs (holes at either end and in the middle), and evictions."""
+    import random
+    from collections import OrderedDict
+
+    from sim.kv_offload import own_key_base
+    rng = random.Random(7)
+    for trial in range(60):
+        cap = rng.randint(1, 40)
+        tier, ref = LRUTier(cap), OrderedDict()
+        next_ck = 1
+
+        def evict_ref(n: int) -> list[int]:
+            return [ref.popitem(last=False)[0] for _ in range(n)]
+
+        for _ in range(200):
+            op = rng.random()
+            if op < 0.3:                                   # a prompt's own blocks, a fresh run
+                base, lo = own_key_base(next_ck), rng.randint(0, 3)
+                hi = lo + rng.randint(0, 12)
+                next_ck += 1
+                tier.insert_run(base, lo, hi)
+                for i in range(lo, hi):
+                    ref[base - i] = None
+                evict_ref(max(len(ref) - cap, 0))
+            elif op < 0.45:                                # single keys (shared hashes: positive)
+                keys = [k for k in (rng.randint(1, 10**6) for _ in range(rng.randint(1, 4))) if k not in ref]
+                keys = list(dict.fromkeys(keys))
+                got = tier.insert_new(keys)
+                for k in keys:
+                    ref[k] = None
+                assert got == evict_ref(max(len(ref) - cap, 0))
+            elif op < 0.75 and ref:                        # a refresh (a load, a re-store)
+                k = rng.choice(list(ref))
+                tier.touch(k)
+                ref.move_to_end(k)
+            elif op < 0.85 and ref:                        # a removal
+                k = rng.choice(list(ref))
+                tier.remove(k)
+                del ref[k]
+            elif op < 0.95 and ref:                        # one more single key, one eviction back
+                k = rng.randint(10**6 + 1, 10**7)
+                if k not in ref:
+                    got1 = tier.insert(k)
+                    ref[k] = None
+                    assert [got1] == (evict_ref(1) if len(ref) > cap else [None])
+            probe = rng.choice(list(ref)) if ref else 5
+            assert (probe in tier) == (probe in ref)
+            assert (own_key_base(next_ck - 1) - 50 in tier) is False
+            assert len(tier) == len(ref) and list(tier) == list(ref), trial
