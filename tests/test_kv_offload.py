@@ -290,7 +290,7 @@ def test_runs_behave_as_one_key_per_block_against_an_ordered_dict():
         tier, ref = LRUTier(cap), OrderedDict()
         next_ck = 1
 
-        def evict_ref(n: int) -> list[int]:
+        def evict_ref(n: int, ref: OrderedDict = ref) -> list[int]:
             return [ref.popitem(last=False)[0] for _ in range(n)]
 
         for _ in range(200):
