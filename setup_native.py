@@ -9,7 +9,8 @@ Why Cython for `sim/block_pool.py`: the pool's work is per-block loops over nump
 mypyc cannot speed up (every numpy element it touches is a boxed Python object).  Cython compiles
 the same plain-Python file with the C types declared beside it in `sim/block_pool.pxd` (an
 "augmenting" .pxd), so its loops index the arrays' memory directly.  Integers only: no float
-arithmetic changes.  Together about 1.7x on the 100k-request benchmark over mypyc alone.
+arithmetic changes.  Uncompiled, the same loops index Python memoryviews of the arrays, so the
+pure-Python fallback is no slower than the numpy version it replaced.
 
 The compiled extensions sit next to their sources (sim/*.so, gitignored) with a stamp,
 sim/_native.sha256, naming the source (and .pxd) each was built from.  `sim/__init__.py` loads

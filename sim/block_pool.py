@@ -74,13 +74,14 @@ class BlockPool:
         self._views()
 
     def _views(self) -> None:
-        """The typed views of the arrays (compiled: memoryviews; interpreted: the arrays)."""
-        self._ref = self.ref
-        self._hash = self.hash_of
-        self._public = self.public.view(np.uint8)
-        self._stack = self.stack
-        self._fifo = self.fifo
-        self._where = self.where
+        """Views of the arrays for the per-block loops: compiled, typed memoryviews; interpreted,
+        Python memoryviews (their items are Python ints, several times cheaper than numpy's)."""
+        self._ref = memoryview(self.ref)
+        self._hash = memoryview(self.hash_of)
+        self._public = memoryview(self.public.view(np.uint8))
+        self._stack = memoryview(self.stack)
+        self._fifo = memoryview(self.fifo)
+        self._where = memoryview(self.where)
 
     # --- queries -----------------------------------------------------------------------------
     @property
