@@ -45,6 +45,10 @@ ID = np.intp      # block ids
 NO_HASH = 0
 
 
+def _view(a: Any) -> memoryview:
+    return memoryview(a)
+
+
 class BlockPool:
     """Physical KV blocks of one replica (GPU)."""
 
@@ -76,12 +80,12 @@ class BlockPool:
     def _views(self) -> None:
         """Views of the arrays for the per-block loops: compiled, typed memoryviews; interpreted,
         Python memoryviews (their items are Python ints, several times cheaper than numpy's)."""
-        self._ref = memoryview(self.ref)
-        self._hash = memoryview(self.hash_of)
-        self._public = memoryview(self.public.view(np.uint8))
-        self._stack = memoryview(self.stack)
-        self._fifo = memoryview(self.fifo)
-        self._where = memoryview(self.where)
+        self._ref = _view(self.ref)
+        self._hash = _view(self.hash_of)
+        self._public = _view(self.public.view(np.uint8))
+        self._stack = _view(self.stack)
+        self._fifo = _view(self.fifo)
+        self._where = _view(self.where)
 
     # --- queries -----------------------------------------------------------------------------
     @property
