@@ -11,7 +11,9 @@ cdef int64_t NO_HASH     # a C constant in the loops (0)
 cdef class BlockPool:
     cdef public Py_ssize_t num_blocks
     cdef public bint enable_caching
-    cdef public object ref, hash_of, public, cached, stack, fifo, where, multi
+    cdef public object ref, hash_of, public, stack, fifo, where
+    cdef public dict cached
+    cdef public set multi
     cdef public Py_ssize_t top, head, tail, num_stale, nfree, num_cached_free, num_evictions
     cdef int32_t[::1] _ref
     cdef int64_t[::1] _hash
@@ -31,6 +33,7 @@ cdef class BlockPool:
     @cython.locals(b=Py_ssize_t, pos=Py_ssize_t, fifo=Py_ssize_t[::1], where=int64_t[::1])
     cdef Py_ssize_t _pop(self) except -1
 
+    @cython.locals(entry=object)
     cdef _unregister(self, Py_ssize_t b, object bh)
 
     @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], where=int64_t[::1], i=Py_ssize_t, b=Py_ssize_t)
@@ -56,5 +59,5 @@ cdef class BlockPool:
 
     cpdef cache_public(self, Py_ssize_t block, object block_hash)
 
-    @cython.locals(bv=Py_ssize_t[:], n=Py_ssize_t, i=Py_ssize_t, b=Py_ssize_t, fresh=bint)
+    @cython.locals(bv=Py_ssize_t[:], n=Py_ssize_t, i=Py_ssize_t, b=Py_ssize_t, fresh=bint, cached=dict)
     cpdef cache_public_run(self, blocks, list hashes)

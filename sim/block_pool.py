@@ -326,10 +326,11 @@ class BlockPool:
         block carries a hash yet and no hash is registered yet (the common case)."""
         bv = blocks
         n = bv.shape[0]
-        fresh = n > 2 and self.cached.keys().isdisjoint(hashes)
+        cached = self.cached
+        fresh = n > 2
         if fresh:
             for i in range(n):
-                if self._hash[bv[i]] != NO_HASH:
+                if self._hash[bv[i]] != NO_HASH or hashes[i] in cached:
                     fresh = False
                     break
         if fresh:
@@ -337,7 +338,7 @@ class BlockPool:
                 b = bv[i]
                 self._hash[b] = hashes[i]
                 self._public[b] = 1
-            self.cached.update(zip(hashes, blocks.tolist(), strict=True))
+                cached[hashes[i]] = int(b)
             return
         for i in range(n):
             self.cache_public(int(bv[i]), hashes[i])
