@@ -321,6 +321,9 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 running, waiting = sched.num_running, rep.num_waiting_seen
                 for d, start, dt, kv in st.rows:
                     recorder.on_decode_step(rep.index, start, dt, d, running, waiting, kv)
+                if st.finishing is not None:          # its last application finishes members: for real
+                    batch, start, kv_state = st.finishing
+                    _apply(env, rep, batch, start, env.now - start, kv_state, recorder, on_request_done)
                 continue
         if len(inflight) < p and sched.has_work:
             batch = sched.schedule()

@@ -138,12 +138,15 @@ def record(rep: Replica, rec: Recorder, stretch: Stretch, states: list[KVState],
 class PipeStretch:
     """A pipeline quiet stretch, applied: the batch queue as it stands at `end_s` (entries
     (batch, start, done, KV state) oldest first), when the CPU is next free, and the applications
-    to record (lane members, start, duration, KV state while it ran), in order."""
+    to record (lane members, start, duration, KV state while it ran), in order.  `finishing`:
+    the stretch ends with an application that finishes members, left to the engine's `_apply`
+    at `end_s` (its batch, start and KV state while it ran); it is not in `inflight`."""
 
     end_s: float
     inflight: list[tuple[StepBatch, float, float, KVState]]
     cpu_free_s: float
     rows: list[tuple[int, float, float, KVState]]
+    finishing: tuple[StepBatch, float, KVState] | None = None
 
 
 def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
@@ -152,7 +155,9 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     coming rounds of the batch queue at once while every lane only decodes.  Iteration i schedules
     the applied lane's next step at t_i (before the next arrival) and launches it through the stage
     clocks, then waits for the oldest batch in flight and applies it at t_{i+1} = t_i + (done - t_i)
-    — the float operations of the step-by-step loop, so the same times.  None: take a normal step."""
+    — the float operations of the step-by-step loop, so the same times.  The stretch ends at the
+    latest with the first application that may finish members: that one is left to the engine,
+    which applies it for real at the stretch's end.  None: take a normal step."""
     sched = rep.scheduler
     plan = sq.pp_quiet_lanes(sched, QUIET_MAX_STEPS)
     if not plan:
@@ -166,14 +171,17 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     free = sched.kv.pool.nfree
     taken = [0] * p
     queue = [(e[1], e[2]) for e in inflight]       # (start, done) oldest first
+    owner = list(range(1, p))                      # the lane of each queue entry
+    upd = [plan[k][0].clock for k in range(1, p)]  # ... and the clock value its application sets
     steps: list[tuple[float, float]] = []          # each launch: (start, done)
     applies: list[float] = []
     t = now
     cpu_free = 0.0
     n = 0
+    finishing = False
     while t < horizon_s:
         k = n % p
-        lane, counts = plan[k]
+        lane, counts, _ = plan[k]
         j = taken[k]
         if j >= len(counts) or counts[j] > free:
             break
@@ -185,13 +193,20 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
         done = pipe.launch(cpu_free, step_time_s(rep.coster, 0, d, ctx, 0.0), d)
         steps.append((t, done))
         queue.append((t, done))
+        owner.append(k)
+        upd.append(lane.clock + j + 1)
         _, done = queue.pop(0)
+        k0 = owner.pop(0)
+        u0 = upd.pop(0)
         if cpu_free > done:
             done = cpu_free
         if done > t:
             t = t + (done - t)
         applies.append(t)
         n += 1
+        if u0 == plan[k0][2]:                      # this application may finish members: the last
+            finishing = True
+            break
     if n < p or now + (t - now) != t:              # too short, or the one event would not land on t
         pipe.restore(saved)
         return None
@@ -200,20 +215,28 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     entries: list[tuple[StepBatch | None, float, float, KVState, int, int]] = [
         (e[0], e[1], e[2], e[3], k + 1, 0) for k, e in enumerate(inflight)]   # lane index k + 1
     rows: list[tuple[int, float, float, KVState]] = []
+    last: tuple[StepBatch, float, KVState] | None = None
+    last_k = 0
     for i in range(n):
         k = i % p
         ctx = sq.pp_quiet_schedule(sched, lanes[k])
         start, done = steps[i]
         entries.append((None, start, done, sched.kv_state(), k, ctx))
-        _, s0, _, kv0, k0, _ = entries.pop(0)
+        b0, s0, _, kv0, k0, ctx0 = entries.pop(0)
         ti = applies[i]
+        if finishing and i == n - 1:               # applied for real by the engine, at t
+            last = (b0 if b0 is not None else sq.pp_quiet_batch(sched, lanes[k0], ctx0), s0, kv0)
+            last_k = k0
+            break
         sq.pp_quiet_apply(sched, lanes[k0], ti)
         rows.append((lanes[k0].num_members, s0, ti - s0, kv0))
     out: list[tuple[StepBatch, float, float, KVState]] = []
     lane_batches: list[tuple[StepBatch, Any]] = []
+    if last is not None:
+        lane_batches.append((last[0], lanes[last_k]))
     for b, s0, d0, kv0, k0, ctx in entries:
         batch = b if b is not None else sq.pp_quiet_batch(sched, lanes[k0], ctx)
         out.append((batch, s0, d0, kv0))
         lane_batches.append((batch, lanes[k0]))
-    sq.pp_quiet_end(sched, lane_batches, lanes[n % p])      # applied last
-    return PipeStretch(t, out, cpu_free, rows)
+    sq.pp_quiet_end(sched, lane_batches, None if last is not None else lanes[n % p])   # applied last
+    return PipeStretch(t, out, cpu_free, rows, last)

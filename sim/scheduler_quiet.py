@@ -153,13 +153,15 @@ def quiet_batch(s: SchedulerV1) -> StepBatch:
     return b
 
 
-def pp_quiet_lanes(s: SchedulerV1, limit: int) -> list[tuple[Lane, list[int]]]:
+def pp_quiet_lanes(s: SchedulerV1, limit: int) -> list[tuple[Lane, list[int], int]]:
     """PP: the lanes in the order the batch queue schedules them (the applied lane, then the
-    lanes in flight, oldest first), each with the blocks its next decode-only steps allocate,
-    when every upcoming scheduling and application is certain to change nothing but the lanes'
-    counters and block tables: nobody explicit, admitted, finishing (the applications in flight
-    included) or sampling a first token.  Empty: take a normal step.  The caller checks the
-    free blocks over the interleaved steps and that no request arrives."""
+    lanes in flight, oldest first), each with the blocks its next decode-only steps allocate and
+    the clock value of its next application that may finish members (-1: none in reach), when
+    every upcoming scheduling and application up to those is certain to change nothing but the
+    lanes' counters and block tables: nobody explicit, admitted or sampling a first token.  A lane
+    may take steps up to the one whose application finishes members (the caller ends the stretch
+    with that application, `pipeline_stretch`).  Empty: take a normal step.  The caller checks
+    the free blocks over the interleaved steps and that no request arrives."""
     if (not s.lanes_on or s.explicit or s.record_schedule or s.loading
             or len(s.ready_lanes) != 1):
         return []
@@ -172,26 +174,32 @@ def pp_quiet_lanes(s: SchedulerV1, limit: int) -> list[tuple[Lane, list[int]]]:
     lanes = [s.ready_lanes[0]] + [ln for _, ln in s.lane_inflight]
     bs = s.kv.block_size
     steps: list[int] = []
+    fins: list[int] = []
     for lane in lanes:
         if lane.num_members > lim.max_num_batched_tokens:
             return []                         # the literal path would split the cohort
         keys = lane.finish_keys
         while keys and keys[0] not in lane.finish_due:
             heapq.heappop(keys)
-        m = min(limit, bs)                    # a lane in flight: its application sets upd = clock
-        if keys:
-            m = min(m, keys[0] - lane.clock - 1)
+        m = min(limit, bs)
+        fin = -1
+        if keys:                              # schedulings up to the batch applied at keys[0]
+            if keys[0] - lane.clock <= m:
+                m = keys[0] - lane.clock
+                fin = keys[0]
         if m <= 0:
             return []
         steps.append(m)
-    out: list[tuple[Lane, list[int]]] = []
-    for lane, m in zip(lanes, steps, strict=True):
+        fins.append(fin)
+    out: list[tuple[Lane, list[int], int]] = []
+    for i in range(len(lanes)):
+        lane = lanes[i]
         c = lane.clock
         counts: list[int] = []
-        for j in range(m):
+        for j in range(steps[i]):
             lst = lane.alloc_due.get(c + j)
             counts.append(0 if lst is None else sum(1 for r, v in lst if r.version == v and r.in_decode_set))
-        out.append((lane, counts))
+        out.append((lane, counts, fins[i]))
     return out
 
 
@@ -230,9 +238,15 @@ def pp_quiet_batch(s: SchedulerV1, lane: Lane, ctx_tokens: int) -> StepBatch:
     return b
 
 
-def pp_quiet_end(s: SchedulerV1, inflight: list[tuple[StepBatch, Lane]], ready: Lane) -> None:
-    """After a quiet stretch: the batches now in flight, and the lane applied last (loaded)."""
+def pp_quiet_end(s: SchedulerV1, inflight: list[tuple[StepBatch, Lane]], ready: Lane | None) -> None:
+    """After a quiet stretch: the batches now in flight (oldest first), and the lane applied last
+    (loaded), or, when the stretch ends with a finishing application left to `update_from_output`
+    (`ready` None), no lane applied: the one scheduled last stays loaded, as `schedule` leaves it."""
     s.inflight = [b for b, _ in inflight]
     s.lane_inflight = inflight
-    s.ready_lanes = [ready]
-    s._load_lane(ready)
+    if ready is None:
+        s.ready_lanes = []
+        s._load_lane(inflight[-1][1])
+    else:
+        s.ready_lanes = [ready]
+        s._load_lane(ready)
