@@ -1,6 +1,6 @@
 """What each deployment feature adds to the wall time of a 100k-request run.
 
-    python bench/bench_features.py [--requests N] [--only NAME ...]
+    python bench/bench_features.py [--requests N] [--only NAME ...] [--repeat K]
 
 Runs bench/azure_conv_100k.yaml (100,000 Azure-conv requests at 18 req/s, Llama-3-8B on one H100)
 as it is ("dense") and with one feature switched on at a time, each in a fresh subprocess (so peak
@@ -14,13 +14,16 @@ The issue's bar: every feature within 20 % of the dense figure.  Variants:
 * offload:   a CPU KV tier (the vLLM offloading connector's CPU cache);
 * sessions:  bench/sessions_100k.yaml: 100,000 turns of multi-turn chat of a like size.
 
-Host speed drifts on shared VMs: compare ratios from one invocation, not absolute seconds.
+Host speed drifts on shared VMs: compare ratios from one invocation, not absolute seconds; with
+`--repeat K` each round runs dense then the variants and the median of the within-round ratios is
+printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -65,20 +68,30 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of dense-then-variants; ratios are taken within a round, the median reported")
     args = ap.parse_args()
     names = ["dense"] + [v for v in args.only if v != "dense"]
-    results: dict[str, dict[str, float]] = {}
+    ratios: dict[str, list[float]] = {n: [] for n in names}
     print(f"{'variant':<10}{'wall_s':>9}{'x dense':>9}{'rss_MB':>8}{'steps':>10}{'mean_tpot_ms':>14}{'p99_ttft_ms':>13}")
     t0 = time.perf_counter()
-    for name in names:
-        path, overrides = VARIANTS[name]
-        r = results[name] = run_one(path, overrides, args.requests)
-        if "error" in r:
-            print(f"{name:<10} error: {r['error']}")
-            continue
-        ratio = r["wall_s"] / results["dense"]["wall_s"] if "wall_s" in results.get("dense", {}) else float("nan")
-        print(f"{name:<10}{r['wall_s']:>9.1f}{ratio:>9.2f}{r['peak_rss_mb']:>8.0f}{r['steps']:>10}"
-              f"{r['mean_tpot_ms']:>14.1f}{r['p99_ttft_ms']:>13.0f}", flush=True)
+    for rnd in range(args.repeat):
+        if args.repeat > 1:
+            print(f"round {rnd + 1}")
+        results: dict[str, dict[str, float]] = {}
+        for name in names:
+            path, overrides = VARIANTS[name]
+            r = results[name] = run_one(path, overrides, args.requests)
+            if "error" in r:
+                print(f"{name:<10} error: {r['error']}")
+                continue
+            ratio = r["wall_s"] / results["dense"]["wall_s"] if "wall_s" in results.get("dense", {}) else float("nan")
+            ratios[name].append(ratio)
+            print(f"{name:<10}{r['wall_s']:>9.1f}{ratio:>9.2f}{r['peak_rss_mb']:>8.0f}{r['steps']:>10}"
+                  f"{r['mean_tpot_ms']:>14.1f}{r['p99_ttft_ms']:>13.0f}", flush=True)
+    if args.repeat > 1:      # the host's speed drifts between rounds: within-round ratios, their median
+        print("median x dense over rounds: " + ", ".join(
+            f"{n} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for n, v in ratios.items() if v and n != "dense"))
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 
