@@ -44,12 +44,6 @@ cdef class BlockPool:
     @cython.locals(t=Py_ssize_t)
     cdef inline void _to_back(self, Py_ssize_t b) noexcept
 
-    @cython.locals(n=Py_ssize_t, ref=int32_t[::1], i=Py_ssize_t, b=Py_ssize_t)
-    cpdef free_unshared(self, const Py_ssize_t[:] table, Py_ssize_t num_hashed)
-
-    @cython.locals(n=Py_ssize_t, ref=int32_t[::1], i=Py_ssize_t, b=Py_ssize_t, m=Py_ssize_t)
-    cpdef free_table(self, const Py_ssize_t[:] table, Py_ssize_t num_hashed)
-
     @cython.locals(bl=Py_ssize_t[:], n=Py_ssize_t, ref=int32_t[::1], i=Py_ssize_t, b=Py_ssize_t,
                    m=Py_ssize_t, z=Py_ssize_t)
     cpdef free_blocks(self, ordered)

@@ -210,54 +210,10 @@ class BlockPool:
         self._where[b] = t
         self.tail = t + 1
 
-    def free_unshared(self, table: np.ndarray, num_hashed: int) -> None:
-        """Free a request's whole table when no block of it is shared (every ref count is 1):
-        its first `num_hashed` blocks carry hashes.  Same queue order as
-        `free_blocks(table[::-1])`: unhashed tail blocks to the front, hashed blocks to the back
-        tail first."""
-        n = table.shape[0]
-        ref = self._ref
-        for i in range(num_hashed, n):          # reversed twice: the head is the last block
-            b = table[i]
-            ref[b] = 0
-            self._to_front(b)
-        if num_hashed:
-            self._room(num_hashed)
-            for i in range(num_hashed - 1, -1, -1):
-                b = table[i]
-                ref[b] = 0
-                self._to_back(b)
-            self.num_cached_free += num_hashed
-        self.nfree += n
-
-    def free_table(self, table: np.ndarray, num_hashed: int) -> None:
-        """`free_blocks(table[::-1])` for a request's table whose first `num_hashed` blocks carry
-        hashes (and may be shared) and whose other blocks are its own, unhashed: those go to the
-        front, the hashed ones reaching ref count 0 to the back, tail first."""
-        n = table.shape[0]
-        ref = self._ref
-        for i in range(num_hashed, n):
-            b = table[i]
-            ref[b] = 0
-            self._to_front(b)
-        m = 0
-        for i in range(num_hashed):
-            b = table[i]
-            ref[b] -= 1
-            if ref[b] == 0:
-                m += 1
-        if m:
-            self._room(m)
-            for i in range(num_hashed - 1, -1, -1):
-                b = table[i]
-                if ref[b] == 0:
-                    self._to_back(b)
-            self.num_cached_free += m
-        self.nfree += n - num_hashed + m
-
     def free_blocks(self, ordered: np.ndarray) -> None:
         """Drop one reference from each block; those reaching 0 return to the free queue,
-        `ordered` being their eviction priority (first = evicted first)."""
+        `ordered` being their eviction priority (first = evicted first).  A request frees its
+        table tail first (`free_blocks(table[::-1])`, a strided view: no copy)."""
         bl = np.asarray(ordered, dtype=ID)
         n = bl.shape[0]
         ref = self._ref

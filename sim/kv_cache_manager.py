@@ -26,8 +26,9 @@ import numpy as np
 
 from sim.block_hash import block_hash, shared_prefix_hashes
 from sim.block_pool import BlockPool
-from sim.kv_offload import KVOffload, own_key_base
+from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
+from sim.lru_tier import own_key_base
 from sim.request import Request, Status
 
 PRIVATE_SHIFT = 1 << 24
@@ -189,8 +190,7 @@ class KVCacheManager:
 
     def append_blocks(self, reqs: list[Request]) -> None:
         """One more block for each request (decoding past a block boundary), in order."""
-        n = len(reqs)
-        out = self.pool.pop_few(n) if n <= 8 else self.pool.get_new_blocks(n).tolist()
+        out = self.pool.pop_few(len(reqs))
         for j, req in enumerate(reqs):
             req.blocks[req.nblocks] = out[j]  # type: ignore[index]
             req.nblocks += 1
@@ -252,11 +252,7 @@ class KVCacheManager:
                 if i1 > i0:           # unshared tables hold blocks fresh from the free queue, never hashed
                     self.pool.set_private_hashes(table[i0:i1], i0, (req.req_id + 1) * PRIVATE_SHIFT, not shared)
             self.num_blocks_held -= n
-            if shared:
-                # blocks may be shared: count references (as free_blocks(table[:n][::-1]))
-                self.pool.free_table(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
-            else:
-                self.pool.free_unshared(table[:n], min(req.num_cached_blocks, n) if self.enable_caching else 0)
+            self.pool.free_blocks(table[n - 1::-1])
         req.prev_nblocks = n
         req.nblocks = 0
         req.num_cached_blocks = 0

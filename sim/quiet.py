@@ -170,9 +170,8 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     # precedes the next arrival and the interleaved allocations find free blocks
     free = sched.kv.pool.nfree
     taken = [0] * p
-    queue = [(e[1], e[2]) for e in inflight]       # (start, done) oldest first
-    owner = list(range(1, p))                      # the lane of each queue entry
-    upd = [plan[k][0].clock for k in range(1, p)]  # ... and the clock value its application sets
+    # in flight, oldest first: (done, lane index, the clock value its application sets)
+    queue = [(inflight[k - 1][2], k, plan[k][0].clock) for k in range(1, p)]
     steps: list[tuple[float, float]] = []          # each launch: (start, done)
     applies: list[float] = []
     t = now
@@ -192,12 +191,8 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
         cpu_free = t + oh
         done = pipe.launch(cpu_free, step_time_s(rep.coster, 0, d, ctx, 0.0), d)
         steps.append((t, done))
-        queue.append((t, done))
-        owner.append(k)
-        upd.append(lane.clock + j + 1)
-        _, done = queue.pop(0)
-        k0 = owner.pop(0)
-        u0 = upd.pop(0)
+        queue.append((done, k, lane.clock + j + 1))
+        done, k0, u0 = queue.pop(0)
         if cpu_free > done:
             done = cpu_free
         if done > t:

@@ -18,6 +18,19 @@ from sim.request import Request, Status
 from sim.scheduler_v1 import Lane, SchedulerV1, _extend
 
 
+def _hand_out_due(s: SchedulerV1, alloc_due: dict[int, list[tuple[Request, int]]], c: int) -> None:
+    """The blocks decode-set members come due for at clock `c`, in admission order (a member
+    crossing a block boundary), and their next due clock one block later."""
+    lst = alloc_due.pop(c, None)
+    if lst:
+        due = [r for r, v in lst if r.version == v and r.in_decode_set]
+        if len(due) > 1:
+            due.sort(key=lambda r: r.admit_seq)
+        if due:
+            s.kv.append_blocks(due)
+            _extend(alloc_due, c + s.kv.block_size, due)
+
+
 def quiet_steps(s: SchedulerV1, limit: int, through_finish: bool = False) -> list[int]:
     """Blocks allocated in each of the next steps that are certain to change nothing but the
     decode set's counters and block tables: nobody finishes, is admitted, preempted or
@@ -89,8 +102,6 @@ def advance_quiet(s: SchedulerV1, m: int, finish: bool = False, leave_s: float =
     out of the decode set, as `schedule` does (`leave_s`, when >= 0, is the time of the
     application before it).
     Returns the KV state after each step's allocations."""
-    kv = s.kv
-    bs = kv.block_size
     async_ = s.limits.async_scheduling
     states = []
     for i in range(m):
@@ -104,14 +115,7 @@ def advance_quiet(s: SchedulerV1, m: int, finish: bool = False, leave_s: float =
                 if r.version == v and r.in_decode_set:
                     s._leave(r)
                     s._push_finish(c, r)
-        lst = s.alloc_due.pop(c, None)
-        if lst:
-            due = [r for r, v in lst if r.version == v and r.in_decode_set]
-            if len(due) > 1:
-                due.sort(key=lambda r: r.admit_seq)
-            if due:
-                kv.append_blocks(due)
-                _extend(s.alloc_due, c + bs, due)
+        _hand_out_due(s, s.alloc_due, c)
         s.clock = c + 1
         if not fin:
             s.finish_due.pop(s.clock - (1 if async_ else 0), None)
@@ -207,14 +211,7 @@ def pp_quiet_schedule(s: SchedulerV1, lane: Lane) -> int:
     """Schedule `lane`'s next decode-only step without a batch (what `schedule` does for it:
     its members' due blocks in admission order, clock + 1); returns the step's decode context."""
     c = lane.clock
-    lst = lane.alloc_due.pop(c, None)
-    if lst:
-        due = [r for r, v in lst if r.version == v and r.in_decode_set]
-        if len(due) > 1:
-            due.sort(key=lambda r: r.admit_seq)
-        if due:
-            s.kv.append_blocks(due)
-            _extend(lane.alloc_due, c + s.kv.block_size, due)
+    _hand_out_due(s, lane.alloc_due, c)
     lane.clock = c + 1
     d = lane.num_members
     return lane.members_base + d * c + d

@@ -121,17 +121,18 @@ def _pool_state(pool: BlockPool) -> tuple[object, ...]:
 
 
 def test_bulk_request_operations_match_block_by_block_reference():
-    """The per-request bulk paths (`longest_hit`, `cache_public_run`, `free_table`, stale-skipping
-    `get_new_blocks`) against vLLM's block-by-block operations (`lookup` until the first miss,
-    `cache_public` per block, `free_blocks(table[::-1])`) on two pools driven alike: same hits,
+    """The per-request bulk paths (`longest_hit`, `cache_public_run`, freeing a table through a
+    reversed strided view, stale-skipping `get_new_blocks`) against vLLM's block-by-block
+    operations (`lookup` until the first miss, `cache_public` per block, `free_blocks` of a
+    reversed list) on two pools driven alike: same hits,
     same blocks handed out, same free queue, hash map (duplicates included), ref counts, counters."""
     rng = np.random.default_rng(7)
     bulk, ref = BlockPool(40, enable_caching=True), BlockPool(40, enable_caching=True)
     live: list[tuple[list[int], int]] = []           # (table, number of hashed leading blocks)
     for _ in range(600):
         if live and (rng.random() < 0.45 or bulk.nfree < 12):
-            table, nh = live.pop(int(rng.integers(len(live))))
-            bulk.free_table(np.asarray(table, dtype=np.intp), nh)
+            table, _ = live.pop(int(rng.integers(len(live))))
+            bulk.free_blocks(np.asarray(table, dtype=np.intp)[::-1])
             ref.free_blocks(np.asarray(table[::-1], dtype=np.intp))
         else:
             chain = [int(rng.integers(4)) * 1000 + i + 1 for i in range(int(rng.integers(1, 8)))]

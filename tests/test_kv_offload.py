@@ -8,7 +8,8 @@ from conftest import make_request, make_scheduler
 
 from sim.config import scenario_from_dict
 from sim.errors import ScenarioError
-from sim.kv_offload import KVOffload, LRUTier, OffloadSetup, tier_blocks
+from sim.kv_offload import KVOffload, OffloadSetup, tier_blocks
+from sim.lru_tier import own_key_base
 from sim.runner import run_scenario
 
 MIB = 1 << 20
@@ -22,16 +23,6 @@ def setup(cpu: int, disk: int = 0, **kw) -> OffloadSetup:
 
 
 # ------------------------------------------------------------------ the tiers by hand
-def test_lru_tier_evicts_the_least_recently_used_key():
-    t = LRUTier(3)
-    assert [t.insert(k) for k in (1, 2, 3)] == [None, None, None]
-    t.touch(1)                          # recency, oldest first: 2 3 1
-    assert t.insert(4) == 2             # 3 1 4
-    assert t.insert(5) == 3             # 1 4 5
-    assert list(t) == [1, 4, 5]
-    assert LRUTier(0).insert(7) == 7    # a tier of size 0 holds nothing
-
-
 def test_cpu_evictions_fall_into_the_disk_tier_and_lookup_stops_at_the_first_miss():
     off = KVOffload(setup(cpu=2, disk=1))
     for k in (1, 2, 3):                 # CPU [1 2] -> 3 evicts 1 into the disk
@@ -241,14 +232,18 @@ def test_bulk_store_equals_one_by_one_and_keys_equal_block_hashes():
     assert kv._prompt_keys(make_request(100, 2, req_id=6), 0, 2) == [-((6 << 20) + 1), -((6 << 20) + 1) - 1]
 
 
-def test_store_new_equals_store_for_fresh_keys():
+def test_store_run_equals_store_for_fresh_keys():
+    """A prompt's own blocks stored as one run: the same tier, key by key, as storing them one
+    at a time, evictions cutting into the oldest run included."""
     one, bulk = KVOffload(setup(cpu=4)), KVOffload(setup(cpu=4))
-    for k in (1, 2, 3, 4, 5, 6):
+    a, b = own_key_base(1), own_key_base(2)
+    for k in (a - 0, a - 1, a - 2, b - 3, b - 4, b - 5):
         one.store(k)
-    bulk.store_new([1, 2, 3])
-    bulk.store_new([4, 5, 6])
-    assert list(one.cpu) == list(bulk.cpu) == [3, 4, 5, 6]
+    bulk.store_run(a, 0, 3)
+    bulk.store_run(b, 3, 6)
+    assert list(one.cpu) == list(bulk.cpu) == [a - 2, b - 3, b - 4, b - 5]
     assert one.num_stored_blocks == bulk.num_stored_blocks == 6
+    assert a - 1 not in bulk.cpu and a - 2 in bulk.cpu
 
 
 def test_report_section_only_when_the_tier_is_on(tmp_path):
@@ -274,57 +269,3 @@ def test_prompt_lookup_equals_lookup_over_the_prompt_keys():
         off.store(k)
     assert kv.offload_lookup(r, 0) == (keys[:4], 4, 0) and off.lookup(keys) == (4, 0)
     assert kv.offload_lookup(r, 32) == (keys[2:4], 2, 0)     # past a 2-block GPU hit
-
-
-def test_runs_behave_as_one_key_per_block_against_an_ordered_dict():
-    """LRUTier with runs (a prompt's own blocks as one entry) against the textbook LRU, an
-    OrderedDict of keys, under random inserts of runs and single keys, refreshes and removals of
-    keys inside runs (holes at either end and in the middle), and evictions."""
-    import random
-    from collections import OrderedDict
-
-    from sim.kv_offload import own_key_base
-    rng = random.Random(7)
-    for trial in range(60):
-        cap = rng.randint(1, 40)
-        tier, ref = LRUTier(cap), OrderedDict()
-        next_ck = 1
-
-        def evict_ref(n: int, ref: OrderedDict = ref) -> list[int]:
-            return [ref.popitem(last=False)[0] for _ in range(n)]
-
-        for _ in range(200):
-            op = rng.random()
-            if op < 0.3:                                   # a prompt's own blocks, a fresh run
-                base, lo = own_key_base(next_ck), rng.randint(0, 3)
-                hi = lo + rng.randint(0, 12)
-                next_ck += 1
-                tier.insert_run(base, lo, hi)
-                for i in range(lo, hi):
-                    ref[base - i] = None
-                evict_ref(max(len(ref) - cap, 0))
-            elif op < 0.45:                                # single keys (shared hashes: positive)
-                keys = [k for k in (rng.randint(1, 10**6) for _ in range(rng.randint(1, 4))) if k not in ref]
-                keys = list(dict.fromkeys(keys))
-                got = tier.insert_new(keys)
-                for k in keys:
-                    ref[k] = None
-                assert got == evict_ref(max(len(ref) - cap, 0))
-            elif op < 0.75 and ref:                        # a refresh (a load, a re-store)
-                k = rng.choice(list(ref))
-                tier.touch(k)
-                ref.move_to_end(k)
-            elif op < 0.85 and ref:                        # a removal
-                k = rng.choice(list(ref))
-                tier.remove(k)
-                del ref[k]
-            elif op < 0.95 and ref:                        # one more single key, one eviction back
-                k = rng.randint(10**6 + 1, 10**7)
-                if k not in ref:
-                    got1 = tier.insert(k)
-                    ref[k] = None
-                    assert [got1] == (evict_ref(1) if len(ref) > cap else [None])
-            probe = rng.choice(list(ref)) if ref else 5
-            assert (probe in tier) == (probe in ref)
-            assert (own_key_base(next_ck - 1) - 50 in tier) is False
-            assert len(tier) == len(ref) and list(tier) == list(ref), trial
