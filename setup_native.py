@@ -1,5 +1,5 @@
 """Compile pagesim's hot simulator modules in place (`make fast`): mypyc for the scheduler side,
-Cython for the block pool.
+Cython for the block pool and the prefix-cache block hashes.
 
 Why mypyc: it compiles the type-annotated Python we already have (no second implementation to
 keep in step), and its arithmetic is the same IEEE double arithmetic as CPython's, so a compiled
@@ -11,6 +11,12 @@ the same plain-Python file with the C types declared beside it in `sim/block_poo
 "augmenting" .pxd), so its loops index the arrays' memory directly.  Integers only: no float
 arithmetic changes.  Uncompiled, the same loops index Python memoryviews of the arrays, so the
 pure-Python fallback is no slower than the numpy version it replaced.
+
+Why Cython for `sim/block_hash.py`: a multi-turn conversation hashes every new block of its
+context (vLLM's chained prefix-cache hashes), and `hash((parent, (segment, start, end)))` costs two
+tuple allocations per block.  Compiled, the same value comes from CPython's tuple-hash arithmetic
+on 64-bit C integers (`sim/block_hash.pxd`); the module checks at import that it reproduces this
+interpreter's `hash`, and uses `hash` itself otherwise and when uncompiled.
 
 The compiled extensions sit next to their sources (sim/*.so, gitignored) with a stamp,
 sim/_native.sha256, naming the source (and .pxd) each was built from.  `sim/__init__.py` loads
@@ -29,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_spec", "scheduler_quiet", "cost_model", "quiet", "kv_offload", "lru_tier"]
-CYTHON_MODULES = ["block_pool"]
+CYTHON_MODULES = ["block_pool", "block_hash"]
 STAMP = ROOT / "sim" / "_native.sha256"
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "initializedcheck": False,
                      "annotation_typing": False, "binding": False}
@@ -51,7 +57,8 @@ def build(code: str, what: str, mods: list[str]) -> bool:
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         clean(mods)
-        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+        lines = (res.stdout + "\n" + res.stderr).strip().splitlines()   # mypy reports on stdout
+        last = next((ln for ln in lines if ": error:" in ln or "Error:" in ln), lines[-1] if lines else "(no output)")
         print(f"setup_native: {what} build failed ({last}); {', '.join(mods)} run as pure Python", file=sys.stderr)
         return False
     print(f"setup_native: compiled {len(mods)} module(s) with {what}")

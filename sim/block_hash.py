@@ -21,6 +21,74 @@ from collections import OrderedDict
 
 from sim.request import Request
 
+try:                     # Cython compiles this file (setup_native.py, C types in block_hash.pxd)
+    import cython
+    COMPILED: bool = cython.compiled
+except ImportError:      # no Cython at run time: plain Python
+    COMPILED = False
+
+# CPython's hash of a tuple of ints (Objects/tupleobject.c `tuplehash`, xxHash-based since 3.8;
+# Python/pyhash.c and Objects/longobject.c `long_hash` for the ints), done in 64-bit unsigned
+# arithmetic so that, compiled, a block's chained hash costs a few multiplications instead of two
+# tuple allocations.  It must give exactly `hash((parent, (segment_id, start, end)))`: `FAST`
+# below checks that on this interpreter at import, and the plain `hash` is used otherwise.
+_M64 = 0xFFFFFFFFFFFFFFFF            # 2**64 - 1
+_TWO63 = 0x8000000000000000          # 2**63
+_P61 = 0x1FFFFFFFFFFFFFFF            # 2**61 - 1: ints hash to their value modulo this prime
+_XX1 = 11400714785074694791
+_XX2 = 14029467366897019727
+_XX5 = 2870177450012600261
+_LEN_SALT = _XX5 ^ 3527539
+_MINUS_ONE_HASH = 1546275796         # what tuplehash returns instead of -1
+
+
+def _int_lane(v: int) -> int:
+    """hash(v) of an int in [-2**63, 2**63), as an unsigned 64-bit value."""
+    if v >= 0:
+        return v % _P61
+    u = -(v + 1)                     # |v| - 1: no overflow at -2**63
+    r = -((u % _P61 + 1) % _P61)
+    if r == -1:
+        r = -2
+    return r & _M64
+
+
+def _mix(acc: int, lane: int) -> int:
+    acc = (acc + lane * _XX2) & _M64
+    acc = ((acc << 31) | (acc >> 33)) & _M64
+    return (acc * _XX1) & _M64
+
+
+def _close(acc: int, n: int) -> int:
+    acc = (acc + (n ^ _LEN_SALT)) & _M64
+    return _MINUS_ONE_HASH if acc == _M64 else acc
+
+
+def _signed(u: int) -> int:
+    if u >= _TWO63:
+        d = _M64 - u                 # < 2**63
+        return -d - 1
+    return u
+
+
+def _piece_lane(seg: int, start: int, end: int) -> int:
+    """hash((seg, start, end)) as unsigned."""
+    return _close(_mix(_mix(_mix(_XX5, _int_lane(seg)), _int_lane(start)), _int_lane(end)), 3)
+
+
+def _run_block_arith(parent: int, seg: int, start: int, end: int) -> int:
+    """hash((parent, (seg, start, end))) by the arithmetic above."""
+    return _signed(_close(_mix(_mix(_XX5, _int_lane(parent)), _piece_lane(seg, start, end)), 2))
+
+
+def _self_check() -> bool:
+    cases = ((0, 1, 0, 16), (-1, 7, 16, 32), (-(1 << 63), (1 << 42) + 3, 4080, 4096),
+             ((1 << 63) - 1, 5, 1 << 40, (1 << 40) + 16), (123456789123456789, 0, 2, 18))
+    return all(_run_block_arith(p, s, a, b) == hash((p, (s, a, b))) for p, s, a, b in cases)
+
+
+FAST: bool = COMPILED and _self_check()
+
 # (segments, block size) -> hashes; oldest first.  An OrderedDict: dropping the oldest is O(1)
 # (next(iter(dict)) after many deletions scans the dead slots at the front of a plain dict).
 _CHAINS: OrderedDict[tuple[tuple[tuple[int, int], ...], int], list[int]] = OrderedDict()
@@ -58,7 +126,7 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
 def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: int, num_blocks: int) -> None:
     """Append the hashes of blocks len(hashes) .. num_blocks-1: a block inside one run is keyed
     (parent, (segment_id, start, end)); a block spanning runs (parent, piece, piece, ...)."""
-    parent = hashes[-1] if hashes else 0
+    parent = hashes[len(hashes) - 1] if hashes else 0   # (no negative index: compiled without wraparound)
     seg_idx, seg_off = 0, len(hashes) * bs         # find the segment holding the resume point
     while seg_off >= segments[seg_idx][1]:
         seg_off -= segments[seg_idx][1]
@@ -69,9 +137,14 @@ def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: 
         seg_id, seg_len = segments[seg_idx]
         k = min((seg_len - seg_off - 1) // bs, remaining)   # blocks ending before the run does
         if k > 0:
-            for off in range(seg_off, seg_off + k * bs, bs):
-                parent = hash((parent, (seg_id, off, off + bs)))
-                append(parent)
+            if FAST:
+                for off in range(seg_off, seg_off + k * bs, bs):
+                    parent = _run_block_arith(parent, seg_id, off, off + bs)
+                    append(parent)
+            else:
+                for off in range(seg_off, seg_off + k * bs, bs):
+                    parent = hash((parent, (seg_id, off, off + bs)))
+                    append(parent)
             seg_off += k * bs
             remaining -= k
             if not remaining:

@@ -36,6 +36,9 @@ cdef class BlockPool:
     @cython.locals(entry=object)
     cdef _unregister(self, Py_ssize_t b, object bh)
 
+    @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], i=Py_ssize_t, n=Py_ssize_t)
+    cpdef Py_ssize_t count_free(self, blocks) except -1
+
     @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], where=int64_t[::1], i=Py_ssize_t, b=Py_ssize_t)
     cpdef touch(self, blocks)
 

@@ -180,6 +180,16 @@ class BlockPool:
                 self.cached[bh] = next(iter(entry))
                 self.multi.discard(bh)
 
+    def count_free(self, blocks: np.ndarray) -> int:
+        """How many of `blocks` are free (cached-free prefix hits: ref count 0)."""
+        bl = np.asarray(blocks, dtype=ID)
+        ref = self._ref
+        n = 0
+        for i in range(bl.shape[0]):
+            if ref[bl[i]] == 0:
+                n += 1
+        return n
+
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
         bl = np.asarray(blocks, dtype=ID)

@@ -160,7 +160,7 @@ class KVCacheManager:
             watermark = self.watermark_blocks
         free = pool.nfree
         nh = 0 if hits is None else int(hits.size)
-        nh_free = int(np.count_nonzero(pool.ref[hits] == 0)) if nh else 0
+        nh_free = 0 if hits is None else pool.count_free(hits)
         if full_sequence_must_fit:
             if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), nh, nh_free) + watermark > free:
                 return False

@@ -36,7 +36,11 @@ def test_touch_revives_cached_free_block_and_allocation_evicts_hash():
     b = int(blk[0])
     pool.cache_public(b, 42)
     pool.free_blocks(blk)
+    other = pool.get_new_blocks(1)            # held: ref count 1
+    assert pool.count_free(np.array([b, int(other[0])], dtype=np.intp)) == 1
+    pool.free_blocks(other)
     pool.touch(blk)                           # prefix hit: out of the free queue
+    assert pool.count_free(blk) == 0
     assert b not in pool.free_queue() and pool.ref[b] == 1 and pool.num_cached_free == 0
     pool.free_blocks(blk)
     got = pool.get_new_blocks(3)              # 2, 3 then the cached block 1 is evicted

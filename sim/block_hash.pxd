@@ -1,0 +1,21 @@
+# C types for sim/block_hash.py when Cython compiles it (setup_native.py): an "augmenting" .pxd,
+# so block_hash.py stays plain Python.  The tuple-hash arithmetic runs on 64-bit unsigned C
+# integers, where wrapping is the `& _M64` the Python source spells out.
+cimport cython
+from libc.stdint cimport int64_t, uint64_t
+
+cdef uint64_t _M64, _TWO63, _XX1, _XX2, _XX5, _LEN_SALT, _MINUS_ONE_HASH
+cdef int64_t _P61
+
+@cython.locals(u=int64_t, r=int64_t)
+cdef inline uint64_t _int_lane(int64_t v) noexcept
+cdef inline uint64_t _mix(uint64_t acc, uint64_t lane) noexcept
+cdef inline uint64_t _close(uint64_t acc, uint64_t n) noexcept
+@cython.locals(d=int64_t)
+cdef inline int64_t _signed(uint64_t u) noexcept
+cdef inline uint64_t _piece_lane(int64_t seg, int64_t start, int64_t end) noexcept
+cpdef int64_t _run_block_arith(int64_t parent, int64_t seg, int64_t start, int64_t end)
+
+@cython.locals(parent=int64_t, seg_idx=Py_ssize_t, seg_off=int64_t, remaining=Py_ssize_t, seg_id=object,
+               seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list)
+cpdef _extend_chain(list hashes, tuple segments, Py_ssize_t bs, Py_ssize_t num_blocks)

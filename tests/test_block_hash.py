@@ -1,0 +1,75 @@
+"""Chained block hashes (sim/block_hash.py): the chain is vLLM's hash(parent, block content) and the
+64-bit arithmetic that the compiled module uses is exactly CPython's tuple hash."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sim import block_hash as bh
+
+
+def _reference_chain(segments: tuple[tuple[int, int], ...], bs: int) -> list[int]:
+    """Independent truth: walk the tokens block by block, describe each block by its pieces
+    (segment id, start, end) and chain hash((parent, *pieces)); a one-piece block is hashed as
+    (parent, piece), which is what `hash((parent, *pieces))` is for one piece."""
+    pieces_of: list[tuple[int, int, int]] = []
+    out: list[int] = []
+    parent = 0
+    for seg_id, length in segments:
+        pos = 0
+        while pos < length:
+            fill = bs - sum(e - s for _, s, e in pieces_of)
+            take = min(fill, length - pos)
+            pieces_of.append((seg_id, pos, pos + take))
+            pos += take
+            if take == fill:
+                parent = hash((parent, *pieces_of))
+                out.append(parent)
+                pieces_of = []
+    return out
+
+
+@pytest.mark.parametrize("v", [0, 1, 5, (1 << 61) - 2, (1 << 61) - 1, 1 << 61, (1 << 63) - 1,
+                               -1, -2, -3, -(1 << 61) + 1, -(1 << 61), -(1 << 61) - 1, -(1 << 63)])
+def test_int_hash_edges(v: int) -> None:
+    """Around the modulus 2**61 - 1, -1 (which hashes to -2) and the ends of int64, as a parent
+    and (non-negative ones) as a segment id."""
+    assert bh._run_block_arith(v, 3, 0, 16) == hash((v, (3, 0, 16)))
+    if v >= 0:
+        assert bh._run_block_arith(-5, v, 16, 32) == hash((-5, (v, 16, 32)))
+
+
+def test_block_arithmetic_is_cpythons_tuple_hash() -> None:
+    rng = random.Random(7)
+    edge = [-(1 << 63), -(1 << 61), -2, -1, 0, 1, (1 << 61) - 1, (1 << 63) - 1]
+    for _ in range(20_000):
+        parent = rng.choice(edge) if rng.random() < 0.1 else rng.randrange(-(1 << 63), 1 << 63)
+        seg = rng.randrange(0, 1 << 50)
+        start = rng.randrange(0, 1 << 20)
+        end = start + rng.randrange(1, 129)
+        assert bh._run_block_arith(parent, seg, start, end) == hash((parent, (seg, start, end)))
+    assert bh._self_check()
+
+
+def test_chain_matches_the_block_by_block_reference() -> None:
+    """Sessions-like segment lists (runs longer and shorter than a block, blocks spanning three
+    runs), fresh and resumed from a memoised head, for two block sizes."""
+    rng = random.Random(3)
+    bh._CHAINS.clear()
+    for bs in (16, 5):
+        for conv in range(30):
+            context: tuple[tuple[int, int], ...] = ((1, rng.randrange(0, 40)),)
+            for turn in range(6):
+                context = (*context, ((1 << 42) + (conv << 20) + turn, rng.randrange(1, 3 * bs)))
+                assert bh.shared_prefix_hashes(context, bs) == _reference_chain(context, bs)
+    bh._CHAINS.clear()
+
+
+def test_equal_prefixes_share_hashes_and_different_ones_do_not() -> None:
+    a = bh.shared_prefix_hashes(((10, 40), (11, 40)), 16)
+    b = bh.shared_prefix_hashes(((10, 40), (12, 40)), 16)
+    assert len(a) == len(b) == 5
+    assert a[:2] == b[:2]                 # blocks 0-1 lie inside segment 10
+    assert not set(a[2:]) & set(b[2:])    # block 2 spans into the differing segment: the chains part
