@@ -24,6 +24,9 @@ cdef class BlockPool:
 
     cdef _views(self)
 
+    @cython.locals(cached=dict, out=list, v=object)
+    cpdef list longest_hit(self, list hashes)
+
     @cython.locals(o=Py_ssize_t[::1], i=Py_ssize_t)
     cpdef get_new_blocks(self, Py_ssize_t n)
 

@@ -106,15 +106,17 @@ class BlockPool:
 
     def longest_hit(self, hashes: list[int]) -> list[int]:
         """Blocks registered under the leading public `hashes`, up to the first miss (`lookup`
-        of each in turn, with the dict lookups done in one pass at C speed)."""
-        if not hashes:
-            return []
-        vals = list(map(self.cached.get, hashes))
-        if None in vals:
-            del vals[vals.index(None):]
-        if self.multi and not self.multi.isdisjoint(hashes):
-            return [v if isinstance(v, int) else next(iter(v)) for v in vals]  # type: ignore[arg-type]
-        return vals  # type: ignore[return-value]
+        of each in turn)."""
+        cached = self.cached
+        out: list[int] = []
+        for h in hashes:
+            v = cached.get(h)
+            if v is None:
+                break
+            if isinstance(v, dict):       # several blocks carry this hash: the first registered
+                v = next(iter(v))
+            out.append(v)
+        return out
 
     def free_queue(self) -> list[int]:
         """The free queue, head first (tests and debugging)."""
