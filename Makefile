@@ -23,7 +23,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 
 # Hot modules compiled with mypyc and (the block pool) Cython, setup_native.py; a failed build
 # leaves pure Python, same results.
-NATIVE_SRC := $(addprefix sim/,request.py batch.py kv_cache_manager.py scheduler_v1.py scheduler_spec.py scheduler_quiet.py cost_model.py quiet.py kv_offload.py lru_tier.py block_pool.py block_pool.pxd block_hash.py block_hash.pxd)
+NATIVE_SRC := $(addprefix sim/,request.py batch.py kv_cache_manager.py scheduler_v1.py scheduler_spec.py scheduler_quiet.py cost_model.py quiet.py kv_offload.py lru_tier.py metrics.py pipeline.py block_pool.py block_pool.pxd block_hash.py block_hash.pxd)
 $(VENV)/.native: $(NATIVE_SRC) setup_native.py | $(VENV)/.core
 	$(BIN)/pip install -q 'mypy>=1.10' 'cython>=3.0'
 	-$(BIN)/python setup_native.py

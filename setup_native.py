@@ -1,5 +1,6 @@
-"""Compile pagesim's hot simulator modules in place (`make fast`): mypyc for the scheduler side,
-Cython for the block pool and the prefix-cache block hashes.
+"""Compile pagesim's hot simulator modules in place (`make fast`): mypyc for the scheduler side
+(with the recorder and the pipeline clock it calls every step), Cython for the block pool and the
+prefix-cache block hashes.
 
 Why mypyc: it compiles the type-annotated Python we already have (no second implementation to
 keep in step), and its arithmetic is the same IEEE double arithmetic as CPython's, so a compiled
@@ -34,7 +35,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_spec", "scheduler_quiet", "cost_model", "quiet", "kv_offload", "lru_tier"]
+MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_spec", "scheduler_quiet", "cost_model", "quiet", "kv_offload", "lru_tier", "metrics", "pipeline"]
 CYTHON_MODULES = ["block_pool", "block_hash"]
 STAMP = ROOT / "sim" / "_native.sha256"
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "initializedcheck": False,
