@@ -91,3 +91,35 @@ def test_stretches_run_through_finishes(monkeypatch, async_):
     assert a.steps.num_finished == b.steps.num_finished and sum(a.steps.num_finished) == n
     assert a.steps.kv_cache_usage == b.steps.kv_cache_usage
     assert a.steps.num_running == b.steps.num_running
+
+
+@pytest.mark.parametrize("async_", [False, True])
+def test_a_lone_decoding_request_takes_stretches(monkeypatch, async_):
+    """Arrivals far apart (the drain at the end of a run, a night's trickle): one request decodes
+    alone most of the time.  Its decode steps are taken as stretches too, with the same token
+    times and step table as step by step."""
+    from sim import quiet
+    alone = {"stretches": 0}
+    name = "plan_async" if async_ else "plan_sync"
+    plan = getattr(quiet, name)
+
+    def counting(rep, *args, **kw):
+        st = plan(rep, *args, **kw)
+        if st is not None and st.members == 1:
+            alone["stretches"] += 1
+        return st
+
+    monkeypatch.setattr(quiet, name, counting)
+    rng = np.random.default_rng(8)
+    n = 40
+    t = np.cumsum(rng.exponential(20.0, n))          # one request every 20 s: ~2 s of decoding each
+    table = RequestTable(t, rng.integers(70, 600, n), rng.integers(50, 200, n))
+    a, end_a, _ = run(table, True, async_=async_, caching=True, blocks=2000)
+    b, end_b, _ = run(table, False, async_=async_, caching=True, blocks=2000)
+    assert alone["stretches"] >= n // 2
+    assert end_a == end_b and a.num_steps == b.num_steps
+    assert np.array_equal(a.finish_s, b.finish_s) and np.array_equal(a.first_token_s, b.first_token_s)
+    assert a.steps.duration_s == b.steps.duration_s and a.steps.kv_cache_usage == b.steps.kv_cache_usage
+    va, wa = a.itl_samples()
+    vb, wb = b.itl_samples()
+    assert wa.sum() == wb.sum() and np.dot(va, wa) == pytest.approx(np.dot(vb, wb), rel=1e-12)
