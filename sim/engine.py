@@ -442,8 +442,11 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     if autoscaler is not None:
         env.process(autoscale_process(env, autoscaler, replicas, nxt))
     # a tick inside a quiet stretch would read KV usage from its end; queue length and arrivals
-    # do not change inside one, so only KV-usage scaling needs every step as its own event
-    quiet_ok = (quiet_stretches and not (slots is not None and len(replicas) > 1) and not scraping
+    # do not change inside one, so only KV-usage scaling needs every step as its own event.  With
+    # several replicas, a finish on one of them can send a request (a closed-loop slot freed, a
+    # session's next turn after its think time) inside another's stretch: no stretches then
+    quiet_ok = (quiet_stretches and not ((slots is not None or follow is not None) and len(replicas) > 1)
+                and not scraping
                 and (autoscaler is None or autoscaler.cfg.metric != "kv_usage") and pool is None)
     for rep in replicas:
         if rep.pipeline is not None:

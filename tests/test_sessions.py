@@ -215,14 +215,18 @@ def test_workload_has_session_columns(tmp_path: Path) -> None:
     assert t.extra["turn"].tolist() == [0, 1, 2] * (len(t) // 3)
 
 
-@pytest.mark.parametrize("async_, blocks, replicas", [(False, 4000, 1), (True, 4000, 1), (True, 400, 2)])
-def test_quiet_stretches_stop_at_decided_follow_ups(async_: bool, blocks: int, replicas: int) -> None:
+@pytest.mark.parametrize("async_, blocks, replicas, seed", [
+    (False, 4000, 1, 5), (True, 4000, 1, 5), (True, 400, 1, 7), (True, 400, 2, 5),
+    (False, 4000, 2, 10), (True, 4000, 3, 11), (False, 400, 2, 11)])
+def test_quiet_stretches_stop_at_decided_follow_ups(async_: bool, blocks: int, replicas: int, seed: int) -> None:
     # a follow-up's send time is known once its previous turn finishes; quiet stretches must end
-    # before it, so taking decode runs at once changes nothing against taking every step alone
+    # before it, so taking decode runs at once changes nothing against taking every step alone.
+    # With several replicas a turn finishing on one decides a send inside another's stretch (the
+    # multi-replica cases diverged until stretches were turned off for them)
     from test_quiet import run
     cfg = SessionsConfig(rate=3.0, turns=TurnsConfig("uniform", low=1, high=6),
                          think_time_s=ThinkTimeConfig("exponential", mean=0.5), system_prompt_tokens=48)
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     table = generate_sessions(cfg, LengthConfig("uniform", low=50, high=300), LengthConfig("uniform", low=5, high=60),
                               LengthConfig("uniform", low=5, high=200), num_requests=150, duration_s=None, rng=rng,
                               ctx=Ctx("test", "workload"))
