@@ -57,7 +57,8 @@ cdef class BlockPool:
     @cython.locals(h=int64_t[::1], base=int64_t, k=Py_ssize_t, b=Py_ssize_t)
     cpdef set_private_hashes(self, const Py_ssize_t[:] blocks, Py_ssize_t start, int64_t key, bint fresh)
 
+    @cython.locals(b=object, entry=object)
     cpdef cache_public(self, Py_ssize_t block, object block_hash)
 
-    @cython.locals(bv=Py_ssize_t[:], n=Py_ssize_t, i=Py_ssize_t, b=Py_ssize_t, fresh=bint, cached=dict)
+    @cython.locals(bv=Py_ssize_t[:], i=Py_ssize_t)
     cpdef cache_public_run(self, blocks, list hashes)

@@ -280,36 +280,21 @@ class BlockPool:
             return
         self._hash[block] = block_hash
         self._public[block] = 1
-        entry = self.cached.get(block_hash)
-        if entry is None:
-            self.cached[block_hash] = block
-        elif isinstance(entry, int):
-            self.cached[block_hash] = {entry: None, block: None}
+        b = int(block)
+        entry = self.cached.setdefault(block_hash, b)     # one probe: registered now, or the one before
+        if entry is b:
+            return
+        if isinstance(entry, int):
+            self.cached[block_hash] = {entry: None, b: None}
             self.multi.add(block_hash)
         else:
-            entry[block] = None
+            entry[b] = None
 
     def cache_public_run(self, blocks: np.ndarray, hashes: list[int]) -> None:
-        """`cache_public` of blocks[i] under hashes[i] for each i, in order; in bulk when no
-        block carries a hash yet and no hash is registered yet (the common case)."""
+        """`cache_public` of blocks[i] under hashes[i] for each i, in order."""
         bv = blocks
-        n = bv.shape[0]
-        cached = self.cached
-        fresh = n > 2
-        if fresh:
-            for i in range(n):
-                if self._hash[bv[i]] != NO_HASH or hashes[i] in cached:
-                    fresh = False
-                    break
-        if fresh:
-            for i in range(n):
-                b = bv[i]
-                self._hash[b] = hashes[i]
-                self._public[b] = 1
-                cached[hashes[i]] = int(b)
-            return
-        for i in range(n):
-            self.cache_public(int(bv[i]), hashes[i])
+        for i in range(bv.shape[0]):
+            self.cache_public(bv[i], hashes[i])
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the pool's bookkeeping is inconsistent."""
