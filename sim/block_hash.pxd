@@ -15,6 +15,8 @@ cdef inline uint64_t _close(uint64_t acc, uint64_t n) noexcept
 cdef inline int64_t _signed(uint64_t u) noexcept
 cdef inline uint64_t _piece_lane(int64_t seg, int64_t start, int64_t end) noexcept
 cpdef int64_t _run_block_arith(int64_t parent, int64_t seg, int64_t start, int64_t end)
+cdef bint FAST
+cdef inline int64_t _run_block(int64_t parent, int64_t seg, int64_t start, int64_t end) except? -1
 
 @cython.locals(parent=int64_t, seg_idx=Py_ssize_t, seg_off=int64_t, remaining=Py_ssize_t, seg_id=object,
                seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list)

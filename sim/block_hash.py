@@ -81,6 +81,13 @@ def _run_block_arith(parent: int, seg: int, start: int, end: int) -> int:
     return _signed(_close(_mix(_mix(_XX5, _int_lane(parent)), _piece_lane(seg, start, end)), 2))
 
 
+def _run_block(parent: int, seg: int, start: int, end: int) -> int:
+    """hash((parent, (seg, start, end))): compiled, by the arithmetic; else by `hash` itself."""
+    if FAST:
+        return _run_block_arith(parent, seg, start, end)
+    return hash((parent, (seg, start, end)))
+
+
 def _self_check() -> bool:
     cases = ((0, 1, 0, 16), (-1, 7, 16, 32), (-(1 << 63), (1 << 42) + 3, 4080, 4096),
              ((1 << 63) - 1, 5, 1 << 40, (1 << 40) + 16), (123456789123456789, 0, 2, 18))
@@ -88,6 +95,11 @@ def _self_check() -> bool:
 
 
 FAST: bool = COMPILED and _self_check()
+
+
+def hashing_by_arithmetic() -> bool:
+    """True when block hashes come from the arithmetic (the compiled module passed its check)."""
+    return FAST
 
 # (segments, block size) -> hashes; oldest first.  An OrderedDict: dropping the oldest is O(1)
 # (next(iter(dict)) after many deletions scans the dead slots at the front of a plain dict).
@@ -137,14 +149,9 @@ def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: 
         seg_id, seg_len = segments[seg_idx]
         k = min((seg_len - seg_off - 1) // bs, remaining)   # blocks ending before the run does
         if k > 0:
-            if FAST:
-                for off in range(seg_off, seg_off + k * bs, bs):
-                    parent = _run_block_arith(parent, seg_id, off, off + bs)
-                    append(parent)
-            else:
-                for off in range(seg_off, seg_off + k * bs, bs):
-                    parent = hash((parent, (seg_id, off, off + bs)))
-                    append(parent)
+            for off in range(seg_off, seg_off + k * bs, bs):
+                parent = _run_block(parent, seg_id, off, off + bs)
+                append(parent)
             seg_off += k * bs
             remaining -= k
             if not remaining:

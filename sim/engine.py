@@ -207,7 +207,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
     pending_start = 0.0
     pending_dt = 0.0
     while True:
-        if quiet_ok and sched.num_members > 0:
+        if quiet_ok and sched.num_members:
             horizon = nxt.for_replica(rep.index)  # type: ignore[union-attr]
             stretch = (quiet.plan_async(rep, env.now, pending_start, pending_dt, horizon, True,
                                         bool(pending.samplers))

@@ -53,6 +53,13 @@ def test_block_arithmetic_is_cpythons_tuple_hash() -> None:
     assert bh._self_check()
 
 
+def test_the_compiled_module_hashes_by_arithmetic() -> None:
+    """Compiled, the arithmetic must pass its import-time check (else it silently fell back to
+    `hash`: same results, none of the speed); uncompiled, `hash` itself is used."""
+    compiled = bh.__file__ is not None and not bh.__file__.endswith(".py")
+    assert bh.hashing_by_arithmetic() == compiled
+
+
 def test_chain_matches_the_block_by_block_reference() -> None:
     """Sessions-like segment lists (runs longer and shorter than a block, blocks spanning three
     runs), fresh and resumed from a memoised head, for two block sizes."""
