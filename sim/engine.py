@@ -26,6 +26,7 @@ from sim.admission import Admission
 from sim.autoscaler import Autoscaler
 from sim.batch import StepBatch
 from sim.disaggregation import PrefillPoolSetup, goes_to_prefill_pool, transfer_time_s
+from sim.horizon import NextArrival
 from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.replica import Replica
@@ -34,53 +35,6 @@ from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.scheduler_v1 import SchedulerV1
 from sim.sessions import follow_up_rows
-
-
-class NextArrival:
-    """When the next request reaches a replica (inf: none known); quiet stretches stop before it.
-
-    When nothing but the router decides where a request goes (no admission control, autoscaler,
-    P/D pool or closed loop), `for_replica` can look past arrivals that cannot land on a replica,
-    so its quiet stretch runs on through them (exact: the router reads nothing a stretch changes):
-
-    * round robin: the replica each future arrival lands on is known in advance;
-    * least outstanding tokens: a replica whose (outstanding tokens, index) is beaten by c others'
-      cannot get any of the next c arrivals — the others' counts only fall (finishes) unless an
-      arrival lands on them, each arrival raises only one of them, and its own count stays put (a
-      stretch has no finishes) — so its horizon is the (c+1)-th arrival from now.
-
-    Otherwise every replica stops at the next arrival anywhere.  Session follow-ups (`later`: the
-    send times already decided, a heap) count as arrivals too."""
-
-    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n", "later")
-
-    def __init__(self) -> None:
-        self.s = float("inf")
-        self.count = 0            # requests arrived so far (the autoscaler's request-rate metric)
-        self.row = 0              # table row of the next arrival
-        self.rr: Router | None = None
-        self.lot: list[Replica] | None = None
-        self.arrival: Any = None
-        self.n = 1
-        self.later: list[float] = []
-
-    def for_replica(self, i: int) -> float:
-        if self.later:
-            return min(self.s, self.later[0])
-        if self.s == float("inf"):
-            return self.s
-        rr = self.rr
-        if rr is not None:
-            j = self.row + (i - rr.next_rr) % self.n
-            return float(self.arrival[j]) if j < self.arrival.shape[0] else float("inf")
-        lot = self.lot
-        if lot is not None:
-            mine = (lot[i].outstanding_tokens, i)
-            beaten_by = sum(1 for k, r in enumerate(lot) if k != i and (r.outstanding_tokens, k) < mine)
-            if beaten_by:
-                j = self.row + beaten_by
-                return float(self.arrival[j]) if j < self.arrival.shape[0] else float("inf")
-        return self.s
 
 
 def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
@@ -427,13 +381,9 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
             env.process(follow_up(env, follow[row], float(think_s[follow[row]]), send, nxt))  # type: ignore[index]
 
     router = getattr(route, "__self__", None)
-    if (isinstance(router, Router) and router.ready is None and len(replicas) > 1 and follow is None
-            and admission is None and autoscaler is None and prefill is None and slots is None):
-        nxt.arrival, nxt.n = table.arrival_s, len(replicas)
-        if router.policy == "round-robin":
-            nxt.rr = router
-        elif router.policy == "least-outstanding-tokens":
-            nxt.lot = replicas
+    if (isinstance(router, Router) and follow is None and admission is None and autoscaler is None
+            and prefill is None and slots is None):
+        nxt.look_past(router, replicas, table.arrival_s)
     env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens, admission,
                                 on_request_done, pool))
     scraping = scrape is not None and scrape_interval_s > 0
