@@ -15,7 +15,8 @@ import heapq
 from sim.batch import StepBatch
 from sim.kv_state import KVState
 from sim.request import Request, Status
-from sim.scheduler_v1 import Lane, SchedulerV1, _extend
+from sim.scheduler_lanes import Lane, load_lane
+from sim.scheduler_v1 import SchedulerV1, _extend
 
 
 def _hand_out_due(s: SchedulerV1, alloc_due: dict[int, list[tuple[Request, int]]], c: int) -> None:
@@ -243,7 +244,7 @@ def pp_quiet_end(s: SchedulerV1, inflight: list[tuple[StepBatch, Lane]], ready: 
     s.lane_inflight = inflight
     if ready is None:
         s.ready_lanes = []
-        s._load_lane(inflight[-1][1])
+        load_lane(s, inflight[-1][1])
     else:
         s.ready_lanes = [ready]
-        s._load_lane(ready)
+        load_lane(s, ready)

@@ -15,6 +15,7 @@ import numpy as np
 
 from sim.batch import StepBatch, StepOutcome
 from sim.request import Request, Status, admit_seq_of_pair
+from sim.scheduler_loads import finish_loads
 
 if TYPE_CHECKING:
     from sim.scheduler_v1 import SchedulerV1
@@ -33,7 +34,7 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
     kv = s.kv
     budget = lim.max_num_batched_tokens
     if s.loading:
-        s._finish_loads()
+        finish_loads(s)
     thr = lim.long_prefill_token_threshold if len(s.running_map) + len(s.waiting) > 1 else 0
     mml = lim.max_model_len
     la = s.lookahead

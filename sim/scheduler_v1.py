@@ -43,13 +43,17 @@ by the budget and max_model_len like any demand) with KV slots for `num_lookahea
 (their blocks stay, as in vLLM) and hands the request `accepted + 1` tokens, at most what it
 still needs.  Followed: vLLM 0.32 `Scheduler.schedule` (num_tokens_with_spec,
 scheduled_spec_decode_tokens), `update_from_output` (num_rejected), `update_draft_token_ids`.
+
+Beside this module, as functions of the scheduler: speculative decoding's steps
+(`sim.scheduler_spec`), quiet stretches (`sim.scheduler_quiet`), pipeline-parallel lanes
+(`sim.scheduler_lanes`), loads from the KV offload tiers (`sim.scheduler_loads`); the priority
+waiting queue is `sim.waiting_queue`.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,8 +64,11 @@ from sim.kv_cache_manager import KVCacheManager, cdiv
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
 from sim.request import Request, Status
+from sim.scheduler_lanes import Lane, leave_other_lane, load_lane, load_ready_lane, save_lane
+from sim.scheduler_loads import finish_loads, start_load
 from sim.scheduler_spec import schedule_spec, update_from_output_spec
 from sim.spec_decode import SpecDecoder
+from sim.waiting_queue import PriorityWaiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,65 +100,6 @@ def _extend(cal: dict[int, list[tuple[Request, int]]], key: int, reqs: list[Requ
         cal[key] = [(r, r.version) for r in reqs]
     else:
         lst.extend((r, r.version) for r in reqs)
-
-
-class PriorityWaiting:
-    """vLLM's `PriorityRequestQueue` (vllm/v1/core/sched/request_queue.py): a heap ordered by
-    (priority, arrival time, id) — lower priority values first; a preempted request goes back
-    by its key, not to the front.  vLLM breaks (priority, arrival) ties by the request-id
-    *string*; pagesim by its integer id (only exact arrival-time ties can differ).  Offers the
-    deque operations the scheduler uses."""
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[int, float, int, Request]] = []
-
-    def append(self, r: Request) -> None:
-        heapq.heappush(self.heap, (r.priority, r.arrival_s, r.req_id, r))
-
-    def appendleft(self, r: Request) -> None:
-        heapq.heappush(self.heap, (r.priority, r.arrival_s, r.req_id, r))
-
-    def popleft(self) -> Request:
-        return heapq.heappop(self.heap)[3]
-
-    def __getitem__(self, i: int) -> Request:
-        if i != 0:
-            raise IndexError("only the head of a priority queue can be read")
-        return self.heap[0][3]
-
-    def __len__(self) -> int:
-        return len(self.heap)
-
-    def __bool__(self) -> bool:
-        return bool(self.heap)
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter([e[3] for e in sorted(self.heap, key=lambda e: e[:3])])
-
-    def remove(self, r: Request) -> None:
-        self.heap = [e for e in self.heap if e[3] is not r]
-        heapq.heapify(self.heap)
-
-
-class Lane:
-    """Pipeline parallelism: one cohort's decode set with its own step clock.  With p batches in
-    flight, the requests of one batch get their tokens back together and are scheduled together
-    again (vLLM: a request in flight is not rescheduled), so each cohort is a sync decode set that
-    steps once per batch of its own.  The scheduler loads a lane into its decode-set fields to
-    schedule or apply that lane's batch and saves it back after."""
-
-    __slots__ = ("clock", "upd", "num_members", "members_base", "alloc_due", "finish_due", "finish_keys",
-                 "last_update_s")
-
-    def __init__(self) -> None:
-        self.clock = 0
-        self.upd = 0
-        self.num_members = 0
-        self.members_base = 0
-        self.alloc_due: dict[int, list[tuple[Request, int]]] = {}
-        self.finish_due: dict[int, list[tuple[Request, int]]] = {}
-        self.finish_keys: list[int] = []
-        self.last_update_s = 0.0
 
 
 class SchedulerV1:
@@ -302,11 +250,11 @@ class SchedulerV1:
         lim = self.limits
         batch = StepBatch()
         if self.lanes_on:
-            self._load_ready_lane()
+            load_ready_lane(self)
         c = self.clock
         budget = lim.max_num_batched_tokens
         if self.loading:
-            self._finish_loads()
+            finish_loads(self)
         thr = lim.long_prefill_token_threshold if len(self.running_map) + len(self.waiting) > 1 else 0
         if lim.async_scheduling:      # members whose last token is in flight are skipped
             for r, v in self.finish_due.get(c, ()):
@@ -356,67 +304,9 @@ class SchedulerV1:
         batch.clock_after = self.clock
         self.inflight.append(batch)
         if self.lanes_on:
-            self._save_lane(self.lane)
+            save_lane(self, self.lane)
             self.lane_inflight.append((batch, self.lane))
         return batch
-
-    # ------------------------------------------------------------------ PP lanes
-    def _save_lane(self, lane: Lane) -> None:
-        lane.clock = self.clock
-        lane.upd = self.upd
-        lane.num_members = self.num_members
-        lane.members_base = self.members_base
-        lane.alloc_due = self.alloc_due
-        lane.finish_due = self.finish_due
-        lane.finish_keys = self.finish_keys
-        lane.last_update_s = self.last_update_s
-
-    def _load_lane(self, lane: Lane) -> None:
-        self.lane = lane
-        self.clock = lane.clock
-        self.upd = lane.upd
-        self.num_members = lane.num_members
-        self.members_base = lane.members_base
-        self.alloc_due = lane.alloc_due
-        self.finish_due = lane.finish_due
-        self.finish_keys = lane.finish_keys
-        self.last_update_s = lane.last_update_s
-
-    def _load_ready_lane(self) -> None:
-        """The lane to schedule: the applied one (a new one if none); should several be ready,
-        the largest stays and the others' members leave to be scheduled explicitly."""
-        ready = self.ready_lanes
-        lane = Lane()
-        if ready:
-            lane = ready[0]
-            for other in ready:
-                if other.num_members > lane.num_members:
-                    lane = other
-            for other in ready:
-                if other is not lane:
-                    self._load_lane(other)
-                    for r in list(self.running_map.values()):
-                        if r.in_decode_set and self.lane_of[r.req_id] is other:
-                            self._leave(r)
-            self.ready_lanes = []
-        self._load_lane(lane)
-
-    def _leave_other_lane(self, r: Request, other: Lane) -> None:
-        """A member of a lane in flight leaves (preempted while the current lane is loaded).  One
-        that joined in the batch in flight has that token still to come: its last token time stays."""
-        joined_in_flight = False
-        for b, lane in self.lane_inflight:
-            if lane is other and r in b.samplers:
-                joined_in_flight = True
-        last_token_s = r.last_token_s
-        cur = self.lane
-        self._save_lane(cur)
-        self._load_lane(other)
-        self._leave(r)
-        if joined_in_flight:
-            r.last_token_s = last_token_s
-        self._save_lane(other)
-        self._load_lane(cur)
 
     def _demand(self, r: Request, thr: int) -> int:
         lim = self.limits
@@ -544,7 +434,7 @@ class SchedulerV1:
                 if self.offload is not None:
                     keys, n_cpu, n_disk = kv.offload_lookup(req, hit_tokens)  # type: ignore[union-attr]
                     if n_cpu + n_disk:
-                        if not self._start_load(req, hits, hit_tokens, keys, n_cpu, n_disk):
+                        if not start_load(self, req, hits, hit_tokens, keys, n_cpu, n_disk):
                             break
                         continue
             n = req.num_prompt_tokens + req.num_output - hit_tokens - req.num_computed
@@ -586,44 +476,6 @@ class SchedulerV1:
                     return True
         return False
 
-    def _start_load(self, req: Request, hits: np.ndarray | None, hit_tokens: int, keys: list[int],
-                    n_cpu: int, n_disk: int) -> bool:
-        """Admit `req` to wait for its offloaded blocks (vLLM: allocate the local + external hit,
-        status WAITING_FOR_REMOTE_KVS, skip it this step).  False: its blocks do not fit."""
-        kv = self.kv
-        off = self.offload
-        assert off is not None
-        ext = (n_cpu + n_disk) * kv.block_size
-        if not kv.allocate_slots(req, ext, hit_tokens, hits,  # type: ignore[call-arg]
-                                 full_sequence_must_fit=self.limits.scheduler_reserve_full_isl,
-                                 has_scheduled_reqs=bool(self.running_map), delay_cache_blocks=True):
-            return False
-        kv.record_prefix_stats(req, hit_tokens)
-        self.waiting.popleft()
-        if req.prefix_hit_tokens < 0:
-            req.prefix_hit_tokens = hit_tokens
-        req.num_computed = hit_tokens + ext
-        ready = off.load(keys, n_cpu, n_disk, self.now_s)
-        heapq.heappush(self.loading, (ready, self._seq, req))
-        self._seq += 1
-        return True
-
-    def _finish_loads(self) -> None:
-        """Loads done by now go back to the front of the waiting queue with their tokens computed
-        (vLLM `_update_waiting_for_remote_kv`: cache the loaded blocks; a whole-sequence hit
-        recomputes its last token)."""
-        done: list[Request] = []
-        loading = self.loading
-        while loading and loading[0][0] <= self.now_s:
-            done.append(heapq.heappop(loading)[2])
-        kv = self.kv
-        for req in reversed(done):
-            if kv.enable_caching:
-                kv.cache_blocks(req, req.num_computed, offer=False)  # type: ignore[call-arg]
-            if req.num_computed == req.num_prompt_tokens + req.num_output:
-                req.num_computed -= 1
-            self.waiting.appendleft(req)
-
     def _preempt_last(self, batch: StepBatch) -> Request:
         """Preempt the last running request (recompute; v1 has no swap); with the priority policy,
         the first running request with the largest (priority, arrival time)."""
@@ -636,7 +488,7 @@ class SchedulerV1:
         if r.in_decode_set:
             if self.lanes_on and self.lane_of[r.req_id] is not self.lane:
                 other = self.lane_of[r.req_id]
-                self._leave_other_lane(r, other)
+                leave_other_lane(self, r, other)
             else:
                 self._leave(r)
         del self.explicit[r.req_id]
@@ -679,7 +531,7 @@ class SchedulerV1:
                     del self.lane_inflight[i]
                     break
             assert lane is not None
-            self._load_lane(lane)
+            load_lane(self, lane)
         self.upd = batch.clock_after
         self.last_update_s = now_s
         first: list[Request] = []
@@ -729,7 +581,7 @@ class SchedulerV1:
             if r.status is Status.RUNNING:
                 self._finish(r, finished)
         if lane is not None:
-            self._save_lane(lane)
+            save_lane(self, lane)
             if lane.num_members:
                 self.ready_lanes.append(lane)
         ntok = len(batch.samplers) + batch.num_members

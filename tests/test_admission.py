@@ -14,7 +14,7 @@ from sim.config import load_scenario
 from sim.errors import ScenarioError
 from sim.request import Request
 from sim.runner import run_scenario
-from sim.scheduler_v1 import PriorityWaiting
+from sim.waiting_queue import PriorityWaiting
 
 
 class _Sched:
