@@ -12,7 +12,7 @@ vllm/v1/core/block_pool.py of vLLM 0.32 (`BlockPool`, `FreeKVCacheBlockQueue`,
   of cached-free blocks), in the given order.
 * A hashed block with ref count 0 stays in the queue as a cached-free block: a prefix hit
   `touch()`es it out; reusing it for new data evicts its hash.
-* Hashes are either *public* (registered in `cached`, findable by any request: shared prompt
+* Hashes are either *public* (registered in the hash map, findable by any request: shared prompt
   content) or *private* (content unique to one sequence: only that sequence, after preemption,
   can hit it, by checking `hash_of[block]` against its own token).  vLLM registers both kinds
   in one map; keeping private ones out of the map changes no decision and saves a dict
@@ -24,6 +24,16 @@ front of the queue is a stack (`stack[top-1]` is the head); behind it a FIFO arr
 the middle (a prefix hit on a cached-free block) is lazy: `where[b]` names the FIFO position of a
 block's live entry.
 
+The hash map (vLLM's `BlockHashToBlockMap`: public hash -> the blocks carrying it) is an
+open-addressing table in one int64 array, `slots[2 s]` the hash and `slots[2 s + 1]` the block of
+slot s (0, the null block, marks an empty slot), probed linearly from a Fibonacci-hashed home slot
+and deleted by backward shift (no tombstones).  It holds at most one entry per block, so a table of
+at least twice the blocks never fills past half and never grows.  A hash that several blocks carry
+(two requests computed the same block before either registered it) keeps its first block in the
+table, whose lookup returns, and all of them, in registration order, in `multi`.  Compared with a
+dict of Python ints, a probe reads one cache line and allocates nothing: a multi-turn run
+registers, looks up and evicts millions of public hashes.
+
 Speed: the operations are plain per-block loops over those arrays, written so that Cython can
 compile this very file (`setup_native.py`; the C types are declared beside it in
 `block_pool.pxd`, so this source stays plain Python and runs as it is when no compiler is at
@@ -32,7 +42,7 @@ hand).  Compiled, each loop reads and writes the arrays through typed memoryview
 freed, cost tens of nanoseconds per block instead of a numpy call per operation.
 
 Invariants (`check_invariants`): free + in-use == num_blocks - 1; a free block has ref count 0;
-every public hash in the map points at a block carrying that hash.
+every public hash in the map points at a block carrying that hash, and every public block is in it.
 """
 
 from __future__ import annotations
@@ -43,6 +53,13 @@ import numpy as np
 
 ID = np.intp      # block ids
 NO_HASH = 0
+_M64 = 0xFFFFFFFFFFFFFFFF
+_FIB = 11400714819323198485     # 2**64 / golden ratio: Fibonacci hashing of a hash to its home slot
+
+
+def _home(h: int, shift: int) -> int:
+    """Home slot of hash `h` in a table of 2**(64 - shift) slots."""
+    return (((h & _M64) * _FIB) & _M64) >> shift
 
 
 def _view(a: Any) -> memoryview:
@@ -61,7 +78,11 @@ class BlockPool:
         self.ref = np.zeros(n, dtype=np.int32)
         self.hash_of = np.zeros(n, dtype=np.int64)     # NO_HASH = none
         self.public = np.zeros(n, dtype=bool)
-        self.cached: dict[int, Any] = {}                # public hash -> block, or dict of blocks
+        bits = max(4, (2 * n - 1).bit_length()) if enable_caching else 1
+        self.shift = 64 - bits
+        self.mask = (1 << bits) - 1
+        self.slots = np.zeros(2 << bits, dtype=np.int64)   # the hash map: (hash, block) pairs
+        self.num_hashes = 0                                 # distinct public hashes in the map
         self.stack = np.empty(n, dtype=ID)            # queue front; stack[top-1] is the head
         self.top = 0
         self.fifo = np.empty(max(2 * n, 1024), dtype=ID)
@@ -74,7 +95,7 @@ class BlockPool:
         self.nfree = n - 1
         self.num_cached_free = 0
         self.num_evictions = 0
-        self.multi: set[int] = set()                    # hashes whose `cached` entry names several blocks
+        self.multi: dict[int, dict[int, None]] = {}    # hash -> its blocks (several), first registered first
         self._views()
 
     def _views(self) -> None:
@@ -86,6 +107,7 @@ class BlockPool:
         self._stack = _view(self.stack)
         self._fifo = _view(self.fifo)
         self._where = _view(self.where)
+        self._slots = _view(self.slots)
 
     # --- queries -----------------------------------------------------------------------------
     @property
@@ -98,25 +120,62 @@ class BlockPool:
         return 1.0 - self.nfree / (self.num_blocks - 1)
 
     def lookup(self, block_hash: int) -> int | None:
-        """A block registered under public `block_hash`, or None."""
-        entry = self.cached.get(block_hash)
-        if entry is None or isinstance(entry, int):
-            return entry
-        return next(iter(entry))
+        """A block registered under public `block_hash` (the first registered), or None."""
+        b = self._slots[2 * self._find(block_hash) + 1]
+        return int(b) if b else None
 
     def longest_hit(self, hashes: list[int]) -> list[int]:
         """Blocks registered under the leading public `hashes`, up to the first miss (`lookup`
         of each in turn)."""
-        cached = self.cached
+        slots = self._slots
         out: list[int] = []
         for h in hashes:
-            v = cached.get(h)
-            if v is None:
+            b = slots[2 * self._find(h) + 1]
+            if b == 0:
                 break
-            if isinstance(v, dict):       # several blocks carry this hash: the first registered
-                v = next(iter(v))
-            out.append(v)
+            out.append(b)
         return out
+
+    @property
+    def cached(self) -> dict[int, Any]:
+        """The hash map as a dict (tests, invariants): hash -> block, or -> {block: None, ...} in
+        registration order for a hash several blocks carry; in table order."""
+        out: dict[int, Any] = {}
+        for s in range(self.mask + 1):
+            b = int(self._slots[2 * s + 1])
+            if b:
+                h = int(self._slots[2 * s])
+                out[h] = dict(self.multi[h]) if h in self.multi else b
+        return out
+
+    # --- the hash map's table ----------------------------------------------------------------------
+    def _find(self, h: int) -> int:
+        """The slot holding hash `h`, or the empty slot that ends its probe."""
+        slots = self._slots
+        s = _home(h, self.shift)
+        while slots[2 * s + 1] != 0 and slots[2 * s] != h:
+            s = (s + 1) & self.mask
+        return s
+
+    def _delete_slot(self, s: int) -> None:
+        """Empty slot `s`, shifting back the entries after it whose probe passed it."""
+        slots = self._slots
+        mask = self.mask
+        i = s
+        j = s
+        while True:
+            j = (j + 1) & mask
+            if slots[2 * j + 1] == 0:
+                break
+            k = _home(slots[2 * j], self.shift)
+            if (k - i - 1) & mask < (j - i) & mask:    # home in (i, j]: the entry stays
+                continue
+            slots[2 * i] = slots[2 * j]
+            slots[2 * i + 1] = slots[2 * j + 1]
+            i = j
+        slots[2 * i] = 0
+        slots[2 * i + 1] = 0
+        self.num_hashes -= 1
 
     def free_queue(self) -> list[int]:
         """The free queue, head first (tests and debugging)."""
@@ -163,7 +222,7 @@ class BlockPool:
                 self.num_stale -= 1
             if self._hash[b] != NO_HASH:             # a cached-free block reused: its hash goes
                 if self._public[b]:
-                    self._unregister(b, int(self._hash[b]))
+                    self._unregister(b, self._hash[b])
                     self._public[b] = 0
                 self._hash[b] = NO_HASH
                 self.num_cached_free -= 1
@@ -173,14 +232,16 @@ class BlockPool:
 
     def _unregister(self, b: int, bh: int) -> None:
         """Take block `b` out of the hash map entry `bh`."""
-        entry = self.cached.pop(bh)
-        if isinstance(entry, dict):
-            del entry[b]
-            if len(entry) > 1:
-                self.cached[bh] = entry
-            else:
-                self.cached[bh] = next(iter(entry))
-                self.multi.discard(bh)
+        s = self._find(bh)
+        if self.multi and bh in self.multi:
+            blocks = self.multi[bh]
+            del blocks[b]
+            first = next(iter(blocks))
+            self._slots[2 * s + 1] = first
+            if len(blocks) == 1:
+                del self.multi[bh]
+        else:
+            self._delete_slot(s)
 
     def count_free(self, blocks: np.ndarray) -> int:
         """How many of `blocks` are free (cached-free prefix hits: ref count 0)."""
@@ -280,15 +341,16 @@ class BlockPool:
             return
         self._hash[block] = block_hash
         self._public[block] = 1
-        b = int(block)
-        entry = self.cached.setdefault(block_hash, b)     # one probe: registered now, or the one before
-        if entry is b:
-            return
-        if isinstance(entry, int):
-            self.cached[block_hash] = {entry: None, b: None}
-            self.multi.add(block_hash)
+        s = self._find(block_hash)
+        first = self._slots[2 * s + 1]
+        if first == 0:
+            self._slots[2 * s] = block_hash
+            self._slots[2 * s + 1] = block
+            self.num_hashes += 1
+        elif block_hash in self.multi:
+            self.multi[block_hash][int(block)] = None
         else:
-            entry[b] = None
+            self.multi[block_hash] = {int(first): None, int(block): None}
 
     def cache_public_run(self, blocks: np.ndarray, hashes: list[int]) -> None:
         """`cache_public` of blocks[i] under hashes[i] for each i, in order."""
@@ -306,8 +368,14 @@ class BlockPool:
         assert in_use + self.nfree == self.num_blocks - 1, "free + used != total"
         assert sum(1 for b in q if self.hash_of[b] != NO_HASH) == self.num_cached_free, "cached-free count drifted"
         assert all(self.hash_of[b] == NO_HASH for b in self.stack[: self.top].tolist()), "hashed block at the front"
-        assert {h for h, e in self.cached.items() if isinstance(e, dict)} == self.multi, "multi-entry set drifted"
-        for h, entry in self.cached.items():
+        cached = self.cached
+        assert len(cached) == self.num_hashes, "hash count drifted"
+        assert all(len(v) > 1 and isinstance(cached.get(h), dict) for h, v in self.multi.items()), "multi entries drifted"
+        for h, b in cached.items():
+            assert self.lookup(h) == (b if isinstance(b, int) else next(iter(b))), f"hash {h} not found where it lies"
+        assert sum(1 if isinstance(e, int) else len(e) for e in cached.values()) == int(np.count_nonzero(self.public)), \
+            "a public block is missing from the hash map"
+        for h, entry in cached.items():
             ids = [entry] if isinstance(entry, int) else list(entry)
             for b in ids:
                 assert self.hash_of[b] == h and self.public[b], f"block {b} registered under a hash it does not carry"

@@ -165,3 +165,62 @@ def test_bulk_request_operations_match_block_by_block_reference():
         assert _pool_state(bulk) == _pool_state(ref)
         bulk.check_invariants()
     assert bulk.multi and bulk.num_evictions > 0        # the walk did reach duplicates and evictions
+
+
+def _home_slot(h: int, table_bits: int) -> int:
+    """The pool's documented home slot: Fibonacci hashing of the hash (block_pool docstring)."""
+    m = (1 << 64) - 1
+    return (((h & m) * 11400714819323198485) & m) >> (64 - table_bits)
+
+
+def test_hash_map_matches_a_dict_through_collisions_wraparound_and_deletions():
+    """The open-addressing hash map against a plain model (hash -> its blocks in registration
+    order): hashes chosen to pile onto a few home slots, including the last one (probes wrap to
+    slot 0), registered, looked up, duplicated and evicted in random order; after every operation
+    `lookup` of every hash ever used, `longest_hit`, `cached` and the invariants agree with it."""
+    rng = np.random.default_rng(11)
+    pool = BlockPool(14, enable_caching=True)           # 13 usable blocks
+    bits = pool.mask.bit_length()
+    assert bits == 5                                    # 32 slots for 14 blocks
+    by_home: dict[int, list[int]] = {}
+    h = 1
+    while sum(len(v) for k, v in by_home.items() if k in (0, 9, 31)) < 30:
+        by_home.setdefault(_home_slot(h, bits), []).append(h)
+        h += 1
+    hashes = by_home[0][:10] + by_home[9][:10] + by_home[31][:10] + [-(1 << 63), (1 << 63) - 1, -5]
+    model: dict[int, list[int]] = {}                    # hash -> blocks carrying it, first registered first
+    hash_of: dict[int, int] = {}                        # block -> its public hash
+    owned: list[list[int]] = []
+    saw_multi = 0
+    for _ in range(4000):
+        op = rng.random()
+        if op < 0.35 and pool.num_free_blocks:          # take blocks: cached-free ones lose their hash
+            got = pool.get_new_blocks(int(rng.integers(1, min(3, pool.num_free_blocks) + 1))).tolist()
+            for b in got:
+                old = hash_of.pop(b, None)
+                if old is not None:
+                    model[old].remove(b)
+            owned.append(got)
+        elif op < 0.65 and owned:                       # register an owned, unhashed block
+            blocks = owned[int(rng.integers(len(owned)))]
+            b = blocks[int(rng.integers(len(blocks)))]
+            hh = hashes[int(rng.integers(len(hashes)))]
+            if b not in hash_of:
+                hash_of[b] = hh
+                model.setdefault(hh, []).append(b)
+            pool.cache_public(b, hh)                    # a second registration of a hashed block is a no-op
+        elif owned:                                     # free an owner's blocks: hashed ones stay cached
+            pool.free_blocks(np.asarray(owned.pop(int(rng.integers(len(owned))))[::-1], dtype=np.intp))
+        for hh in hashes:
+            assert pool.lookup(hh) == (model[hh][0] if model.get(hh) else None)
+        chain = [hashes[int(i)] for i in rng.integers(len(hashes), size=4)]
+        expect = []
+        for hh in chain:
+            if not model.get(hh):
+                break
+            expect.append(model[hh][0])
+        assert pool.longest_hit(chain) == expect
+        assert pool.cached == {k: (v[0] if len(v) == 1 else dict.fromkeys(v)) for k, v in model.items() if v}
+        pool.check_invariants()
+        saw_multi += bool(pool.multi)
+    assert pool.num_evictions > 100 and saw_multi > 100
