@@ -222,27 +222,32 @@ def build_table(conv: Conversations, system_tokens: int, source: str) -> Request
     user_col: list[int] = []
     think_col: list[float] = []
     head: Segments = ((SYSTEM_PROMPT_ID, system_tokens),) if system_tokens else ()
+    # Python lists, not numpy scalars, in the loop: a 100k-turn table is built per run
+    i64, f64 = np.int64, np.float64
+    turns, offsets = conv.turns.astype(i64).tolist(), offset.astype(i64).tolist()
+    users, starts = conv.user.astype(i64).tolist(), conv.start_s.astype(f64).tolist()
+    msgs, answers = conv.user_tokens.astype(i64).tolist(), conv.answer_tokens.astype(i64).tolist()
+    thinks = conv.think_s.astype(f64).tolist()
+    nan = math.nan
     for sid in order.tolist():
         context: Segments = head
         tokens = system_tokens
         base = SESSION_ID_BASE + (sid << 20)
-        start = float(conv.start_s[sid])
-        for j in range(int(conv.turns[sid])):
-            k = offset[sid] + j
-            m, a = int(conv.user_tokens[k]), int(conv.answer_tokens[k])
-            context = (*context, (base + 2 * j, m))
+        user = users[sid]
+        for j in range(turns[sid]):
+            k = offsets[sid] + j
+            m, a = msgs[k], answers[k]
             tokens += m
-            arrival.append(start if j == 0 else math.nan)
+            arrival.append(starts[sid] if j == 0 else nan)
             prompt.append(tokens)
             output.append(a)
-            segments.append((*context, (base + 2 * j + 1, a)))
-            context = segments[-1]
+            context = (*context, (base + 2 * j, m), (base + 2 * j + 1, a))
+            segments.append(context)
             tokens += a
             sess_col.append(sid)
             turn_col.append(j)
-            user_col.append(int(conv.user[sid]))
-            think_col.append(float(conv.think_s[k]))
-    i64 = np.int64
+            user_col.append(user)
+            think_col.append(thinks[k])
     extra = {"session": np.asarray(sess_col, dtype=i64), "turn": np.asarray(turn_col, dtype=i64),
              "user": np.asarray(user_col, dtype=i64), "think_s": np.asarray(think_col, dtype=float)}
     return RequestTable(np.asarray(arrival, dtype=float), np.asarray(prompt, dtype=i64), np.asarray(output, dtype=i64),
