@@ -67,17 +67,15 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
 
 
 def follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
-              nxt: NextArrival) -> Generator[Any, Any, None]:
-    """A session's next turn: sent `think_s` after the previous turn finished (now).  The send
-    time enters `nxt.later` at once, before this process first runs: a replica planning a quiet
-    stretch at this same instant must already see it."""
+              nxt: NextArrival) -> None:
+    """A session's next turn: sent `think_s` after the previous turn finished (now), by a timeout
+    event's callback (no process: one event per turn, not three).  The send time enters
+    `nxt.later` at once: a replica planning a quiet stretch at this same instant must already see it."""
     heapq.heappush(nxt.later, env.now + think_s)
-    return _follow_up(env, row, think_s, send, nxt)
+    env.timeout(think_s).callbacks.append(lambda _: _follow_up_due(row, send, nxt))  # type: ignore[union-attr]
 
 
-def _follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
-               nxt: NextArrival) -> Generator[Any, Any, None]:
-    yield env.timeout(think_s)
+def _follow_up_due(row: int, send: Callable[[int], None], nxt: NextArrival) -> None:
     heapq.heappop(nxt.later)
     send(row)
 
@@ -378,7 +376,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         if remaining[0] == 0 and not done.triggered:
             done.succeed()
         if follow is not None and follow[row] >= 0:
-            env.process(follow_up(env, follow[row], float(think_s[follow[row]]), send, nxt))  # type: ignore[index]
+            follow_up(env, follow[row], float(think_s[follow[row]]), send, nxt)  # type: ignore[index]
 
     router = getattr(route, "__self__", None)
     if (isinstance(router, Router) and follow is None and admission is None and autoscaler is None
