@@ -101,10 +101,28 @@ def hashing_by_arithmetic() -> bool:
     """True when block hashes come from the arithmetic (the compiled module passed its check)."""
     return FAST
 
-# (segments, block size) -> hashes; oldest first.  An OrderedDict: dropping the oldest is O(1)
-# (next(iter(dict)) after many deletions scans the dead slots at the front of a plain dict).
-_CHAINS: OrderedDict[tuple[tuple[tuple[int, int], ...], int], list[int]] = OrderedDict()
+# Memoised chains, oldest first: (number of segments, last segment id, its length, block size) ->
+# (segments, hashes).  The key is four ints, cheap to hash where the segment list itself (a
+# conversation's whole history) is not; the stored segments are compared before a chain is used,
+# so two lists that share a key only displace each other.  An OrderedDict: dropping the oldest is
+# O(1) (next(iter(dict)) after many deletions scans the dead slots at the front of a plain dict).
+_CHAINS: OrderedDict[tuple[int, int, int, int], tuple[tuple[tuple[int, int], ...], list[int]]] = OrderedDict()
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
+
+
+def _memo_key(segments: tuple[tuple[int, int], ...], n: int, block_size: int) -> tuple[int, int, int, int]:
+    last = segments[n - 1]
+    return (n, last[0], last[1], block_size)
+
+
+def _same_head(stored: tuple[tuple[int, int], ...], segments: tuple[tuple[int, int], ...], n: int) -> bool:
+    """stored == segments[:n] (stored has n entries); a session's turns share the entry objects."""
+    for i in range(n):
+        a = stored[i]
+        b = segments[i]
+        if a is not b and a != b:
+            return False
+    return True
 
 
 def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int) -> list[int]:
@@ -113,25 +131,32 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
     A chain is a pure function of its segments, so chains are memoised, and a segment list whose
     head (all but its last one or two runs: a session's previous turn, `sim.sessions`) was hashed
     before resumes from that chain instead of rehashing the whole conversation."""
-    key = (segments, block_size)
+    n = len(segments)
+    if n == 0:
+        return []
+    key = _memo_key(segments, n, block_size)
     hit = _CHAINS.get(key)
-    if hit is not None:
-        return hit
+    if hit is not None and (hit[0] is segments or _same_head(hit[0], segments, n)):
+        return hit[1]
     hashes: list[int] = []
     for drop in (2, 1):
-        if len(segments) > drop:
-            head = _CHAINS.get((segments[:-drop], block_size))
-            if head is not None:
-                hashes = list(head)
+        if n > drop:
+            head = _CHAINS.get(_memo_key(segments, n - drop, block_size))
+            if head is not None and _same_head(head[0], segments, n - drop):
+                hashes = list(head[1])
                 break
-    total = sum(length for _, length in segments)
+    total = 0
+    for i in range(n):
+        total += segments[i][1]
     num_blocks = total // block_size
     if num_blocks > len(hashes):
         _extend_chain(hashes, segments, block_size, num_blocks)
-    if len(segments) > 1:            # a lone segment (a system prompt, one trace block) is cheap to redo
-        if len(_CHAINS) >= _CHAINS_MAX:
+    if n > 1:                        # a lone segment (a system prompt, one trace block) is cheap to redo
+        if key in _CHAINS:
+            del _CHAINS[key]
+        elif len(_CHAINS) >= _CHAINS_MAX:
             _CHAINS.popitem(last=False)
-        _CHAINS[key] = hashes
+        _CHAINS[key] = (segments, hashes)
     return hashes
 
 

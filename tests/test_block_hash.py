@@ -80,3 +80,19 @@ def test_equal_prefixes_share_hashes_and_different_ones_do_not() -> None:
     assert len(a) == len(b) == 5
     assert a[:2] == b[:2]                 # blocks 0-1 lie inside segment 10
     assert not set(a[2:]) & set(b[2:])    # block 2 spans into the differing segment: the chains part
+
+
+def test_memoised_chains_are_used_only_for_their_own_segments() -> None:
+    """The memo is keyed by (number of segments, last segment, block size): lists that share that
+    key but differ earlier must still get their own chains, fresh and resumed."""
+    bh._CHAINS.clear()
+    for first in (1, 2, 1, 3):
+        for tail in ((), ((9, 33),), ((9, 33), (10, 7))):
+            context = ((first, 40), (5, 40), *tail)
+            assert bh.shared_prefix_hashes(context, 16) == _reference_chain(context, 16)
+    for tail in (((9, 33),), ((9, 33), (10, 7))):          # resumed from a head memoised under the same key
+        bh._CHAINS.clear()
+        bh.shared_prefix_hashes(((1, 40), (5, 40)), 16)
+        context = ((2, 40), (5, 40), *tail)
+        assert bh.shared_prefix_hashes(context, 16) == _reference_chain(context, 16)
+    bh._CHAINS.clear()
