@@ -32,10 +32,10 @@ cdef class BlockPool:
     @cython.locals(slots=int64_t[::1], out=list, h=object, b=int64_t)
     cpdef list longest_hit(self, list hashes)
 
-    @cython.locals(slots=int64_t[::1], s=Py_ssize_t)
+    @cython.locals(s=Py_ssize_t)
     cdef Py_ssize_t _find(self, int64_t h) noexcept
 
-    @cython.locals(slots=int64_t[::1], mask=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t)
+    @cython.locals(mask=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t)
     cdef void _delete_slot(self, Py_ssize_t s) noexcept
 
     @cython.locals(o=Py_ssize_t[::1], i=Py_ssize_t)
@@ -44,7 +44,7 @@ cdef class BlockPool:
     @cython.locals(out=list)
     cpdef list pop_few(self, Py_ssize_t n)
 
-    @cython.locals(b=Py_ssize_t, pos=Py_ssize_t, fifo=Py_ssize_t[::1], where=int64_t[::1])
+    @cython.locals(b=Py_ssize_t, pos=Py_ssize_t)
     cdef Py_ssize_t _pop(self) except -1
 
     @cython.locals(s=Py_ssize_t, blocks=dict, first=object)

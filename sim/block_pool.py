@@ -150,31 +150,31 @@ class BlockPool:
 
     # --- the hash map's table ----------------------------------------------------------------------
     def _find(self, h: int) -> int:
-        """The slot holding hash `h`, or the empty slot that ends its probe."""
-        slots = self._slots
+        """The slot holding hash `h`, or the empty slot that ends its probe.  (The per-call
+        helpers index `self._slots` itself: compiled, a local memoryview costs an atomic
+        acquire and release per call.)"""
         s = _home(h, self.shift)
-        while slots[2 * s + 1] != 0 and slots[2 * s] != h:
+        while self._slots[2 * s + 1] != 0 and self._slots[2 * s] != h:
             s = (s + 1) & self.mask
         return s
 
     def _delete_slot(self, s: int) -> None:
         """Empty slot `s`, shifting back the entries after it whose probe passed it."""
-        slots = self._slots
         mask = self.mask
         i = s
         j = s
         while True:
             j = (j + 1) & mask
-            if slots[2 * j + 1] == 0:
+            if self._slots[2 * j + 1] == 0:
                 break
-            k = _home(slots[2 * j], self.shift)
+            k = _home(self._slots[2 * j], self.shift)
             if (k - i - 1) & mask < (j - i) & mask:    # home in (i, j]: the entry stays
                 continue
-            slots[2 * i] = slots[2 * j]
-            slots[2 * i + 1] = slots[2 * j + 1]
+            self._slots[2 * i] = self._slots[2 * j]
+            self._slots[2 * i + 1] = self._slots[2 * j + 1]
             i = j
-        slots[2 * i] = 0
-        slots[2 * i + 1] = 0
+        self._slots[2 * i] = 0
+        self._slots[2 * i + 1] = 0
         self.num_hashes -= 1
 
     def free_queue(self) -> list[int]:
@@ -211,13 +211,11 @@ class BlockPool:
             self.top -= 1
             b = self._stack[self.top]
         else:
-            fifo = self._fifo
-            where = self._where
             while True:
                 pos = self.head
-                b = fifo[pos]
+                b = self._fifo[pos]
                 self.head = pos + 1
-                if where[b] == pos:
+                if self._where[b] == pos:
                     break
                 self.num_stale -= 1
             if self._hash[b] != NO_HASH:             # a cached-free block reused: its hash goes
