@@ -16,6 +16,7 @@ Segment ids are plain ints so block hashes never depend on Python's string-hash 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class RequestTable:
         if self.segments is not None:
             if len(self.segments) != m:
                 raise ValueError("segments must have one entry per request")
+            total = (self.prompt_tokens + self.output_tokens).tolist()
             for i, segs in enumerate(self.segments):
-                if sum(length for _, length in segs) > int(self.prompt_tokens[i] + self.output_tokens[i]):
+                if sum(map(itemgetter(1), segs)) > total[i]:
                     raise ValueError(f"request {i}: segments are longer than its prompt and output")
