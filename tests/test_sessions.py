@@ -134,6 +134,32 @@ def test_one_turn_sessions_equal_an_open_loop_workload(tmp_path: Path) -> None:
     assert a.summary["median_ttft_ms"] == b.summary["median_ttft_ms"]
 
 
+@pytest.mark.parametrize("engine", ["", "num_gpu_blocks_override: 120"])
+def test_sessions_equal_an_open_loop_replay_of_their_sends(tmp_path: Path, engine: str) -> None:
+    # the closed loop only decides *when* each turn is sent: replaying the same turns (same
+    # segments, so the same prefix hits) open-loop at the times the closed loop sent them must
+    # give every turn the same first token, finish and hit, with and without evictions
+    from sim.requests_table import RequestTable
+    lengths = "{input: {dist: uniform, low: 50, high: 400}, output: {dist: uniform, low: 5, high: 120}}"
+    sess = _scenario(tmp_path, "num_users: 6, turns: {dist: uniform, low: 2, high: 5}, "
+                     "think_time_s: {dist: exponential, mean: 0.3}, system_prompt_tokens: 40",
+                     engine=engine, hardware="", lengths=lengths, run="num_requests: 120")
+    sc = load_scenario(sess)
+    a = run_scenario(sc)
+    t = a.workload
+    send = a.requests["send_s"].to_numpy()
+    order = np.argsort(send, kind="stable")
+    assert t.segments is not None and np.isnan(t.arrival_s).sum() > 60      # mostly follow-ups
+    replay = RequestTable(send[order], t.prompt_tokens[order], t.output_tokens[order],
+                          segments=[t.segments[i] for i in order])
+    b = run_scenario(sc, table=replay)
+    for col in ("send_s", "first_token_s", "finish_s", "prefix_hit_tokens", "num_preemptions"):
+        assert np.array_equal(a.requests[col].to_numpy()[order], b.requests[col].to_numpy()), col
+    assert a.requests["prefix_hit_tokens"].sum() > 0
+    if engine:                      # the small cache forgets contexts and preempts (hit rate 0.10, not 0.64)
+        assert a.summary["num_preemptions"] > 0 and a.summary["prefix_cache_hit_rate"] < 0.3
+
+
 def test_same_seed_same_numbers(tmp_path: Path) -> None:
     p = _scenario(tmp_path, "rate: 2, turns: {dist: geometric, mean: 3}, think_time_s: {dist: exponential, mean: 4}",
                   hardware="", lengths="{input: {dist: uniform, low: 50, high: 500}, output: {dist: uniform, low: 5, high: 200}}",
