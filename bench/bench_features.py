@@ -12,7 +12,12 @@ The issue's bar: every feature within 20 % of the dense figure.  Variants:
 * spec:      EAGLE, k = 3, acceptance 0.7 (synchronous scheduling, as pagesim simulates it);
 * pp2:       pipeline_parallel_size 2 (sync batch queue of two batches);
 * offload:   a CPU KV tier (the vLLM offloading connector's CPU cache);
-* sessions:  bench/sessions_100k.yaml: 100,000 turns of multi-turn chat of a like size.
+* sessions:  bench/sessions_100k.yaml: 100,000 turns of multi-turn chat of a like size;
+* sessions-open: the same 100,000 turns replayed open-loop at the times the closed loop sent
+             them (a table made by an untimed sessions run first): the same results (same turns,
+             same prefix hits; tests/test_sessions.py checks the identity), so the wall time
+             left between it and `sessions` is what the closed loop costs, and between it and
+             `dense` what this traffic's prefix-cache work costs.
 
 Host speed drifts on shared VMs: compare ratios from one invocation, not absolute seconds; with
 `--repeat K` each round runs dense then the variants and the median of the within-round ratios is
@@ -23,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,16 +46,18 @@ VARIANTS: dict[str, tuple[Path, list[str]]] = {
     "pp2": (DENSE, ["engine.pipeline_parallel_size=2"]),
     "offload": (DENSE, ["engine.kv_offloading_size=64"]),
     "sessions": (HERE / "sessions_100k.yaml", []),
+    "sessions-open": (HERE / "sessions_100k.yaml", ["<replay>"]),
 }
 
 CHILD = """
-import json, resource, sys, time
+import json, pickle, resource, sys, time
 sys.path.insert(0, {root!r})
 t0 = time.perf_counter()
 from sim.config import load_scenario
 from sim.runner import run_scenario
 sc = load_scenario({path!r}, {overrides!r} + ["run.num_requests={n}"])
-s = run_scenario(sc).summary
+table = pickle.load(open({replay!r}, "rb")) if {replay!r} else None
+s = run_scenario(sc, table=table).summary
 print(json.dumps({{"wall_s": time.perf_counter() - t0,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "steps": s["num_steps"], "completed": s["completed"],
@@ -56,9 +65,35 @@ print(json.dumps({{"wall_s": time.perf_counter() - t0,
 """
 
 
+REPLAY = """
+import pickle, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from sim.config import load_scenario
+from sim.requests_table import RequestTable
+from sim.runner import run_scenario
+r = run_scenario(load_scenario({path!r}, {overrides!r} + ["run.num_requests={n}"]))
+t, send = r.workload, r.requests["send_s"].to_numpy()
+order = np.argsort(send, kind="stable")
+pickle.dump(RequestTable(send[order], t.prompt_tokens[order], t.output_tokens[order],
+                         segments=[t.segments[i] for i in order], source="sessions replayed open-loop"),
+            open({out!r}, "wb"))
+"""
+
+
 def run_one(path: Path, overrides: list[str], n: int) -> dict[str, float]:
-    code = CHILD.format(root=str(HERE.parent), path=str(path), overrides=overrides, n=n)
+    replay = ""
+    if "<replay>" in overrides:         # the closed loop's sends as an open-loop table, made untimed
+        overrides = [o for o in overrides if o != "<replay>"]
+        replay = str(Path(tempfile.gettempdir()) / f"pagesim-bench-replay-{os.getpid()}.pkl")
+        code = REPLAY.format(root=str(HERE.parent), path=str(path), overrides=overrides, n=n, out=replay)
+        made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            return {"error": (made.stderr.strip().splitlines() or ["failed"])[-1]}  # type: ignore[dict-item]
+    code = CHILD.format(root=str(HERE.parent), path=str(path), overrides=overrides, n=n, replay=replay)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if replay:
+        os.remove(replay)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}  # type: ignore[dict-item]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -73,7 +108,7 @@ def main() -> int:
     args = ap.parse_args()
     names = ["dense"] + [v for v in args.only if v != "dense"]
     ratios: dict[str, list[float]] = {n: [] for n in names}
-    print(f"{'variant':<10}{'wall_s':>9}{'x dense':>9}{'rss_MB':>8}{'steps':>10}{'mean_tpot_ms':>14}{'p99_ttft_ms':>13}")
+    print(f"{'variant':<14}{'wall_s':>9}{'x dense':>9}{'rss_MB':>8}{'steps':>10}{'mean_tpot_ms':>14}{'p99_ttft_ms':>13}")
     t0 = time.perf_counter()
     for rnd in range(args.repeat):
         if args.repeat > 1:
@@ -83,11 +118,11 @@ def main() -> int:
             path, overrides = VARIANTS[name]
             r = results[name] = run_one(path, overrides, args.requests)
             if "error" in r:
-                print(f"{name:<10} error: {r['error']}")
+                print(f"{name:<14} error: {r['error']}")
                 continue
             ratio = r["wall_s"] / results["dense"]["wall_s"] if "wall_s" in results.get("dense", {}) else float("nan")
             ratios[name].append(ratio)
-            print(f"{name:<10}{r['wall_s']:>9.1f}{ratio:>9.2f}{r['peak_rss_mb']:>8.0f}{r['steps']:>10}"
+            print(f"{name:<14}{r['wall_s']:>9.1f}{ratio:>9.2f}{r['peak_rss_mb']:>8.0f}{r['steps']:>10}"
                   f"{r['mean_tpot_ms']:>14.1f}{r['p99_ttft_ms']:>13.0f}", flush=True)
     if args.repeat > 1:      # the host's speed drifts between rounds: within-round ratios, their median
         print("median x dense over rounds: " + ", ".join(
