@@ -14,6 +14,7 @@ per-token events: one SimPy timeout per engine step (plus one per arrival).
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
@@ -149,12 +150,18 @@ class PrefillPool:
 
 
 def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
-                  on_request_done: Callable[[int], None], nxt: NextArrival | None = None) -> Generator[Any, Any, None]:
+                  on_request_done: Callable[[int], None], nxt: NextArrival | None = None,
+                  run_ahead: bool = False,
+                  done_early: Callable[[int], bool] | None = None) -> Generator[Any, Any, None]:
     """One engine iteration per loop: schedule, spend the step time, apply the results.
-    With `nxt` (the next arrival), runs of decode-only steps are taken at once (`sim.quiet`)."""
+    With `nxt` (the next arrival), runs of decode-only steps are taken at once (`sim.quiet`), and
+    with `run_ahead` (sync scheduling, nothing outside the replicas polling their state) so are
+    any steps that end before the next arrival, up to the first that finishes a request the
+    outside must see finish on time (`done_early(row)`: False, or reports it done at once)."""
     sched = rep.scheduler
     async_ = rep.async_scheduling
     quiet_ok = nxt is not None and isinstance(sched, SchedulerV1)
+    run_ahead = run_ahead and quiet_ok and not async_
     pending: StepBatch | None = None
     pending_start = 0.0
     pending_dt = 0.0
@@ -205,6 +212,46 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             start = env.now
             dt = rep.coster.step_time_s(batch)
             kv_state = rep.kv_state()
+            if run_ahead:
+                # steps that end before the next arrival: applied and the next one scheduled at
+                # their end without an event, nothing outside this replica happening meanwhile
+                horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
+                notify: list[int] = []
+                while start + dt < horizon:
+                    t = start + dt
+                    notify = _applied(rep, batch, start, dt, kv_state, recorder, t)
+                    if notify:
+                        k = 0
+                        while k < len(notify) and done_early is not None and done_early(notify[k]):
+                            k += 1
+                        notify = notify[k:]
+                        if notify:                     # a finish the outside sees: report it on time
+                            break
+                    if sched.num_members:              # a quiet stretch may follow: plan it at real time
+                        break
+                    sched.now_s = t
+                    batch = sched.schedule() if sched.has_work else None
+                    rep.num_unseen_arrivals = 0
+                    if batch is not None and batch.is_empty:
+                        sched.update_from_output(batch, t)
+                        batch = None
+                    if batch is None:
+                        break
+                    if batch.admitted:
+                        recorder.on_admitted(t, batch.admitted)
+                    start = t
+                    dt = rep.coster.step_time_s(batch)
+                    kv_state = rep.kv_state()
+                else:                                  # this step ends at or past the next arrival
+                    yield _at(env, start + dt)
+                    _apply(env, rep, batch, start, dt, kv_state, recorder, on_request_done)
+                    continue
+                yield _at(env, t)
+                for row in notify:
+                    on_request_done(row)
+                if batch is None and not notify and not sched.num_members:
+                    yield rep.wait_for_work(env)
+                continue
             yield env.timeout(dt)
             _apply(env, rep, batch, start, dt, kv_state, recorder, on_request_done)
             continue
@@ -222,6 +269,27 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 yield rep.wait_for_work(env)
             continue
         pending, pending_start, pending_dt = batch, env.now, rep.coster.step_time_s(batch)
+
+
+def _at(env: simpy.Environment, t: float) -> simpy.Timeout:
+    """A timeout that fires at `t` (>= now), exactly where SimPy's now + delay can land there:
+    now + (t - now) rounds to a neighbour of `t` for a few per cent of pairs, and a step
+    taken ahead of the clock should end when the step-by-step engine's does (now + delay from
+    its own start).  Some `t` no delay reaches: then the nearest."""
+    now = env.now
+    d = t - now
+    best, err = d, abs((now + d) - t)
+    lo = hi = d
+    for _ in range(4):
+        if err == 0.0:
+            break
+        hi = math.nextafter(hi, math.inf)
+        lo = math.nextafter(lo, 0.0)
+        for c in (hi, lo):
+            e = abs((now + c) - t)
+            if e < err:
+                best, err = c, e
+    return env.timeout(best)
 
 
 def _finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, stretch: quiet.Stretch,
@@ -312,21 +380,30 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
 def _apply(env: simpy.Environment, rep: Replica, batch: StepBatch, start: float, dt: float,
            kv_state: KVState, recorder: Recorder,
            on_request_done: Callable[[int], None]) -> None:
-    now = env.now
+    for row in _applied(rep, batch, start, dt, kv_state, recorder, env.now):
+        on_request_done(row)
+
+
+def _applied(rep: Replica, batch: StepBatch, start: float, dt: float, kv_state: KVState,
+             recorder: Recorder, now: float) -> list[int]:
+    """Apply a step's output at `now` and record it; the rows whose last request finished, for
+    the caller to report done (at `now`: only events follow from that, so after the step's row)."""
     outcome = rep.scheduler.update_from_output(batch, now)
     if rep.handoff is not None:          # a prefill replica: its one token is not the client's
         outcome.first_tokens = []
     recorder.on_tokens(now, dt, outcome)
+    done: list[int] = []
     for req in outcome.finished:
         rep.on_finished(req)
         if rep.handoff is not None:
             rep.handoff(req, now)
         elif recorder.on_finish(now, req):
-            on_request_done(req.parent_id)
+            done.append(req.parent_id)
     recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), rep.scheduler.num_running,
                      rep.num_waiting_seen, kv_state, rep.kv_state()[0] if outcome.finished else None)
     if rep.check_invariants:
         rep.check()
+    return done
 
 
 def autoscale_process(env: simpy.Environment, scaler: Autoscaler, replicas: list[Replica],
@@ -396,11 +473,26 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     quiet_ok = (quiet_stretches and not ((slots is not None or follow is not None) and len(replicas) > 1)
                 and not scraping
                 and (autoscaler is None or autoscaler.cfg.metric != "kv_usage") and pool is None)
+    # a step applied ahead of the clock must not be seen by a process polling replicas (autoscaler
+    # ticks) nor outlive the run's end
+    run_ahead = quiet_ok and autoscaler is None and max_sim_time_s is None
+
+    def done_early(row: int) -> bool:
+        """Report `row` done ahead of the clock where nobody can tell: an open loop (no slot to
+        free, no next turn to send) on one replica (with several, a finish reported ahead
+        could make another's earlier one look like the run's last) and not the last request
+        (whose finish ends the run)."""
+        if slots is not None or follow is not None or len(replicas) > 1 or remaining[0] <= 1:
+            return False
+        remaining[0] -= 1
+        return True
+
     for rep in replicas:
         if rep.pipeline is not None:
             env.process(serve_pipeline(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
             continue
-        env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None))
+        env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None, run_ahead,
+                                  done_early))
     if prefill is not None:
         for rep in prefill.replicas:
             env.process(serve_replica(env, rep, recorder, on_request_done, None))

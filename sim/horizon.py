@@ -57,6 +57,15 @@ class NextArrival:
                 return float(self.arrival[j]) if j < self.arrival.shape[0] else float("inf")
         return self.s
 
+    def ahead_for_replica(self, i: int) -> float:
+        """`for_replica` for steps taken ahead of the clock (`sim.engine` run-ahead), which may
+        finish requests: under least outstanding tokens a finish lowers this replica's count
+        before an arrival routed elsewhere meanwhile would read it, so those stop at the next
+        arrival anywhere.  (Round robin reads no replica state.)"""
+        if self.lot is not None:
+            return min(self.s, self.later[0]) if self.later else self.s
+        return self.for_replica(i)
+
     def look_past(self, router: Router, replicas: list[Replica], arrival_s: Any) -> None:
         """Only `router` decides where requests go (the caller has checked there is no admission
         control, autoscaler, P/D pool, closed loop or session): with several replicas and a

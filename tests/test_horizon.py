@@ -55,3 +55,21 @@ def test_decided_follow_ups_and_single_replicas_use_the_next_arrival() -> None:
     _at(nxt, 3)
     nxt.later = [2.5]
     assert nxt.for_replica(0) == 2.5
+
+
+def test_steps_ahead_of_the_clock_look_past_only_under_round_robin() -> None:
+    # a step taken ahead may finish a request, lowering the count least outstanding tokens reads
+    # at an arrival routed meanwhile: those stop at the next arrival anywhere
+    reps = [SimpleNamespace(outstanding_tokens=t) for t in (500, 100, 500)]
+    lot = NextArrival()
+    lot.look_past(Router("least-outstanding-tokens", 3, 16, 1 << 10), reps, ARRIVALS)  # type: ignore[arg-type]
+    _at(lot, 0)
+    assert [lot.ahead_for_replica(i) for i in range(3)] == [1.0, 1.0, 1.0]
+    lot.later = [0.5]
+    assert lot.ahead_for_replica(2) == 0.5
+    router = Router("round-robin", 3, 16, 1 << 10)
+    rr = NextArrival()
+    rr.look_past(router, reps, ARRIVALS)  # type: ignore[arg-type]
+    router.next_rr = 4
+    _at(rr, 1)
+    assert [rr.ahead_for_replica(i) for i in range(3)] == [rr.for_replica(i) for i in range(3)] == [4.0, 2.0, 3.0]

@@ -123,3 +123,58 @@ def test_a_lone_decoding_request_takes_stretches(monkeypatch, async_):
     va, wa = a.itl_samples()
     vb, wb = b.itl_samples()
     assert wa.sum() == wb.sum() and np.dot(va, wa) == pytest.approx(np.dot(vb, wb), rel=1e-12)
+
+
+def _scenario_runs(tmp_path, engine: str, rate: float, n: int):
+    """A scenario run with the engine's shortcuts (quiet stretches, steps taken ahead of the
+    clock) and one with every step its own event."""
+    import sim.runner as runner
+    from sim.config import load_scenario
+    p = tmp_path / "s.yaml"
+    p.write_text(f"""
+name: ahead
+model: llama-3-8b
+hardware: {{gpu: H100-SXM}}
+engine: {{block_size: 16, async_scheduling: false, {engine}}}
+workload:
+  arrival: {{process: poisson, rate: {rate}}}
+  lengths: {{input: {{dist: uniform, low: 50, high: 1500}}, output: {{dist: uniform, low: 5, high: 400}}}}
+run: {{seed: 4, num_requests: {n}}}
+""")
+    sc = load_scenario(p)
+    fast = runner.run_scenario(sc)
+    real = runner.simulate
+
+    def every_step(*a, **kw):
+        kw["quiet_stretches"] = False
+        return real(*a, **kw)
+    runner.simulate = every_step
+    try:
+        slow = runner.run_scenario(sc)
+    finally:
+        runner.simulate = real
+    return fast, slow
+
+
+@pytest.mark.parametrize("engine, rate", [
+    ("speculative_config: {method: eagle, num_speculative_tokens: 3, acceptance_rate: 0.7}", 12.0),
+    ("speculative_config: {method: ngram, num_speculative_tokens: 4, acceptance_rate: 0.5}, "
+     "num_gpu_blocks_override: 900", 12.0),                                   # preemptions
+    ("num_replicas: 3, router: least-outstanding-tokens, num_gpu_blocks_override: 1200", 45.0),
+    ("num_replicas: 3, router: round-robin, speculative_config: {method: eagle, num_speculative_tokens: 2, "
+     "acceptance_rate: 0.6}", 40.0),
+    ("num_replicas: 2, router: least-outstanding-tokens, speculative_config: {method: eagle, "
+     "num_speculative_tokens: 3, acceptance_rate: 0.8}", 30.0),
+])
+def test_steps_taken_ahead_of_the_clock_match_step_by_step(tmp_path, engine, rate):
+    # sync scheduling runs steps that end before the next arrival without an event, reporting
+    # open-loop finishes at once; least outstanding tokens must stop those at the next arrival
+    # anywhere (a finish ahead of the clock would lower the count an arrival routed meanwhile reads)
+    fast, slow = _scenario_runs(tmp_path, engine, rate, 500)
+    a, b = fast.requests, slow.requests
+    for col in ("replica", "num_preemptions", "prefix_hit_tokens", "first_token_s", "finish_s"):
+        assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
+    assert fast.summary["num_steps"] == slow.summary["num_steps"]
+    assert fast.summary["simulated_time_s"] == slow.summary["simulated_time_s"]
+    if "900" in engine or "1200" in engine:
+        assert fast.summary["num_preemptions"] > 0
