@@ -161,8 +161,15 @@ class SpecDecoder:
         self.step_emitted = array("q")         # per step with drafts: tokens they emitted
 
     def refill(self) -> None:
+        """DRAW_CHUNK accepted lengths: per draft, the leading positions whose uniform draw falls
+        under its conditional rate (column by column: cumprod along a row of k is slow)."""
         ok = self.rng.random((DRAW_CHUNK, self.k)) < self.rates
-        self.buf = np.cumprod(ok, axis=1).sum(axis=1).tolist()
+        run = ok[:, 0].copy()
+        acc = run.astype(np.int64)
+        for i in range(1, self.k):
+            run &= ok[:, i]
+            acc += run
+        self.buf = acc.tolist()
         self.pos = 0
 
     def draw(self, num_drafted: int) -> int:
