@@ -14,7 +14,6 @@ per-token events: one SimPy timeout per engine step (plus one per arrival).
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
@@ -61,7 +60,9 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             token = slots.request()
             if not token.triggered:
                 nxt.s = float("inf")      # it arrives when a request of this replica set finishes
+                nxt.blocked = True        # (then `on_request_done` sets nxt.s to that moment)
             yield token
+            nxt.blocked = False
             slot_tokens[row] = token  # type: ignore[index]
         _send(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, prefill)
     nxt.s = float("inf")
@@ -214,11 +215,13 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             kv_state = rep.kv_state()
             if run_ahead:
                 # steps that end before the next arrival: applied and the next one scheduled at
-                # their end without an event, nothing outside this replica happening meanwhile
+                # their end without an event, nothing outside this replica happening meanwhile.
+                # Only up to twice the clock: then t - now is exact (Sterbenz) and the wake-up
+                # now + (t - now) lands on t itself, as the step-by-step engine's clock would.
                 horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
                 notify: list[int] = []
-                while start + dt < horizon:
-                    t = start + dt
+                t = start + dt
+                while t < horizon and t <= 2.0 * env.now:
                     notify = _applied(rep, batch, start, dt, kv_state, recorder, t)
                     if notify:
                         k = 0
@@ -242,11 +245,14 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                     start = t
                     dt = rep.coster.step_time_s(batch)
                     kv_state = rep.kv_state()
-                else:                                  # this step ends at or past the next arrival
-                    yield _at(env, start + dt)
+                    t = start + dt
+                else:                                  # this step ends past the next arrival (or 2 x now)
+                    if start > env.now:                # to its start first (<= 2 x now: exact), then its dt
+                        yield env.timeout(start - env.now)
+                    yield env.timeout(dt)
                     _apply(env, rep, batch, start, dt, kv_state, recorder, on_request_done)
                     continue
-                yield _at(env, t)
+                yield env.timeout(t - env.now)
                 for row in notify:
                     on_request_done(row)
                 if batch is None and not notify and not sched.num_members:
@@ -269,27 +275,6 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 yield rep.wait_for_work(env)
             continue
         pending, pending_start, pending_dt = batch, env.now, rep.coster.step_time_s(batch)
-
-
-def _at(env: simpy.Environment, t: float) -> simpy.Timeout:
-    """A timeout that fires at `t` (>= now), exactly where SimPy's now + delay can land there:
-    now + (t - now) rounds to a neighbour of `t` for a few per cent of pairs, and a step
-    taken ahead of the clock should end when the step-by-step engine's does (now + delay from
-    its own start).  Some `t` no delay reaches: then the nearest."""
-    now = env.now
-    d = t - now
-    best, err = d, abs((now + d) - t)
-    lo = hi = d
-    for _ in range(4):
-        if err == 0.0:
-            break
-        hi = math.nextafter(hi, math.inf)
-        lo = math.nextafter(lo, 0.0)
-        for c in (hi, lo):
-            e = abs((now + c) - t)
-            if e < err:
-                best, err = c, e
-    return env.timeout(best)
 
 
 def _finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, stretch: quiet.Stretch,
@@ -449,6 +434,8 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     def on_request_done(row: int) -> None:
         if slots is not None:
             slots.release(slot_tokens[row])
+            if nxt.blocked:               # the next request is sent now, once the arrival process resumes:
+                nxt.s = env.now           # no replica may plan past it meanwhile (a stretch, a run-ahead)
         remaining[0] -= 1
         if remaining[0] == 0 and not done.triggered:
             done.succeed()

@@ -27,7 +27,7 @@ class NextArrival:
     Otherwise every replica stops at the next arrival anywhere.  Session follow-ups (`later`: the
     send times already decided, a heap) count as arrivals too."""
 
-    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n", "later")
+    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n", "later", "blocked")
 
     def __init__(self) -> None:
         self.s = float("inf")
@@ -38,6 +38,7 @@ class NextArrival:
         self.arrival: Any = None
         self.n = 1
         self.later: list[float] = []
+        self.blocked = False      # closed loop: the next arrival waits for a request to finish
 
     def for_replica(self, i: int) -> float:
         if self.later:

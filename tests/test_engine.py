@@ -94,30 +94,3 @@ def test_step_waiting_count_leaves_out_arrivals_during_the_step():
     simulate(table, [rep], Router("round-robin", 1, 16, 1 << 20).route, rec)
     assert list(rec.steps.num_waiting)[:11] == [0, 0, 0, 0, 0, 2, 2, 2, 1, 0, 0]
 
-
-def test_a_step_taken_ahead_ends_at_its_time_where_simpy_can_land_there():
-    # env.now + (t - now) can round to a neighbour of t; the run-ahead's wake-up lands on t
-    # whenever some delay does (checked by brute force over nearby delays), else within an ulp
-    import math
-
-    import simpy
-
-    from sim.engine import _at
-    rng = np.random.default_rng(5)
-    naive_misses = reachable_misses = 0
-    for _ in range(400):
-        env = simpy.Environment()
-        now = float(rng.uniform(0.01, 1.0))
-        t = now * float(rng.uniform(1.0, 8.0))
-        env.run(until=env.timeout(now))
-        naive_misses += env.now + (t - env.now) != t
-        up = down = t - env.now
-        near = [up]
-        for _ in range(6):
-            up, down = math.nextafter(up, math.inf), math.nextafter(down, 0.0)
-            near += [up, down]
-        reachable = any(env.now + c == t for c in near)
-        env.run(until=_at(env, t))
-        assert env.now == t or (not reachable and abs(env.now - t) <= math.ulp(t))
-        reachable_misses += reachable and env.now != t
-    assert naive_misses > 0 and reachable_misses == 0
