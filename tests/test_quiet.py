@@ -125,13 +125,16 @@ def test_a_lone_decoding_request_takes_stretches(monkeypatch, async_):
     assert wa.sum() == wb.sum() and np.dot(va, wa) == pytest.approx(np.dot(vb, wb), rel=1e-12)
 
 
-def _scenario_runs(tmp_path, engine: str, rate: float, n: int, arrival: str = "", async_: bool = False):
+def _scenario_runs(tmp_path, engine: str, rate: float, n: int, arrival: str = "", async_: bool = False,
+                   workload: str | None = None):
     """A scenario run with the engine's shortcuts (quiet stretches, steps taken ahead of the
     clock) and one with every step its own event."""
     import sim.runner as runner
     from sim.config import load_scenario
-    if "speculative_config" not in engine:
+    if "speculative_config" not in engine and "pipeline_parallel_size" not in engine:
         engine = ", ".join(x for x in (f"async_scheduling: {str(async_).lower()}", engine) if x)
+    lengths = "lengths: {input: {dist: uniform, low: 50, high: 1500}, output: {dist: uniform, low: 5, high: 400}}"
+    workload = workload or f"arrival: {{process: poisson, rate: {rate}{arrival}}}\n  {lengths}"
     p = tmp_path / "s.yaml"
     p.write_text(f"""
 name: ahead
@@ -139,13 +142,13 @@ model: llama-3-8b
 hardware: {{gpu: H100-SXM}}
 engine: {{block_size: 16, {engine}}}
 workload:
-  arrival: {{process: poisson, rate: {rate}{arrival}}}
-  lengths: {{input: {{dist: uniform, low: 50, high: 1500}}, output: {{dist: uniform, low: 5, high: 400}}}}
+  {workload}
 run: {{seed: 4, num_requests: {n}}}
 """)
     sc = load_scenario(p)
     fast = runner.run_scenario(sc)
-    assert fast.summary["async_scheduling"] is (async_ and "speculative_config" not in engine)
+    if workload is None:
+        assert fast.summary["async_scheduling"] is (async_ and "speculative_config" not in engine)
     real = runner.simulate
 
     def every_step(*a, **kw):
@@ -201,4 +204,32 @@ def test_closed_loop_shortcuts_match_step_by_step(tmp_path, async_, engine, conc
     # stretch (or a run-ahead) planned right after the finish runs past the send (the stretches
     # did, until the horizon learned it: 20,966 steps instead of 19,783 at concurrency 3)
     fast, slow = _scenario_runs(tmp_path, engine, 1000.0, 300, f", max_concurrency: {concurrency}", async_)
+    _same_runs(fast, slow)
+
+
+LENGTHS = "lengths: {input: {dist: uniform, low: 50, high: 1200}, output: {dist: uniform, low: 5, high: 300}}"
+
+
+@pytest.mark.parametrize("workload, engine", [
+    (f"arrival: {{process: poisson, rate: 30}}\n  {LENGTHS}", "pipeline_parallel_size: 2, num_gpu_blocks_override: 900"),
+    (f"arrival: {{process: poisson, rate: 1000, max_concurrency: 8}}\n  {LENGTHS}",
+     "async_scheduling: true, num_gpu_blocks_override: 1200, kv_offloading_size: 2"),
+    (f"arrival: {{process: poisson, rate: 1000, max_concurrency: 8}}\n  {LENGTHS}", "pipeline_parallel_size: 2"),
+    (f"arrival: {{process: poisson, rate: 30}}\n  {LENGTHS}\n  shared_prefix: {{num_prefixes: 4, tokens: 512, assign: random}}",
+     "async_scheduling: true, num_replicas: 3, router: least-kv-usage, num_gpu_blocks_override: 900"),
+    (f"arrival: {{process: poisson, rate: 20}}\n  {LENGTHS}\n  n: 3",
+     "async_scheduling: true, scheduling_policy: priority, num_gpu_blocks_override: 900"),
+    ("lengths: {input: {dist: uniform, low: 50, high: 400}, output: {dist: uniform, low: 5, high: 200}}\n  "
+     "sessions: {num_users: 20, turns: {dist: uniform, low: 2, high: 6}, think_time_s: {dist: exponential, mean: 1.0}}",
+     "speculative_config: {method: eagle, num_speculative_tokens: 3, acceptance_rate: 0.7}, num_gpu_blocks_override: 900"),
+    (f"arrival: {{process: poisson, rate: 30}}\n  {LENGTHS}\n  shared_prefix: {{num_prefixes: 2, tokens: 256}}",
+     "scheduler: vllm-v0, swap_space: 1, async_scheduling: false, num_gpu_blocks_override: 900"),
+])
+def test_engine_shortcuts_match_step_by_step_across_features(tmp_path, workload, engine):
+    # quiet stretches, lane stretches (PP) and the sync run-ahead against every step as its own
+    # event, over the features that feed the horizon or the replica state: a closed loop, KV
+    # offload loads, PP, routers reading KV usage, parallel sampling with priority preemption,
+    # sessions with speculative decoding, the v0 scheduler (a sweep of 19 engine set-ups x 5
+    # workloads agreed; these cover each feature once)
+    fast, slow = _scenario_runs(tmp_path, engine, 0.0, 250, workload=workload)
     _same_runs(fast, slow)
