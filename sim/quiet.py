@@ -150,14 +150,15 @@ class PipeStretch:
 
 
 def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
-                     inflight: list[tuple[StepBatch, float, float, KVState]]) -> PipeStretch | None:
+                     inflight: list[tuple[StepBatch, float, float, KVState]], clock_s: float = -1.0) -> PipeStretch | None:
     """PP (sim.engine.serve_pipeline with p - 1 batches in flight and one lane applied): take the
     coming rounds of the batch queue at once while every lane only decodes.  Iteration i schedules
     the applied lane's next step at t_i (before the next arrival) and launches it through the stage
     clocks, then waits for the oldest batch in flight and applies it at t_{i+1} = t_i + (done - t_i)
     — the float operations of the step-by-step loop, so the same times.  The stretch ends at the
     latest with the first application that may finish members: that one is left to the engine,
-    which applies it for real at the stretch's end.  None: take a normal step."""
+    which applies it for real at the stretch's end.  None: take a normal step.  `clock_s`: the
+    SimPy clock when the engine's loop runs ahead of it (`now` then is the loop's own clock)."""
     sched = rep.scheduler
     plan = sq.pp_quiet_lanes(sched, QUIET_MAX_STEPS)
     if not plan:
@@ -202,7 +203,8 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
         if u0 == plan[k0][2]:                      # this application may finish members: the last
             finishing = True
             break
-    if n < p or now + (t - now) != t:              # too short, or the one event would not land on t
+    c = now if clock_s < 0.0 else clock_s          # the SimPy clock the engine's one event starts from
+    if n < p or c + (t - c) != t:                  # too short, or the one event would not land on t
         pipe.restore(saved)
         return None
     # pass 2: the same schedulings and applications on the scheduler, in order
