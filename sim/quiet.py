@@ -151,7 +151,7 @@ class PipeStretch:
 
 def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
                      inflight: list[tuple[StepBatch, float, float, KVState]], clock_s: float = -1.0) -> PipeStretch | None:
-    """PP (sim.engine.serve_pipeline with p - 1 batches in flight and one lane applied): take the
+    """PP (sim.engine.pipeline_loop.serve_pipeline with p - 1 batches in flight and one lane applied): take the
     coming rounds of the batch queue at once while every lane only decodes.  Iteration i schedules
     the applied lane's next step at t_i (before the next arrival) and launches it through the stage
     clocks, then waits for the oldest batch in flight and applies it at t_{i+1} = t_i + (done - t_i)

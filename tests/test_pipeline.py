@@ -1,4 +1,4 @@
-"""Pipeline parallelism (sim.pipeline + sim.engine.serve_pipeline) against hand-worked truths:
+"""Pipeline parallelism (sim.pipeline + sim.engine.pipeline_loop.serve_pipeline) against hand-worked truths:
 vLLM's layer split, per-stage memory and the min-over-stages block count, the pipeline's token
 timing at batch size 1 (a full traversal per token) and with many requests (one batch leaving
 every stage time once the pipeline is full), and PP = 1 equal to the synchronous engine."""

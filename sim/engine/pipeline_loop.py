@@ -1,0 +1,120 @@
+"""Pipeline parallelism's engine loop: vLLM's batch queue (`step_with_batch_queue`) over the stages."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+import simpy
+
+from sim import quiet
+from sim.batch import StepBatch
+from sim.engine.apply import applied_step, apply_step
+from sim.horizon import NextArrival
+from sim.kv_state import KVState
+from sim.metrics import Recorder
+from sim.replica import Replica
+
+
+def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
+                   on_request_done: Callable[[int], None], nxt: NextArrival | None = None,
+                   run_ahead: bool = False,
+                   done_early: Callable[[int], bool] | None = None) -> Generator[Any, Any, None]:
+    """Pipeline parallelism (vLLM's `step_with_batch_queue`): schedule a batch while fewer than
+    p are in flight and the scheduler has work; otherwise wait for the oldest batch's output and
+    apply it.  Each batch costs the CPU `overhead_s` before it enters stage 0, then passes the
+    stages (`sim.pipeline.PipelineClock`).  A request in flight is not scheduled again until its
+    output is applied (the scheduler's rule), so with few requests stages idle: the bubbles.
+    With `nxt` (the next arrival), rounds in which every lane only decodes are taken at once
+    (`sim.quiet.pipeline_stretch`); with `run_ahead` the loop's waits that end before the next
+    arrival are not events either: `now` runs ahead of the SimPy clock (as in `serve_replica`,
+    up to twice it, so that catching up lands on `now` exactly), and catches up where the
+    outside must see the time: a finish it cannot report early, an idle wait, the next arrival."""
+    sched = rep.scheduler
+    pipe = rep.pipeline
+    p = pipe.num_stages
+    inflight: deque[tuple[StepBatch, float, float, KVState]] = deque()
+    cpu_free_s = 0.0          # the CPU's overhead for the last batch ends here
+    quiet_ok = nxt is not None and p > 1 and getattr(sched, "lanes_on", False) and not rep.check_invariants
+    ahead = run_ahead and nxt is not None
+    now = env.now             # the loop's clock (ahead of env.now while waits are skipped)
+    horizon = -1.0
+    while True:
+        if ahead:
+            horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
+        if quiet_ok and len(inflight) == p - 1 and sched.ready_lanes:
+            h = nxt.for_replica(rep.index)  # type: ignore[union-attr]
+            # cheap test first: the second scheduling comes when the oldest batch is out
+            st = quiet.pipeline_stretch(rep, now, h, list(inflight), env.now) if inflight[0][2] < h else None
+            if st is not None:
+                rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
+                inflight = deque(st.inflight)
+                cpu_free_s = st.cpu_free_s
+                yield env.timeout(st.end_s - env.now)     # (pipeline_stretch checked it lands on end_s)
+                now = env.now
+                running, waiting = sched.num_running, rep.num_waiting_seen
+                for d, start, dt, kv in st.rows:
+                    recorder.on_decode_step(rep.index, start, dt, d, running, waiting, kv)
+                if st.finishing is not None:          # its last application finishes members: for real
+                    batch, start, kv_state = st.finishing
+                    apply_step(env, rep, batch, start, env.now - start, kv_state, recorder, on_request_done)
+                continue
+        if len(inflight) < p and sched.has_work:
+            batch = sched.schedule()
+            rep.num_unseen_arrivals = 0
+            if batch.admitted:
+                recorder.on_admitted(now, batch.admitted)
+            if batch.is_empty:
+                sched.update_from_output(batch, now)   # everyone schedulable is in flight
+                if not inflight:
+                    if now > env.now:
+                        yield env.timeout(now - env.now)
+                    yield rep.wait_for_work(env)
+                    now = env.now
+                    continue
+            else:
+                start = now
+                kv_state = rep.kv_state()
+                cpu_free_s = start + pipe.overhead_s
+                done = pipe.launch(cpu_free_s, rep.coster.step_time_s(batch),
+                                   batch.num_prefill_tokens + batch.num_decode_tokens)
+                inflight.append((batch, start, done, kv_state))
+                if len(inflight) < p:      # room for another batch: schedule again once the CPU is free
+                    if pipe.overhead_s:
+                        t = now + pipe.overhead_s
+                        if ahead and t < horizon and t <= 2.0 * env.now:
+                            now = t
+                        else:
+                            if now > env.now:
+                                yield env.timeout(now - env.now)
+                            yield env.timeout(pipe.overhead_s)
+                            now = env.now
+                    continue
+        if not inflight:
+            if now > env.now:
+                yield env.timeout(now - env.now)
+            yield rep.wait_for_work(env)
+            now = env.now
+            continue
+        batch, start, done, kv_state = inflight.popleft()
+        if cpu_free_s > done:
+            done = cpu_free_s
+        if done > now:
+            t = now + (done - now)                   # what the SimPy clock reads after the wait
+            if ahead and t < horizon and t <= 2.0 * env.now:
+                now = t
+            else:
+                if now > env.now:
+                    yield env.timeout(now - env.now)
+                yield env.timeout(done - env.now)
+                now = env.now
+        notify = applied_step(rep, batch, start, now - start, kv_state, recorder, now)
+        k = 0
+        if now > env.now:                            # ahead: what the outside may learn early
+            while k < len(notify) and done_early is not None and done_early(notify[k]):
+                k += 1
+            if k < len(notify):
+                yield env.timeout(now - env.now)
+        for row in notify[k:]:
+            on_request_done(row)
