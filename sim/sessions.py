@@ -206,52 +206,41 @@ def generate_sessions(cfg: SessionsConfig, first: LengthConfig, later: LengthCon
 def build_table(conv: Conversations, system_tokens: int, source: str) -> RequestTable:
     """Rows user by user (users in order of their first start), each user's sessions in order,
     turns in order (see the module docstring)."""
-    s = conv.turns.size
-    user_start: dict[int, float] = {}
-    for sid in range(s):
-        user_start.setdefault(int(conv.user[sid]), float(conv.start_s[sid]))
-    first_start = np.asarray([user_start[int(u)] for u in conv.user], dtype=float)
-    order = np.lexsort((np.arange(s), conv.user, first_start))   # by the user's start, user, session
-    offset = np.concatenate(([0], np.cumsum(conv.turns)))
-    arrival: list[float] = []
-    prompt: list[int] = []
-    output: list[int] = []
-    segments: list[Segments] = []
-    sess_col: list[int] = []
-    turn_col: list[int] = []
-    user_col: list[int] = []
-    think_col: list[float] = []
+    i64 = np.int64
+    turns = conv.turns.astype(i64)
+    users = conv.user.astype(i64)
+    starts = conv.start_s.astype(np.float64)
+    s = turns.size
+    uniq, first = np.unique(users, return_index=True)     # each user's first session
+    first_start = starts[first][np.searchsorted(uniq, users)] if s else starts
+    order = np.lexsort((np.arange(s), users, first_start))   # by the user's start, user, session
+    offset = np.concatenate(([0], np.cumsum(turns)))
+    lens = turns[order]
+    sess = np.repeat(order, lens)                          # per row: its session, its turn
+    row0 = np.cumsum(lens) - lens                          # each session's first row
+    turn = np.arange(sess.size, dtype=i64) - np.repeat(row0, lens)
+    k = offset[sess] + turn                                # per row: its index in the per-turn arrays
+    msgs = conv.user_tokens.astype(i64)[k]
+    answers = conv.answer_tokens.astype(i64)[k]
+    sent = np.cumsum(msgs + answers) - (msgs + answers)    # tokens of the rows before, run-wide
+    prompt = system_tokens + (sent - np.repeat(sent[row0], lens)) + msgs
+    arrival = np.where(turn == 0, starts[sess], np.nan)
+    # the segments: the growing conversation as tuples (Python lists in the loop, not numpy scalars)
     head: Segments = ((SYSTEM_PROMPT_ID, system_tokens),) if system_tokens else ()
-    # Python lists, not numpy scalars, in the loop: a 100k-turn table is built per run
-    i64, f64 = np.int64, np.float64
-    turns, offsets = conv.turns.astype(i64).tolist(), offset.astype(i64).tolist()
-    users, starts = conv.user.astype(i64).tolist(), conv.start_s.astype(f64).tolist()
-    msgs, answers = conv.user_tokens.astype(i64).tolist(), conv.answer_tokens.astype(i64).tolist()
-    thinks = conv.think_s.astype(f64).tolist()
-    nan = math.nan
-    for sid in order.tolist():
+    segments: list[Segments] = []
+    m_list, a_list = msgs.tolist(), answers.tolist()
+    r = 0
+    for sid, n in zip(order.tolist(), lens.tolist(), strict=True):
         context: Segments = head
-        tokens = system_tokens
         base = SESSION_ID_BASE + (sid << 20)
-        user = users[sid]
-        for j in range(turns[sid]):
-            k = offsets[sid] + j
-            m, a = msgs[k], answers[k]
-            tokens += m
-            arrival.append(starts[sid] if j == 0 else nan)
-            prompt.append(tokens)
-            output.append(a)
-            context = (*context, (base + 2 * j, m), (base + 2 * j + 1, a))
+        for j in range(n):
+            context = (*context, (base + 2 * j, m_list[r]), (base + 2 * j + 1, a_list[r]))
             segments.append(context)
-            tokens += a
-            sess_col.append(sid)
-            turn_col.append(j)
-            user_col.append(user)
-            think_col.append(thinks[k])
-    extra = {"session": np.asarray(sess_col, dtype=i64), "turn": np.asarray(turn_col, dtype=i64),
-             "user": np.asarray(user_col, dtype=i64), "think_s": np.asarray(think_col, dtype=float)}
-    return RequestTable(np.asarray(arrival, dtype=float), np.asarray(prompt, dtype=i64), np.asarray(output, dtype=i64),
-                        segments=segments, source=source, extra=extra)
+            r += 1
+    extra = {"session": sess.astype(i64), "turn": turn, "user": users[sess],
+             "think_s": conv.think_s.astype(float)[k]}
+    return RequestTable(arrival.astype(float), prompt.astype(i64), answers, segments=segments, source=source,
+                        extra=extra)
 
 
 def follow_up_rows(table: RequestTable) -> list[int]:
