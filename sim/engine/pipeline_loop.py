@@ -10,6 +10,7 @@ import simpy
 
 from sim import quiet
 from sim.batch import StepBatch
+from sim.engine.ahead import catch_up, idle, wait
 from sim.engine.apply import applied_step, apply_step
 from sim.horizon import NextArrival
 from sim.kv_state import KVState
@@ -20,7 +21,7 @@ from sim.replica import Replica
 def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                    on_request_done: Callable[[int], None], nxt: NextArrival | None = None,
                    run_ahead: bool = False,
-                   done_early: Callable[[int], bool] | None = None) -> Generator[Any, Any, None]:
+                   report_early: Callable[[list[int]], list[int]] | None = None) -> Generator[Any, Any, None]:
     """Pipeline parallelism (vLLM's `step_with_batch_queue`): schedule a batch while fewer than
     p are in flight and the scheduler has work; otherwise wait for the oldest batch's output and
     apply it.  Each batch costs the CPU `overhead_s` before it enters stage 0, then passes the
@@ -30,7 +31,8 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     (`sim.quiet.pipeline_stretch`); with `run_ahead` the loop's waits that end before the next
     arrival are not events either: `now` runs ahead of the SimPy clock (as in `serve_replica`,
     up to twice it, so that catching up lands on `now` exactly), and catches up where the
-    outside must see the time: a finish it cannot report early, an idle wait, the next arrival."""
+    outside must see the time: a finish it cannot report early (`report_early`), an idle wait,
+    the next arrival (`sim.engine.ahead`)."""
     sched = rep.scheduler
     pipe = rep.pipeline
     p = pipe.num_stages
@@ -39,7 +41,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     quiet_ok = nxt is not None and p > 1 and getattr(sched, "lanes_on", False) and not rep.check_invariants
     ahead = run_ahead and nxt is not None
     now = env.now             # the loop's clock (ahead of env.now while waits are skipped)
-    horizon = -1.0
+    horizon = -1.0            # the next arrival: waits ending before it may be skipped (never if not ahead)
     while True:
         if ahead:
             horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
@@ -68,10 +70,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
             if batch.is_empty:
                 sched.update_from_output(batch, now)   # everyone schedulable is in flight
                 if not inflight:
-                    if now > env.now:
-                        yield env.timeout(now - env.now)
-                    yield rep.wait_for_work(env)
-                    now = env.now
+                    now = yield from idle(env, rep, now)
                     continue
             else:
                 start = now
@@ -82,39 +81,21 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 inflight.append((batch, start, done, kv_state))
                 if len(inflight) < p:      # room for another batch: schedule again once the CPU is free
                     if pipe.overhead_s:
-                        t = now + pipe.overhead_s
-                        if ahead and t < horizon and t <= 2.0 * env.now:
-                            now = t
-                        else:
-                            if now > env.now:
-                                yield env.timeout(now - env.now)
-                            yield env.timeout(pipe.overhead_s)
-                            now = env.now
+                        now = yield from wait(env, now, pipe.overhead_s, horizon)
                     continue
         if not inflight:
-            if now > env.now:
-                yield env.timeout(now - env.now)
-            yield rep.wait_for_work(env)
-            now = env.now
+            now = yield from idle(env, rep, now)
             continue
         batch, start, done, kv_state = inflight.popleft()
         if cpu_free_s > done:
             done = cpu_free_s
         if done > now:
-            t = now + (done - now)                   # what the SimPy clock reads after the wait
-            if ahead and t < horizon and t <= 2.0 * env.now:
-                now = t
-            else:
-                if now > env.now:
-                    yield env.timeout(now - env.now)
-                yield env.timeout(done - env.now)
-                now = env.now
+            now = yield from wait(env, now, done - now, horizon)
         notify = applied_step(rep, batch, start, now - start, kv_state, recorder, now)
-        k = 0
-        if now > env.now:                            # ahead: what the outside may learn early
-            while k < len(notify) and done_early is not None and done_early(notify[k]):
-                k += 1
-            if k < len(notify):
-                yield env.timeout(now - env.now)
-        for row in notify[k:]:
+        if notify and now > env.now:                 # ahead: what the outside may learn early
+            if report_early is not None:
+                notify = report_early(notify)
+            if notify:
+                yield from catch_up(env, now)
+        for row in notify:
             on_request_done(row)

@@ -11,6 +11,7 @@ import simpy
 from sim import quiet
 from sim import scheduler_quiet as sq
 from sim.batch import StepBatch
+from sim.engine.ahead import catch_up, may_run_ahead
 from sim.engine.apply import applied_step, apply_step
 from sim.horizon import NextArrival
 from sim.kv_state import KVState
@@ -22,12 +23,13 @@ from sim.scheduler_v1 import SchedulerV1
 def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                   on_request_done: Callable[[int], None], nxt: NextArrival | None = None,
                   run_ahead: bool = False,
-                  done_early: Callable[[int], bool] | None = None) -> Generator[Any, Any, None]:
+                  report_early: Callable[[list[int]], list[int]] | None = None) -> Generator[Any, Any, None]:
     """One engine iteration per loop: schedule, spend the step time, apply the results.
     With `nxt` (the next arrival), runs of decode-only steps are taken at once (`sim.quiet`), and
     with `run_ahead` (sync scheduling, nothing outside the replicas polling their state) so are
     any steps that end before the next arrival, up to the first that finishes a request the
-    outside must see finish on time (`done_early(row)`: False, or reports it done at once)."""
+    outside must see finish on time (`report_early(rows)` reports those nobody can tell early and
+    returns the rest)."""
     sched = rep.scheduler
     async_ = rep.async_scheduling
     quiet_ok = nxt is not None and isinstance(sched, SchedulerV1)
@@ -84,21 +86,17 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             kv_state = rep.kv_state()
             if run_ahead:
                 # steps that end before the next arrival: applied and the next one scheduled at
-                # their end without an event, nothing outside this replica happening meanwhile.
-                # Only up to twice the clock: then t - now is exact (Sterbenz) and the wake-up
-                # now + (t - now) lands on t itself, as the step-by-step engine's clock would.
+                # their end without an event, nothing outside this replica happening meanwhile
+                # (`sim.engine.ahead`)
                 horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
                 notify: list[int] = []
                 t = start + dt
-                while t < horizon and t <= 2.0 * env.now:
+                while may_run_ahead(t, horizon, env.now):
                     notify = applied_step(rep, batch, start, dt, kv_state, recorder, t)
-                    if notify:
-                        k = 0
-                        while k < len(notify) and done_early is not None and done_early(notify[k]):
-                            k += 1
-                        notify = notify[k:]
-                        if notify:                     # a finish the outside sees: report it on time
-                            break
+                    if notify and report_early is not None:
+                        notify = report_early(notify)
+                    if notify:                         # a finish the outside sees: report it on time
+                        break
                     if sched.num_members:              # a quiet stretch may follow: plan it at real time
                         break
                     sched.now_s = t
@@ -116,12 +114,11 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                     kv_state = rep.kv_state()
                     t = start + dt
                 else:                                  # this step ends past the next arrival (or 2 x now)
-                    if start > env.now:                # to its start first (<= 2 x now: exact), then its dt
-                        yield env.timeout(start - env.now)
+                    yield from catch_up(env, start)    # to its start first (exact), then its dt
                     yield env.timeout(dt)
                     apply_step(env, rep, batch, start, dt, kv_state, recorder, on_request_done)
                     continue
-                yield env.timeout(t - env.now)
+                yield from catch_up(env, t)
                 for row in notify:
                     on_request_done(row)
                 if batch is None and not notify and not sched.num_members:

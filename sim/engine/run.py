@@ -97,23 +97,24 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     # ticks) nor outlive the run's end
     run_ahead = quiet_ok and autoscaler is None and max_sim_time_s is None
 
-    def done_early(row: int) -> bool:
-        """Report `row` done ahead of the clock where nobody can tell: an open loop (no slot to
-        free, no next turn to send) on one replica (with several, a finish reported ahead
-        could make another's earlier one look like the run's last) and not the last request
-        (whose finish ends the run)."""
-        if slots is not None or follow is not None or len(replicas) > 1 or remaining[0] <= 1:
-            return False
-        remaining[0] -= 1
-        return True
+    def report_early(rows: list[int]) -> list[int]:
+        """Report finished rows done ahead of the clock where nobody can tell: an open loop (no
+        slot to free, no next turn to send) on one replica (with several, a finish reported
+        ahead could make another's earlier one look like the run's last) and not the last
+        request (whose finish ends the run); the rows left to report on time."""
+        if slots is not None or follow is not None or len(replicas) > 1:
+            return rows
+        k = min(len(rows), remaining[0] - 1)
+        remaining[0] -= k
+        return rows[k:]
 
     for rep in replicas:
         if rep.pipeline is not None:
             env.process(serve_pipeline(env, rep, recorder, on_request_done, nxt if quiet_ok else None, run_ahead,
-                                       done_early))
+                                       report_early))
             continue
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None, run_ahead,
-                                  done_early))
+                                  report_early))
     if prefill is not None:
         for rep in prefill.replicas:
             env.process(serve_replica(env, rep, recorder, on_request_done, None))
