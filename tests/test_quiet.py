@@ -233,3 +233,59 @@ def test_engine_shortcuts_match_step_by_step_across_features(tmp_path, workload,
     # workloads agreed; these cover each feature once)
     fast, slow = _scenario_runs(tmp_path, engine, 0.0, 250, workload=workload)
     _same_runs(fast, slow)
+
+
+@pytest.mark.parametrize("engine", [
+    "async_scheduling: false",
+    "speculative_config: {method: eagle, num_speculative_tokens: 3, acceptance_rate: 0.7}",
+    "pipeline_parallel_size: 2",
+])
+def test_arrivals_on_a_step_boundary_match_step_by_step(tmp_path, engine):
+    # a loop running ahead on one replica sends the arrivals inside its steps itself
+    # (sim.engine.ahead.Inbox); one landing exactly on a scheduling or an application is left to
+    # SimPy's event order.  Arrivals are put on step ends of the step-by-step run one at a time
+    # (an arrival changes nothing before it, so the step end it was put on stays one)
+    import sim.runner as runner
+    from sim.config import load_scenario
+    p = tmp_path / "s.yaml"
+    p.write_text(f"""
+name: ties
+model: llama-3-8b
+hardware: {{gpu: H100-SXM}}
+engine: {{block_size: 16, {engine}}}
+workload:
+  arrival: {{process: poisson, rate: 8}}
+  lengths: {{input: {{dist: uniform, low: 50, high: 800}}, output: {{dist: uniform, low: 5, high: 60}}}}
+run: {{seed: 2, num_requests: 30}}
+""")
+    sc = load_scenario(p)
+    real = runner.simulate
+
+    def every_step(*a, **kw):
+        kw["quiet_stretches"] = False
+        return real(*a, **kw)
+
+    def slow_run(table):
+        runner.simulate = every_step
+        try:
+            return runner.run_scenario(sc, table=table)
+        finally:
+            runner.simulate = real
+
+    base = runner.run_scenario(sc).workload
+    times = list(base.arrival_s)
+    rng = np.random.default_rng(0)
+    for _ in range(8):                                 # one more request on a step end (or start) past the last arrival
+        table = RequestTable(np.array(times), base.prompt_tokens[:len(times)] if len(times) <= len(base)
+                             else np.resize(base.prompt_tokens, len(times)), np.resize(base.output_tokens, len(times)))
+        st = slow_run(table).steps
+        ends = (st["start_s"] + st["duration_s"]).to_numpy()
+        later = np.sort(ends[ends > times[-1]])
+        times.append(float(later[int(rng.integers(0, min(len(later), 40)))]))
+    n = len(times)
+    table = RequestTable(np.array(times), np.resize(base.prompt_tokens, n), np.resize(base.output_tokens, n))
+    fast, slow = runner.run_scenario(sc, table=table), slow_run(table)
+    st = slow.steps
+    ends = set((st["start_s"] + st["duration_s"]).tolist())
+    assert sum(t in ends for t in times[-8:]) == 8     # the ties are there
+    _same_runs(fast, slow)

@@ -25,20 +25,28 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
                     slots: simpy.Resource | None, nxt: NextArrival,
                     slot_tokens: list[Any] | None = None, admission: Admission | None = None,
                     on_request_done: Callable[[int], None] | None = None,
-                    prefill: PrefillPool | None = None) -> Generator[Any, Any, None]:
+                    prefill: PrefillPool | None = None, ids: list[int] | None = None) -> Generator[Any, Any, None]:
     """Send each request at its arrival time (or when a closed-loop slot frees) to a replica,
     unless the gateway's admission control rejects it.  Rows without an arrival time are session
-    follow-ups, sent by `follow_up`."""
+    follow-ups, sent by `follow_up`.  `ids`: the next parallel sample's request id, shared with
+    whoever else sends (follow-ups, `sim.engine.ahead.Inbox`)."""
     arrival = table.arrival_s
-    ids = [len(table)]
-    for row in range(len(table)):
+    if ids is None:
+        ids = [len(table)]
+    n = len(table)
+    row = 0
+    while row < n:
         t = float(arrival[row])
         if t != t:
+            row += 1
             continue
         nxt.s = t
         nxt.row = row
         if t > env.now:
             yield env.timeout(t - env.now)
+            if nxt.row != row:    # sent meanwhile by a replica loop running ahead (`sim.engine.ahead.Inbox`)
+                row = nxt.row
+                continue
         if slots is not None:
             token = slots.request()
             if not token.triggered:
@@ -48,7 +56,9 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             nxt.blocked = False
             slot_tokens[row] = token  # type: ignore[index]
         send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, prefill)
+        row += 1
     nxt.s = float("inf")
+    nxt.row = n
 
 
 def follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
@@ -68,13 +78,15 @@ def _follow_up_due(row: int, send: Callable[[int], None], nxt: NextArrival) -> N
 def send_request(env: simpy.Environment, table: RequestTable, row: int, replicas: list[Replica],
           route: Callable[[list[Replica], Request], Replica], recorder: Recorder, nxt: NextArrival,
           ids: list[int], admission: Admission | None, on_request_done: Callable[[int], None] | None,
-          prefill: PrefillPool | None) -> None:
-    """Hand row `row` (and its parallel samples, ids from `ids[0]` on) to a replica now."""
+          prefill: PrefillPool | None, now_s: float = -1.0) -> None:
+    """Hand row `row` (and its parallel samples, ids from `ids[0]` on) to a replica now, or at
+    `now_s` (a replica loop running ahead of the clock sends it, `sim.engine.ahead.Inbox`)."""
     prompt = int(table.prompt_tokens[row])
     n = table.n_of(row)
-    recorder.on_send(row, env.now, prompt, n)
+    now = env.now if now_s < 0.0 else now_s
+    recorder.on_send(row, now, prompt, n)
     nxt.count += 1
-    if admission is not None and not admission.admit(env.now, replicas):
+    if admission is not None and not admission.admit(now, replicas):
         recorder.on_reject(row)
         on_request_done(row)  # type: ignore[misc]
         return
@@ -86,7 +98,7 @@ def send_request(env: simpy.Environment, table: RequestTable, row: int, replicas
         rid = row if k == 0 else ids[0]
         if k:
             ids[0] += 1
-        children.append(Request(rid, env.now, prompt, int(table.output_tokens[row]), segs,
+        children.append(Request(rid, now, prompt, int(table.output_tokens[row]), segs,
                                 content_key=row, parent_id=row, priority=prio))
     rep = route(replicas, children[0])
     if prefill is not None and goes_to_prefill_pool(prefill.setup.cfg, prompt):

@@ -10,8 +10,8 @@ import simpy
 
 from sim import quiet
 from sim.batch import StepBatch
-from sim.engine.ahead import catch_up, idle, wait
-from sim.engine.apply import applied_step, apply_step
+from sim.engine.ahead import Inbox, catch_up, idle, wait
+from sim.engine.apply import applied_step
 from sim.horizon import NextArrival
 from sim.kv_state import KVState
 from sim.metrics import Recorder
@@ -21,7 +21,8 @@ from sim.replica import Replica
 def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                    on_request_done: Callable[[int], None], nxt: NextArrival | None = None,
                    run_ahead: bool = False,
-                   report_early: Callable[[list[int]], list[int]] | None = None) -> Generator[Any, Any, None]:
+                   report_early: Callable[[list[int]], list[int]] | None = None,
+                   inbox: Inbox | None = None) -> Generator[Any, Any, None]:
     """Pipeline parallelism (vLLM's `step_with_batch_queue`): schedule a batch while fewer than
     p are in flight and the scheduler has work; otherwise wait for the oldest batch's output and
     apply it.  Each batch costs the CPU `overhead_s` before it enters stage 0, then passes the
@@ -32,7 +33,8 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     arrival are not events either: `now` runs ahead of the SimPy clock (as in `serve_replica`,
     up to twice it, so that catching up lands on `now` exactly), and catches up where the
     outside must see the time: a finish it cannot report early (`report_early`), an idle wait,
-    the next arrival (`sim.engine.ahead`)."""
+    the next arrival (`sim.engine.ahead`); with an `inbox`, it runs on through arrivals, sending
+    them itself (`sim.engine.ahead.Inbox`)."""
     sched = rep.scheduler
     pipe = rep.pipeline
     p = pipe.num_stages
@@ -40,27 +42,39 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     cpu_free_s = 0.0          # the CPU's overhead for the last batch ends here
     quiet_ok = nxt is not None and p > 1 and getattr(sched, "lanes_on", False) and not rep.check_invariants
     ahead = run_ahead and nxt is not None
+    if not ahead:
+        inbox = None
     now = env.now             # the loop's clock (ahead of env.now while waits are skipped)
     horizon = -1.0            # the next arrival: waits ending before it may be skipped (never if not ahead)
     while True:
-        if ahead:
+        if ahead and inbox is None:
             horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
         if quiet_ok and len(inflight) == p - 1 and sched.ready_lanes:
-            h = nxt.for_replica(rep.index)  # type: ignore[union-attr]
+            h = nxt.s if inbox is not None else nxt.for_replica(rep.index)  # type: ignore[union-attr]
             # cheap test first: the second scheduling comes when the oldest batch is out
-            st = quiet.pipeline_stretch(rep, now, h, list(inflight), env.now) if inflight[0][2] < h else None
+            # (with an inbox, a stretch that cannot run ahead waits from the loop's clock: the
+            # arrival process, behind on rows the inbox sent, must catch up before the stretch's
+            # event is made, so that an arrival on its last application comes first, as it would)
+            st = (quiet.pipeline_stretch(rep, now, h, list(inflight), env.now if inbox is None else now)
+                  if inflight[0][2] < h else None)
             if st is not None:
                 rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
                 inflight = deque(st.inflight)
                 cpu_free_s = st.cpu_free_s
-                yield env.timeout(st.end_s - env.now)     # (pipeline_stretch checked it lands on end_s)
-                now = env.now
+                if inbox is not None and st.end_s <= 2.0 * env.now and inbox.take_inside(now, st.end_s):
+                    now = st.end_s                        # ahead: no event (its arrivals sent by the inbox)
+                else:
+                    if inbox is not None:
+                        yield from catch_up(env, now)
+                    yield env.timeout(st.end_s - env.now)     # (pipeline_stretch checked it lands on end_s)
+                    now = env.now
                 running, waiting = sched.num_running, rep.num_waiting_seen
                 for d, start, dt, kv in st.rows:
                     recorder.on_decode_step(rep.index, start, dt, d, running, waiting, kv)
                 if st.finishing is not None:          # its last application finishes members: for real
                     batch, start, kv_state = st.finishing
-                    apply_step(env, rep, batch, start, env.now - start, kv_state, recorder, on_request_done)
+                    yield from finish(env, applied_step(rep, batch, start, now - start, kv_state, recorder, now),
+                                      now, report_early, on_request_done)
                 continue
         if len(inflight) < p and sched.has_work:
             batch = sched.schedule()
@@ -70,7 +84,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
             if batch.is_empty:
                 sched.update_from_output(batch, now)   # everyone schedulable is in flight
                 if not inflight:
-                    now = yield from idle(env, rep, now)
+                    now = yield from idle(env, rep, now, inbox)
                     continue
             else:
                 start = now
@@ -81,21 +95,29 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 inflight.append((batch, start, done, kv_state))
                 if len(inflight) < p:      # room for another batch: schedule again once the CPU is free
                     if pipe.overhead_s:
-                        now = yield from wait(env, now, pipe.overhead_s, horizon)
+                        now = yield from wait(env, now, pipe.overhead_s, horizon, inbox)
                     continue
         if not inflight:
-            now = yield from idle(env, rep, now)
+            now = yield from idle(env, rep, now, inbox)
             continue
         batch, start, done, kv_state = inflight.popleft()
         if cpu_free_s > done:
             done = cpu_free_s
         if done > now:
-            now = yield from wait(env, now, done - now, horizon)
-        notify = applied_step(rep, batch, start, now - start, kv_state, recorder, now)
-        if notify and now > env.now:                 # ahead: what the outside may learn early
-            if report_early is not None:
-                notify = report_early(notify)
-            if notify:
-                yield from catch_up(env, now)
-        for row in notify:
-            on_request_done(row)
+            now = yield from wait(env, now, done - now, horizon, inbox)
+        yield from finish(env, applied_step(rep, batch, start, now - start, kv_state, recorder, now), now,
+                          report_early, on_request_done)
+
+
+def finish(env: simpy.Environment, notify: list[int], now: float,
+           report_early: Callable[[list[int]], list[int]] | None,
+           on_request_done: Callable[[int], None]) -> Generator[Any, Any, None]:
+    """Report the rows an application at the loop's clock `now` finished: ahead of the SimPy
+    clock those `report_early` allows, the others once it has caught up."""
+    if notify and now > env.now:                 # ahead: what the outside may learn early
+        if report_early is not None:
+            notify = report_early(notify)
+        if notify:
+            yield from catch_up(env, now)
+    for row in notify:
+        on_request_done(row)

@@ -11,7 +11,7 @@ import simpy
 from sim import quiet
 from sim import scheduler_quiet as sq
 from sim.batch import StepBatch
-from sim.engine.ahead import catch_up, may_run_ahead
+from sim.engine.ahead import Inbox, catch_up, may_run_ahead
 from sim.engine.apply import applied_step, apply_step
 from sim.horizon import NextArrival
 from sim.kv_state import KVState
@@ -23,17 +23,20 @@ from sim.scheduler_v1 import SchedulerV1
 def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                   on_request_done: Callable[[int], None], nxt: NextArrival | None = None,
                   run_ahead: bool = False,
-                  report_early: Callable[[list[int]], list[int]] | None = None) -> Generator[Any, Any, None]:
+                  report_early: Callable[[list[int]], list[int]] | None = None,
+                  inbox: Inbox | None = None) -> Generator[Any, Any, None]:
     """One engine iteration per loop: schedule, spend the step time, apply the results.
     With `nxt` (the next arrival), runs of decode-only steps are taken at once (`sim.quiet`), and
     with `run_ahead` (sync scheduling, nothing outside the replicas polling their state) so are
     any steps that end before the next arrival, up to the first that finishes a request the
     outside must see finish on time (`report_early(rows)` reports those nobody can tell early and
-    returns the rest)."""
+    returns the rest); with an `inbox` too, steps are run ahead through arrivals (`Inbox`)."""
     sched = rep.scheduler
     async_ = rep.async_scheduling
     quiet_ok = nxt is not None and isinstance(sched, SchedulerV1)
     run_ahead = run_ahead and quiet_ok and not async_
+    if not run_ahead:
+        inbox = None
     pending: StepBatch | None = None
     pending_start = 0.0
     pending_dt = 0.0
@@ -85,13 +88,14 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             dt = rep.coster.step_time_s(batch)
             kv_state = rep.kv_state()
             if run_ahead:
-                # steps that end before the next arrival: applied and the next one scheduled at
-                # their end without an event, nothing outside this replica happening meanwhile
-                # (`sim.engine.ahead`)
+                # steps that end before the next arrival (or, with an inbox, whose arrivals it
+                # sends): applied and the next one scheduled at their end without an event,
+                # nothing outside this replica happening meanwhile (`sim.engine.ahead`)
                 horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
                 notify: list[int] = []
                 t = start + dt
-                while may_run_ahead(t, horizon, env.now):
+                while (may_run_ahead(t, horizon, env.now) if inbox is None else
+                       t <= 2.0 * env.now and inbox.take_inside(start, t)):
                     notify = applied_step(rep, batch, start, dt, kv_state, recorder, t)
                     if notify and report_early is not None:
                         notify = report_early(notify)
@@ -99,16 +103,16 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                         break
                     if sched.num_members:              # a quiet stretch may follow: plan it at real time
                         break
-                    sched.now_s = t
-                    batch = sched.schedule() if sched.has_work else None
-                    rep.num_unseen_arrivals = 0
-                    if batch is not None and batch.is_empty:
-                        sched.update_from_output(batch, t)
-                        batch = None
+                    batch = schedule_at(rep, recorder, t)
+                    while batch is None and inbox is not None and not sched.loading:
+                        a = inbox.next_s()             # idle: the next arrival wakes it
+                        if not a <= 2.0 * env.now:
+                            break
+                        inbox.take_at(a)
+                        t = a
+                        batch = schedule_at(rep, recorder, t)
                     if batch is None:
                         break
-                    if batch.admitted:
-                        recorder.on_admitted(t, batch.admitted)
                     start = t
                     dt = rep.coster.step_time_s(batch)
                     kv_state = rep.kv_state()
@@ -162,3 +166,18 @@ def finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, str
     recorder.on_decode_step(rep.index, stretch.starts[m - 1], stretch.durations[m - 1], d, sched.num_running,
                             rep.num_waiting_seen, states[m - 1], len(finished),
                             rep.kv_state()[0] if finished else None)
+
+
+def schedule_at(rep: Replica, recorder: Recorder, t: float) -> StepBatch | None:
+    """A scheduling at `t` ahead of the clock: the batch, or None when there is nothing to run
+    (an empty batch is closed at once)."""
+    sched = rep.scheduler
+    sched.now_s = t
+    batch = sched.schedule() if sched.has_work else None
+    rep.num_unseen_arrivals = 0
+    if batch is not None and batch.is_empty:
+        sched.update_from_output(batch, t)
+        batch = None
+    if batch is not None and batch.admitted:
+        recorder.on_admitted(t, batch.admitted)
+    return batch

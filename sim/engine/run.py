@@ -11,6 +11,7 @@ import simpy
 from sim.admission import Admission
 from sim.autoscaler import Autoscaler
 from sim.disaggregation import PrefillPoolSetup
+from sim.engine.ahead import Inbox
 from sim.engine.arrivals import arrival_process, follow_up, send_request
 from sim.engine.disagg import PrefillPool
 from sim.engine.pipeline_loop import serve_pipeline
@@ -80,7 +81,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
             and prefill is None and slots is None):
         nxt.look_past(router, replicas, table.arrival_s)
     env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens, admission,
-                                on_request_done, pool))
+                                on_request_done, pool, ids))
     scraping = scrape is not None and scrape_interval_s > 0
     if scraping:
         env.process(scrape_process(env, scrape_interval_s, scrape))  # type: ignore[arg-type]
@@ -108,13 +109,18 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         remaining[0] -= k
         return rows[k:]
 
+    # an open loop on one replica: a loop running ahead sends the arrivals it passes itself
+    inbox = (Inbox(table.arrival_s.tolist(), nxt, lambda row, t: send_request(
+                 env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool, t))
+             if run_ahead and len(replicas) == 1 and slots is None and follow is None and admission is None
+             else None)
     for rep in replicas:
         if rep.pipeline is not None:
             env.process(serve_pipeline(env, rep, recorder, on_request_done, nxt if quiet_ok else None, run_ahead,
-                                       report_early))
+                                       report_early, inbox))
             continue
         env.process(serve_replica(env, rep, recorder, on_request_done, nxt if quiet_ok else None, run_ahead,
-                                  report_early))
+                                  report_early, inbox))
     if prefill is not None:
         for rep in prefill.replicas:
             env.process(serve_replica(env, rep, recorder, on_request_done, None))
