@@ -196,6 +196,12 @@ class Recorder:
         for j in range(first, last):
             self.on_decode_step(replica, starts_s[j], durations_s[j], num_members, num_running, num_waiting, states[j])
 
+    def on_decode_rows(self, replica: int, rows: list[tuple[int, float, float, KVState]], num_running: int,
+                       num_waiting: int) -> None:
+        """`on_decode_step` for each (members, start, duration, KV state) of a PP lane stretch."""
+        for d, start_s, duration_s, kv in rows:
+            self.on_decode_step(replica, start_s, duration_s, d, num_running, num_waiting, kv)
+
     def on_step(self, replica: int, start_s: float, duration_s: float, batch: StepBatch, num_finished: int,
                 num_running: int, num_waiting: int, kv: KVState,
                 usage_after: float | None = None) -> None:

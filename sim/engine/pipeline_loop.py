@@ -68,9 +68,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                         yield from catch_up(env, now)
                     yield env.timeout(st.end_s - env.now)     # (pipeline_stretch checked it lands on end_s)
                     now = env.now
-                running, waiting = sched.num_running, rep.num_waiting_seen
-                for d, start, dt, kv in st.rows:
-                    recorder.on_decode_step(rep.index, start, dt, d, running, waiting, kv)
+                recorder.on_decode_rows(rep.index, st.rows, sched.num_running, rep.num_waiting_seen)
                 if st.finishing is not None:          # its last application finishes members: for real
                     batch, start, kv_state = st.finishing
                     yield from finish(env, applied_step(rep, batch, start, now - start, kv_state, recorder, now),
