@@ -21,7 +21,9 @@ The issue's bar: every feature within 20 % of the dense figure.  Variants:
 
 Host speed drifts on shared VMs: compare ratios from one invocation, not absolute seconds; with
 `--repeat K` each round runs dense then the variants and the median of the within-round ratios is
-printed.
+printed, of wall seconds (the bar) and of the child's CPU seconds (user + system: a run is one
+thread, so on a quiet host the two agree; on a busy one CPU time leaves out the time the process
+waited for a core).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ from sim.runner import run_scenario
 sc = load_scenario({path!r}, {overrides!r} + ["run.num_requests={n}"])
 table = pickle.load(open({replay!r}, "rb")) if {replay!r} else None
 s = run_scenario(sc, table=table).summary
-print(json.dumps({{"wall_s": time.perf_counter() - t0,
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({{"wall_s": time.perf_counter() - t0, "cpu_s": ru.ru_utime + ru.ru_stime,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "steps": s["num_steps"], "completed": s["completed"],
                   "mean_tpot_ms": s["mean_tpot_ms"], "p99_ttft_ms": s["p99_ttft_ms"]}}))
@@ -108,7 +111,9 @@ def main() -> int:
     args = ap.parse_args()
     names = ["dense"] + [v for v in args.only if v != "dense"]
     ratios: dict[str, list[float]] = {n: [] for n in names}
-    print(f"{'variant':<14}{'wall_s':>9}{'x dense':>9}{'rss_MB':>8}{'steps':>10}{'mean_tpot_ms':>14}{'p99_ttft_ms':>13}")
+    cpu_ratios: dict[str, list[float]] = {n: [] for n in names}
+    print(f"{'variant':<14}{'wall_s':>9}{'x dense':>9}{'cpu_s':>8}{'x dense':>9}{'rss_MB':>8}{'steps':>10}"
+          f"{'mean_tpot_ms':>14}{'p99_ttft_ms':>13}")
     t0 = time.perf_counter()
     for rnd in range(args.repeat):
         if args.repeat > 1:
@@ -120,13 +125,18 @@ def main() -> int:
             if "error" in r:
                 print(f"{name:<14} error: {r['error']}")
                 continue
-            ratio = r["wall_s"] / results["dense"]["wall_s"] if "wall_s" in results.get("dense", {}) else float("nan")
+            dense = results.get("dense", {})
+            ratio = r["wall_s"] / dense["wall_s"] if "wall_s" in dense else float("nan")
+            cpu_ratio = r["cpu_s"] / dense["cpu_s"] if "cpu_s" in dense else float("nan")
             ratios[name].append(ratio)
-            print(f"{name:<14}{r['wall_s']:>9.1f}{ratio:>9.2f}{r['peak_rss_mb']:>8.0f}{r['steps']:>10}"
+            cpu_ratios[name].append(cpu_ratio)
+            print(f"{name:<14}{r['wall_s']:>9.1f}{ratio:>9.2f}{r['cpu_s']:>8.1f}{cpu_ratio:>9.2f}"
+                  f"{r['peak_rss_mb']:>8.0f}{r['steps']:>10}"
                   f"{r['mean_tpot_ms']:>14.1f}{r['p99_ttft_ms']:>13.0f}", flush=True)
     if args.repeat > 1:      # the host's speed drifts between rounds: within-round ratios, their median
-        print("median x dense over rounds: " + ", ".join(
-            f"{n} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for n, v in ratios.items() if v and n != "dense"))
+        for what, rs in (("wall", ratios), ("cpu", cpu_ratios)):
+            print(f"median x dense over rounds ({what}): " + ", ".join(
+                f"{n} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for n, v in rs.items() if v and n != "dense"))
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 
