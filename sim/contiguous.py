@@ -155,6 +155,10 @@ class ContiguousKVManager:
     def usage(self) -> float:
         return self.reserved_slots / self.capacity
 
+    def usage_fraction(self) -> float:
+        """state_fractions(...)[0], the same float, without the token counts."""
+        return self.reserved_slots / self.capacity
+
     def external_fragmentation(self) -> float:
         """Free slots outside the largest hole, as a fraction of all slots."""
         if not self.hole_lens:

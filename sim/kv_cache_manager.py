@@ -262,6 +262,11 @@ class KVCacheManager:
         return self.pool.usage
 
     # ------------------------------------------------------------------ observability
+    def usage_fraction(self) -> float:
+        """state_fractions(...)[0], the same float, without the token counts."""
+        pool = self.pool
+        return (pool.num_blocks - 1 - pool.nfree) / (pool.num_blocks - 1)
+
     def state_fractions(self, computed: int) -> KVState:
         """(kv_cache_usage, token-state, internal-fragmentation, reserved, cached-free) as
         fractions of the pool's token slots, given the running requests' computed tokens.

@@ -86,7 +86,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                     continue
             else:
                 start = now
-                kv_state = rep.kv_state()
+                kv_state = sched.kv_state()
                 cpu_free_s = start + pipe.overhead_s
                 done = pipe.launch(cpu_free_s, rep.coster.step_time_s(batch),
                                    batch.num_prefill_tokens + batch.num_decode_tokens)

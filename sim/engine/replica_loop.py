@@ -86,7 +86,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 continue
             start = env.now
             dt = rep.coster.step_time_s(batch)
-            kv_state = rep.kv_state()
+            kv_state = sched.kv_state()
             if run_ahead:
                 # steps that end before the next arrival (or, with an inbox, whose arrivals it
                 # sends): applied and the next one scheduled at their end without an event,
@@ -115,7 +115,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                         break
                     start = t
                     dt = rep.coster.step_time_s(batch)
-                    kv_state = rep.kv_state()
+                    kv_state = sched.kv_state()
                     t = start + dt
                 else:                                  # this step ends past the next arrival (or 2 x now)
                     yield from catch_up(env, start)    # to its start first (exact), then its dt
@@ -134,7 +134,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
         # async: the batch just scheduled runs after the one in flight
         applied = pending is not None
         if pending is not None:
-            kv_state = rep.kv_state()
+            kv_state = sched.kv_state()
             remaining = pending_start + pending_dt - env.now
             if remaining > 0:
                 yield env.timeout(remaining)
@@ -165,7 +165,7 @@ def finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, str
             on_request_done(req.parent_id)
     recorder.on_decode_step(rep.index, stretch.starts[m - 1], stretch.durations[m - 1], d, sched.num_running,
                             rep.num_waiting_seen, states[m - 1], len(finished),
-                            rep.kv_state()[0] if finished else None)
+                            sched.kv_usage() if finished else None)
 
 
 def schedule_at(rep: Replica, recorder: Recorder, t: float) -> StepBatch | None:
