@@ -125,30 +125,24 @@ def test_a_lone_decoding_request_takes_stretches(monkeypatch, async_):
     assert wa.sum() == wb.sum() and np.dot(va, wa) == pytest.approx(np.dot(vb, wb), rel=1e-12)
 
 
-def _scenario_runs(tmp_path, engine: str, rate: float, n: int, arrival: str = "", async_: bool = False,
-                   workload: str | None = None):
-    """A scenario run with the engine's shortcuts (quiet stretches, steps taken ahead of the
-    clock) and one with every step its own event."""
-    import sim.runner as runner
+def _write_scenario(tmp_path, name: str, engine: str, workload: str, seed: int, n: int):
     from sim.config import load_scenario
-    if "speculative_config" not in engine and "pipeline_parallel_size" not in engine:
-        engine = ", ".join(x for x in (f"async_scheduling: {str(async_).lower()}", engine) if x)
-    lengths = "lengths: {input: {dist: uniform, low: 50, high: 1500}, output: {dist: uniform, low: 5, high: 400}}"
-    workload = workload or f"arrival: {{process: poisson, rate: {rate}{arrival}}}\n  {lengths}"
     p = tmp_path / "s.yaml"
     p.write_text(f"""
-name: ahead
+name: {name}
 model: llama-3-8b
 hardware: {{gpu: H100-SXM}}
 engine: {{block_size: 16, {engine}}}
 workload:
   {workload}
-run: {{seed: 4, num_requests: {n}}}
+run: {{seed: {seed}, num_requests: {n}}}
 """)
-    sc = load_scenario(p)
-    fast = runner.run_scenario(sc)
-    if workload is None:
-        assert fast.summary["async_scheduling"] is (async_ and "speculative_config" not in engine)
+    return load_scenario(p)
+
+
+def _every_step_run(sc, table=None):
+    """`run_scenario` with every step its own event (no quiet stretch, no run-ahead)."""
+    import sim.runner as runner
     real = runner.simulate
 
     def every_step(*a, **kw):
@@ -156,10 +150,25 @@ run: {{seed: 4, num_requests: {n}}}
         return real(*a, **kw)
     runner.simulate = every_step
     try:
-        slow = runner.run_scenario(sc)
+        return runner.run_scenario(sc, table=table)
     finally:
         runner.simulate = real
-    return fast, slow
+
+
+def _scenario_runs(tmp_path, engine: str, rate: float, n: int, arrival: str = "", async_: bool = False,
+                   workload: str | None = None):
+    """A scenario run with the engine's shortcuts (quiet stretches, steps taken ahead of the
+    clock) and one with every step its own event."""
+    import sim.runner as runner
+    if "speculative_config" not in engine and "pipeline_parallel_size" not in engine:
+        engine = ", ".join(x for x in (f"async_scheduling: {str(async_).lower()}", engine) if x)
+    lengths = "lengths: {input: {dist: uniform, low: 50, high: 1500}, output: {dist: uniform, low: 5, high: 400}}"
+    sc = _write_scenario(tmp_path, "ahead", engine,
+                         workload or f"arrival: {{process: poisson, rate: {rate}{arrival}}}\n  {lengths}", 4, n)
+    fast = runner.run_scenario(sc)
+    if workload is None:
+        assert fast.summary["async_scheduling"] is (async_ and "speculative_config" not in engine)
+    return fast, _every_step_run(sc)
 
 
 @pytest.mark.parametrize("engine, rate", [
@@ -246,45 +255,21 @@ def test_arrivals_on_a_step_boundary_match_step_by_step(tmp_path, engine):
     # SimPy's event order.  Arrivals are put on step ends of the step-by-step run one at a time
     # (an arrival changes nothing before it, so the step end it was put on stays one)
     import sim.runner as runner
-    from sim.config import load_scenario
-    p = tmp_path / "s.yaml"
-    p.write_text(f"""
-name: ties
-model: llama-3-8b
-hardware: {{gpu: H100-SXM}}
-engine: {{block_size: 16, {engine}}}
-workload:
-  arrival: {{process: poisson, rate: 8}}
-  lengths: {{input: {{dist: uniform, low: 50, high: 800}}, output: {{dist: uniform, low: 5, high: 60}}}}
-run: {{seed: 2, num_requests: 30}}
-""")
-    sc = load_scenario(p)
-    real = runner.simulate
-
-    def every_step(*a, **kw):
-        kw["quiet_stretches"] = False
-        return real(*a, **kw)
-
-    def slow_run(table):
-        runner.simulate = every_step
-        try:
-            return runner.run_scenario(sc, table=table)
-        finally:
-            runner.simulate = real
-
+    sc = _write_scenario(tmp_path, "ties", engine, "arrival: {process: poisson, rate: 8}\n  lengths: {input: "
+                         "{dist: uniform, low: 50, high: 800}, output: {dist: uniform, low: 5, high: 60}}", 2, 30)
     base = runner.run_scenario(sc).workload
     times = list(base.arrival_s)
     rng = np.random.default_rng(0)
-    for _ in range(8):                                 # one more request on a step end (or start) past the last arrival
-        table = RequestTable(np.array(times), base.prompt_tokens[:len(times)] if len(times) <= len(base)
-                             else np.resize(base.prompt_tokens, len(times)), np.resize(base.output_tokens, len(times)))
-        st = slow_run(table).steps
+    def table_of(times):
+        n = len(times)
+        return RequestTable(np.array(times), np.resize(base.prompt_tokens, n), np.resize(base.output_tokens, n))
+    for _ in range(8):                                 # one more request on a step end past the last arrival
+        st = _every_step_run(sc, table_of(times)).steps
         ends = (st["start_s"] + st["duration_s"]).to_numpy()
         later = np.sort(ends[ends > times[-1]])
         times.append(float(later[int(rng.integers(0, min(len(later), 40)))]))
-    n = len(times)
-    table = RequestTable(np.array(times), np.resize(base.prompt_tokens, n), np.resize(base.output_tokens, n))
-    fast, slow = runner.run_scenario(sc, table=table), slow_run(table)
+    table = table_of(times)
+    fast, slow = runner.run_scenario(sc, table=table), _every_step_run(sc, table)
     st = slow.steps
     ends = set((st["start_s"] + st["duration_s"]).tolist())
     assert sum(t in ends for t in times[-8:]) == 8     # the ties are there
