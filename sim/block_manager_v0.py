@@ -236,6 +236,11 @@ class BlockManagerV0:
         return moved
 
     # ------------------------------------------------------------------ observability
+    def usage_fraction(self) -> float:
+        """state_fractions' first element (the KV manager's interface)."""
+        g = self.gpu
+        return (g.num_blocks - g.num_free) / g.num_blocks
+
     def state_fractions(self) -> KVState:
         """(kv_cache_usage, token-state, internal-fragmentation, reserved, cached-free) as fractions
         of the GPU's token slots.  Token state counts appended slots (vLLM's num_full_slots), shared
@@ -244,7 +249,7 @@ class BlockManagerV0:
         slots_total = g.num_blocks * self.block_size
         used = g.num_blocks - g.num_free
         filled = g.num_filled_slots
-        return used / g.num_blocks, filled / slots_total, (used * self.block_size - filled) / slots_total, 0.0, 0.0, 0.0
+        return self.usage_fraction(), filled / slots_total, (used * self.block_size - filled) / slots_total, 0.0, 0.0, 0.0
 
     def check_invariants(self, running: list[Request] | None = None, waiting: object = None) -> None:
         """Both pools consistent; ref counts equal the number of tables holding each block; the

@@ -156,8 +156,8 @@ class ContiguousKVManager:
         return self.reserved_slots / self.capacity
 
     def usage_fraction(self) -> float:
-        """state_fractions(...)[0], the same float, without the token counts."""
-        return self.reserved_slots / self.capacity
+        """state_fractions' first element (the KV manager's interface)."""
+        return self.usage
 
     def external_fragmentation(self) -> float:
         """Free slots outside the largest hole, as a fraction of all slots."""
@@ -169,7 +169,7 @@ class ContiguousKVManager:
         """(usage, token states, internal fragmentation, reserved, cached-free, external
         fragmentation) as fractions of the KV slots, given the holders' computed tokens."""
         cap = self.capacity
-        return (self.reserved_slots / cap, computed / cap, (self.reserved_slots - self.final_slots) / cap,
+        return (self.usage, computed / cap, (self.reserved_slots - self.final_slots) / cap,
                 (self.final_slots - computed) / cap, 0.0, self.external_fragmentation())
 
     def check_invariants(self, running: list[Request], waiting: object) -> None:

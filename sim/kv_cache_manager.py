@@ -263,7 +263,8 @@ class KVCacheManager:
 
     # ------------------------------------------------------------------ observability
     def usage_fraction(self) -> float:
-        """state_fractions(...)[0], the same float, without the token counts."""
+        """vLLM's kv_cache_usage as the step table logs it (state_fractions' first element),
+        without the token counts the rest needs."""
         pool = self.pool
         return (pool.num_blocks - 1 - pool.nfree) / (pool.num_blocks - 1)
 
@@ -278,7 +279,7 @@ class KVCacheManager:
         used_blocks = pool.num_blocks - 1 - pool.nfree
         internal = self.num_blocks_held * bs - computed
         token_state = used_blocks * bs - internal
-        return (used_blocks / (pool.num_blocks - 1), token_state / slots, internal / slots, 0.0,
+        return (self.usage_fraction(), token_state / slots, internal / slots, 0.0,
                 pool.num_cached_free * bs / slots, 0.0)
 
     def check_invariants(self, running: list[Request], waiting: object) -> None:

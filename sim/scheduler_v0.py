@@ -99,9 +99,6 @@ class SchedulerV0:
     def kv_state(self) -> KVState:
         return self.kv.state_fractions()
 
-    def kv_usage(self) -> float:
-        return self.kv.state_fractions()[0]
-
     def _fail(self, key: str, message: str) -> SimulationError:
         return SimulationError(self.scenario_path, key, message)
 

@@ -184,10 +184,6 @@ class SchedulerV1:
                 r.num_output = r.base_output + upd - r.base_upd
                 r.ph = clock - upd
 
-    def kv_usage(self) -> float:
-        """kv_state()[0] (vLLM's kv_cache_usage) without the token counts the rest needs."""
-        return self.kv.usage_fraction()
-
     def kv_state(self) -> KVState:
         computed = self.members_base + self.num_members * self.clock
         if self.lanes_on:

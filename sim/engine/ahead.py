@@ -13,12 +13,16 @@ from sim.horizon import NextArrival
 from sim.replica import Replica
 
 
-def may_run_ahead(t: float, horizon_s: float, clock_s: float) -> bool:
-    """Whether a step or wait ending at `t` may pass without an event: before the next arrival,
-    and at most twice the SimPy clock, where t - clock is exact (Sterbenz) so that catching up,
-    clock + (t - clock), lands on `t` itself as the step-by-step engine's clock would.  (Where it
-    does not, no other delay does either.)"""
-    return t < horizon_s and t <= 2.0 * clock_s
+def may_run_ahead(t: float, horizon_s: float, clock_s: float, start_s: float = 0.0,
+                  inbox: Inbox | None = None) -> bool:
+    """Whether a step or wait from `start_s` to `t` may pass without an event: at most twice the
+    SimPy clock, where t - clock is exact (Sterbenz) so that catching up, clock + (t - clock),
+    lands on `t` itself as the step-by-step engine's clock would (where it does not, no other
+    delay does either); and before the next arrival, or, with an inbox, when the inbox may send
+    the arrivals inside it (it then has: `Inbox.take_inside`)."""
+    if not t <= 2.0 * clock_s:
+        return False
+    return t < horizon_s if inbox is None else inbox.take_inside(start_s, t)
 
 
 def catch_up(env: simpy.Environment, now: float) -> Generator[Any, Any, None]:
@@ -33,7 +37,7 @@ def wait(env: simpy.Environment, now: float, delay_s: float, horizon_s: float,
     inbox, sending the arrivals inside the wait), else for real; the loop's clock after it (what
     SimPy's now + delay reads either way)."""
     t = now + delay_s
-    if may_run_ahead(t, horizon_s, env.now) if inbox is None else t <= 2.0 * env.now and inbox.take_inside(now, t):
+    if may_run_ahead(t, horizon_s, env.now, now, inbox):
         return t
     yield from catch_up(env, now)
     yield env.timeout(delay_s)
@@ -44,11 +48,9 @@ def idle(env: simpy.Environment, rep: Replica, now: float, inbox: Inbox | None =
     """Catch up, then wait for work (an arrival, a KV load); the loop's clock after it.  With an
     inbox and no KV load under way, the next arrival is the work: sent at its time, ahead of the
     clock if it may."""
-    if inbox is not None and not getattr(rep.scheduler, "loading", None):
-        a = inbox.next_s()
-        if a <= 2.0 * env.now:
-            inbox.take_at(a)
-            return a
+    a = inbox.wake(rep, env.now) if inbox is not None else None
+    if a is not None:
+        return a
     yield from catch_up(env, now)
     yield rep.wait_for_work(env)
     return float(env.now)
@@ -74,11 +76,6 @@ class Inbox:
         self.nxt = nxt
         self.send = send
 
-    def next_s(self) -> float:
-        """The time of the next arrival not yet sent (inf: none)."""
-        j = self.nxt.row
-        return self.arrival[j] if j < self.n else float("inf")
-
     def take_inside(self, start_s: float, end_s: float) -> bool:
         """Send the arrivals strictly inside (start_s, end_s) at their times and say True; say
         False, sending none, if one lands on start_s or end_s itself."""
@@ -99,13 +96,21 @@ class Inbox:
         self._send(j, k)
         return True
 
-    def take_at(self, t: float) -> None:
-        """Send the next arrival, at `t` (its time), with any others at the same instant."""
+    def wake(self, rep: Replica, clock_s: float) -> float | None:
+        """An idle loop's work, when it is the next arrival (no KV load under way) and lies within
+        twice the SimPy clock: sent now with any others at its instant, as the arrival process
+        would before the loop resumes; its time.  None: wait for real."""
+        if getattr(rep.scheduler, "loading", None):
+            return None
         arrival, n = self.arrival, self.n
         j = k = self.nxt.row
+        if j >= n or not arrival[j] <= 2.0 * clock_s:
+            return None
+        t = arrival[j]
         while k < n and arrival[k] == t:
             k += 1
         self._send(j, k)
+        return t
 
     def _send(self, j: int, k: int) -> None:
         nxt = self.nxt

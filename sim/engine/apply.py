@@ -35,7 +35,7 @@ def applied_step(rep: Replica, batch: StepBatch, start: float, dt: float, kv_sta
         elif recorder.on_finish(now, req):
             done.append(req.parent_id)
     recorder.on_step(rep.index, start, dt, batch, len(outcome.finished), rep.scheduler.num_running,
-                     rep.num_waiting_seen, kv_state, rep.scheduler.kv_usage() if outcome.finished else None)
+                     rep.num_waiting_seen, kv_state, rep.kv.usage_fraction() if outcome.finished else None)
     if rep.check_invariants:
         rep.check()
     return done

@@ -10,7 +10,7 @@ import simpy
 
 from sim import quiet
 from sim.batch import StepBatch
-from sim.engine.ahead import Inbox, catch_up, idle, wait
+from sim.engine.ahead import Inbox, catch_up, idle, may_run_ahead, wait
 from sim.engine.apply import applied_step
 from sim.horizon import NextArrival
 from sim.kv_state import KVState
@@ -47,10 +47,10 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     now = env.now             # the loop's clock (ahead of env.now while waits are skipped)
     horizon = -1.0            # the next arrival: waits ending before it may be skipped (never if not ahead)
     while True:
-        if ahead and inbox is None:
+        if ahead:
             horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
         if quiet_ok and len(inflight) == p - 1 and sched.ready_lanes:
-            h = nxt.s if inbox is not None else nxt.for_replica(rep.index)  # type: ignore[union-attr]
+            h = nxt.for_replica(rep.index)  # type: ignore[union-attr]
             # cheap test first: the second scheduling comes when the oldest batch is out
             # (with an inbox, a stretch that cannot run ahead waits from the loop's clock: the
             # arrival process, behind on rows the inbox sent, must catch up before the stretch's
@@ -61,7 +61,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
                 inflight = deque(st.inflight)
                 cpu_free_s = st.cpu_free_s
-                if inbox is not None and st.end_s <= 2.0 * env.now and inbox.take_inside(now, st.end_s):
+                if inbox is not None and may_run_ahead(st.end_s, h, env.now, now, inbox):
                     now = st.end_s                        # ahead: no event (its arrivals sent by the inbox)
                 else:
                     if inbox is not None:

@@ -94,8 +94,7 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                 horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
                 notify: list[int] = []
                 t = start + dt
-                while (may_run_ahead(t, horizon, env.now) if inbox is None else
-                       t <= 2.0 * env.now and inbox.take_inside(start, t)):
+                while may_run_ahead(t, horizon, env.now, start, inbox):
                     notify = applied_step(rep, batch, start, dt, kv_state, recorder, t)
                     if notify and report_early is not None:
                         notify = report_early(notify)
@@ -104,11 +103,10 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
                     if sched.num_members:              # a quiet stretch may follow: plan it at real time
                         break
                     batch = schedule_at(rep, recorder, t)
-                    while batch is None and inbox is not None and not sched.loading:
-                        a = inbox.next_s()             # idle: the next arrival wakes it
-                        if not a <= 2.0 * env.now:
+                    while batch is None and inbox is not None:   # idle: the next arrival may wake it
+                        a = inbox.wake(rep, env.now)
+                        if a is None:
                             break
-                        inbox.take_at(a)
                         t = a
                         batch = schedule_at(rep, recorder, t)
                     if batch is None:
@@ -165,7 +163,7 @@ def finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, str
             on_request_done(req.parent_id)
     recorder.on_decode_step(rep.index, stretch.starts[m - 1], stretch.durations[m - 1], d, sched.num_running,
                             rep.num_waiting_seen, states[m - 1], len(finished),
-                            sched.kv_usage() if finished else None)
+                            rep.kv.usage_fraction() if finished else None)
 
 
 def schedule_at(rep: Replica, recorder: Recorder, t: float) -> StepBatch | None:
