@@ -141,9 +141,11 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
     hashes: list[int] = []
     for drop in (2, 1):
         if n > drop:
-            head = _CHAINS.get(_memo_key(segments, n - drop, block_size))
+            head_key = _memo_key(segments, n - drop, block_size)
+            head = _CHAINS.get(head_key)
             if head is not None and _same_head(head[0], segments, n - drop):
                 hashes = list(head[1])
+                del _CHAINS[head_key]     # superseded: the conversation has moved on
                 break
     total = 0
     for i in range(n):
@@ -174,10 +176,12 @@ def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: 
         seg_id, seg_len = segments[seg_idx]
         k = min((seg_len - seg_off - 1) // bs, remaining)   # blocks ending before the run does
         if k > 0:
-            for off in range(seg_off, seg_off + k * bs, bs):
+            off = seg_off
+            seg_off += k * bs
+            while off < seg_off:     # (a while loop: Cython makes a C loop of no range with a variable step)
                 parent = _run_block(parent, seg_id, off, off + bs)
                 append(parent)
-            seg_off += k * bs
+                off += bs
             remaining -= k
             if not remaining:
                 break
