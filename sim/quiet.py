@@ -27,10 +27,12 @@ from typing import Any
 
 from sim import scheduler_quiet as sq
 from sim.batch import StepBatch
-from sim.cost_model import step_time_s
+from sim.cost_model import StepCoster, step_time_s
 from sim.kv_state import KVState
 from sim.metrics import Recorder
+from sim.pipeline import PipelineClock
 from sim.replica import Replica
+from sim.scheduler_v1 import SchedulerV1
 
 QUIET_MAX_STEPS = 64
 
@@ -54,9 +56,10 @@ class Stretch:
 def plan_sync(rep: Replica, now: float, next_arrival_s: float, through_finish: bool = False) -> Stretch | None:
     """Sync engine: step j is scheduled at its own start, which must precede the next arrival.
     `through_finish`: the stretch may end with the step whose application finishes members."""
-    sched = rep.scheduler
+    sched: SchedulerV1 = rep.scheduler
+    coster: StepCoster = rep.coster
     d, base, c = sched.num_members, sched.members_base, sched.clock
-    if now + step_time_s(rep.coster, 0, d, base + d * c + d, 0.0) >= next_arrival_s:
+    if now + step_time_s(coster, 0, d, base + d * c + d, 0.0) >= next_arrival_s:
         return None                           # cheap test first: step 1 would see the arrival
     counts = sq.quiet_steps(sched, QUIET_MAX_STEPS, through_finish)
     fin_key = sched.quiet_finish_key
@@ -68,7 +71,7 @@ def plan_sync(rep: Replica, now: float, next_arrival_s: float, through_finish: b
     for j in range(len(counts)):
         if t >= next_arrival_s:
             break
-        dt = step_time_s(rep.coster, 0, d, base + d * (c + j) + d, 0.0)
+        dt = step_time_s(coster, 0, d, base + d * (c + j) + d, 0.0)
         starts.append(t)
         durs.append(dt)
         t += dt
@@ -89,7 +92,8 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
     leavers' blocks before iteration 0 allocates)."""
     if pending_start + pending_dt >= next_arrival_s:
         return None                           # cheap test first: iteration 1 would see the arrival
-    sched = rep.scheduler
+    sched: SchedulerV1 = rep.scheduler
+    coster: StepCoster = rep.coster
     counts = sq.quiet_steps(sched, QUIET_MAX_STEPS, through_finish)
     fin_key = sched.quiet_finish_key
     d, base, c = sched.num_members, sched.members_base, sched.clock
@@ -108,7 +112,7 @@ def plan_async(rep: Replica, now: float, pending_start: float, pending_dt: float
         if c + j == fin_key:                  # the leavers are not in step j+1
             d -= sched.quiet_leave_members
             base -= sched.quiet_leave_base
-        next_dt = step_time_s(rep.coster, 0, d, base + d * (c + j) + d, 0.0)   # step j+1, scheduled at clock c+j
+        next_dt = step_time_s(coster, 0, d, base + d * (c + j) + d, 0.0)   # step j+1, scheduled at clock c+j
         m = j + 1
         end_j = starts[j] + durs[j]
         if j + 1 < len(counts):
@@ -159,11 +163,12 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     latest with the first application that may finish members: that one is left to the engine,
     which applies it for real at the stretch's end.  None: take a normal step.  `clock_s`: the
     SimPy clock when the engine's loop runs ahead of it (`now` then is the loop's own clock)."""
-    sched = rep.scheduler
+    sched: SchedulerV1 = rep.scheduler
     plan = sq.pp_quiet_lanes(sched, QUIET_MAX_STEPS)
     if not plan:
         return None
-    pipe = rep.pipeline
+    pipe: PipelineClock = rep.pipeline
+    coster: StepCoster = rep.coster
     p = len(plan)
     oh = pipe.overhead_s
     saved = pipe.save()
@@ -190,7 +195,7 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
         d = lane.num_members
         ctx = lane.members_base + d * (lane.clock + j) + d
         cpu_free = t + oh
-        done = pipe.launch(cpu_free, step_time_s(rep.coster, 0, d, ctx, 0.0), d)
+        done = pipe.launch(cpu_free, step_time_s(coster, 0, d, ctx, 0.0), d)
         steps.append((t, done))
         queue.append((done, k, lane.clock + j + 1))
         done, k0, u0 = queue.pop(0)
