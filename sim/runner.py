@@ -17,6 +17,7 @@ from sim.deployment import Deployment, build_deployment, build_replicas
 from sim.disaggregation import PrefillPoolSetup
 from sim.engine import simulate
 from sim.errors import ScenarioError
+from sim.gc_batch import batched_gc
 from sim.metrics import Recorder
 from sim.requests_table import RequestTable
 from sim.router import Router
@@ -154,7 +155,13 @@ def prefill_pool(sc: Scenario, num_decode: int) -> tuple[PrefillPoolSetup | None
 def run_scenario(sc: Scenario, table: RequestTable | None = None,
                  step_times_s: Sequence[float] | None = None) -> RunResult:
     """`step_times_s`: price the k-th step at the k-th of these seconds instead of the profile (a
-    measured engine's steps replayed, `sim.validate.replay`); sync, one replica, every step an event."""
+    measured engine's steps replayed, `sim.validate.replay`); sync, one replica, every step an event.
+    The garbage collector is batched meanwhile (`sim.gc_batch`)."""
+    with batched_gc():
+        return _run_scenario(sc, table, step_times_s)
+
+
+def _run_scenario(sc: Scenario, table: RequestTable | None, step_times_s: Sequence[float] | None) -> RunResult:
     dep = build_deployment(sc)
     if table is None:
         table = make_workload(sc)

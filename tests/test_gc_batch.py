@@ -1,0 +1,51 @@
+"""sim.gc_batch: the collector batched inside a run, restored after it (also when the run fails)."""
+
+import gc
+
+import pytest
+
+from sim.gc_batch import YOUNG_GC_THRESHOLD, batched_gc
+
+
+def test_batched_inside_and_restored_after():
+    before = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+    keep = [[i] for i in range(100)]          # tracked containers that exist before the run
+    with batched_gc():
+        assert gc.get_threshold()[0] == max(before[0], YOUNG_GC_THRESHOLD)
+        assert gc.get_threshold()[1:] == before[1:]
+        assert gc.get_freeze_count() >= frozen_before + len(keep)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen_before
+    assert gc.is_tracked(keep[0])
+
+
+def test_restored_when_the_run_raises():
+    before = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+    with pytest.raises(RuntimeError), batched_gc():
+        raise RuntimeError("a failed run")
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen_before
+
+
+def test_a_callers_frozen_heap_stays_frozen():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with batched_gc():
+            assert gc.get_threshold()[0] >= YOUNG_GC_THRESHOLD
+        assert gc.get_freeze_count() == frozen     # not unfrozen by the run
+    finally:
+        gc.unfreeze()
+
+
+def test_cycles_made_during_the_run_are_still_collected():
+    class Node:
+        pass
+
+    with batched_gc():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        del a, b
+        assert gc.collect() >= 2              # an explicit collection still finds them
