@@ -251,7 +251,7 @@ def test_engine_shortcuts_match_step_by_step_across_features(tmp_path, workload,
 ])
 def test_arrivals_on_a_step_boundary_match_step_by_step(tmp_path, engine):
     # a loop running ahead on one replica sends the arrivals inside its steps itself
-    # (sim.engine.ahead.Inbox); one landing exactly on a scheduling or an application is left to
+    # (sim.run_ahead.Inbox); one landing exactly on a scheduling or an application is left to
     # SimPy's event order.  Arrivals are put on step ends of the step-by-step run one at a time
     # (an arrival changes nothing before it, so the step end it was put on stays one)
     import sim.runner as runner

@@ -29,7 +29,7 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
     """Send each request at its arrival time (or when a closed-loop slot frees) to a replica,
     unless the gateway's admission control rejects it.  Rows without an arrival time are session
     follow-ups, sent by `follow_up`.  `ids`: the next parallel sample's request id, shared with
-    whoever else sends (follow-ups, `sim.engine.ahead.Inbox`)."""
+    whoever else sends (follow-ups, `sim.run_ahead.Inbox`)."""
     arrival = table.arrival_s
     if ids is None:
         ids = [len(table)]
@@ -44,7 +44,7 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
         nxt.row = row
         if t > env.now:
             yield env.timeout(t - env.now)
-            if nxt.row != row:    # sent meanwhile by a replica loop running ahead (`sim.engine.ahead.Inbox`)
+            if nxt.row != row:    # sent meanwhile by a replica loop running ahead (`sim.run_ahead.Inbox`)
                 row = nxt.row
                 continue
         if slots is not None:
@@ -80,7 +80,7 @@ def send_request(env: simpy.Environment, table: RequestTable, row: int, replicas
           ids: list[int], admission: Admission | None, on_request_done: Callable[[int], None] | None,
           prefill: PrefillPool | None, now_s: float = -1.0) -> None:
     """Hand row `row` (and its parallel samples, ids from `ids[0]` on) to a replica now, or at
-    `now_s` (a replica loop running ahead of the clock sends it, `sim.engine.ahead.Inbox`)."""
+    `now_s` (a replica loop running ahead of the clock sends it, `sim.run_ahead.Inbox`)."""
     prompt = int(table.prompt_tokens[row])
     n = table.n_of(row)
     now = env.now if now_s < 0.0 else now_s

@@ -10,12 +10,12 @@ import simpy
 
 from sim import quiet
 from sim.batch import StepBatch
-from sim.engine.ahead import Inbox, catch_up, idle, may_run_ahead, wait
-from sim.engine.apply import applied_step
+from sim.engine.ahead import catch_up, idle, wait
 from sim.horizon import NextArrival
 from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.replica import Replica
+from sim.run_ahead import Inbox, applied_step, may_run_ahead
 
 
 def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
@@ -34,7 +34,7 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     up to twice it, so that catching up lands on `now` exactly), and catches up where the
     outside must see the time: a finish it cannot report early (`report_early`), an idle wait,
     the next arrival (`sim.engine.ahead`); with an `inbox`, it runs on through arrivals, sending
-    them itself (`sim.engine.ahead.Inbox`)."""
+    them itself (`sim.run_ahead.Inbox`)."""
     sched = rep.scheduler
     pipe = rep.pipeline
     p = pipe.num_stages

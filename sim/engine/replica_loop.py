@@ -11,12 +11,13 @@ import simpy
 from sim import quiet
 from sim import scheduler_quiet as sq
 from sim.batch import StepBatch
-from sim.engine.ahead import Inbox, catch_up, may_run_ahead
-from sim.engine.apply import applied_step, apply_step
+from sim.engine.ahead import catch_up
+from sim.engine.apply import apply_step
 from sim.horizon import NextArrival
 from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.replica import Replica
+from sim.run_ahead import Inbox, sync_ahead
 from sim.scheduler_v1 import SchedulerV1
 
 
@@ -90,35 +91,15 @@ def serve_replica(env: simpy.Environment, rep: Replica, recorder: Recorder,
             if run_ahead:
                 # steps that end before the next arrival (or, with an inbox, whose arrivals it
                 # sends): applied and the next one scheduled at their end without an event,
-                # nothing outside this replica happening meanwhile (`sim.engine.ahead`)
-                horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
-                notify: list[int] = []
-                t = start + dt
-                while may_run_ahead(t, horizon, env.now, start, inbox):
-                    notify = applied_step(rep, batch, start, dt, kv_state, recorder, t)
-                    if notify and report_early is not None:
-                        notify = report_early(notify)
-                    if notify:                         # a finish the outside sees: report it on time
-                        break
-                    if sched.num_members:              # a quiet stretch may follow: plan it at real time
-                        break
-                    batch = schedule_at(rep, recorder, t)
-                    while batch is None and inbox is not None:   # idle: the next arrival may wake it
-                        a = inbox.wake(rep, env.now)
-                        if a is None:
-                            break
-                        t = a
-                        batch = schedule_at(rep, recorder, t)
-                    if batch is None:
-                        break
-                    start = t
-                    dt = rep.coster.step_time_s(batch)
-                    kv_state = sched.kv_state()
-                    t = start + dt
-                else:                                  # this step ends past the next arrival (or 2 x now)
-                    yield from catch_up(env, start)    # to its start first (exact), then its dt
-                    yield env.timeout(dt)
-                    apply_step(env, rep, batch, start, dt, kv_state, recorder, on_request_done)
+                # nothing outside this replica happening meanwhile (`sim.run_ahead.sync_ahead`)
+                run = sync_ahead(rep, recorder, batch, start, dt, kv_state,
+                                 nxt.ahead_for_replica(rep.index), env.now, inbox, report_early)  # type: ignore[union-attr]
+                batch, t, notify = run.batch, run.t, run.notify
+                if not run.on_clock:                   # this step ends past the next arrival (or 2 x now)
+                    assert batch is not None
+                    yield from catch_up(env, run.start)   # to its start first (exact), then its dt
+                    yield env.timeout(run.dt)
+                    apply_step(env, rep, batch, run.start, run.dt, run.kv_state, recorder, on_request_done)
                     continue
                 yield from catch_up(env, t)
                 for row in notify:
@@ -164,18 +145,3 @@ def finish_stretch(env: simpy.Environment, rep: Replica, recorder: Recorder, str
     recorder.on_decode_step(rep.index, stretch.starts[m - 1], stretch.durations[m - 1], d, sched.num_running,
                             rep.num_waiting_seen, states[m - 1], len(finished),
                             rep.kv.usage_fraction() if finished else None)
-
-
-def schedule_at(rep: Replica, recorder: Recorder, t: float) -> StepBatch | None:
-    """A scheduling at `t` ahead of the clock: the batch, or None when there is nothing to run
-    (an empty batch is closed at once)."""
-    sched = rep.scheduler
-    sched.now_s = t
-    batch = sched.schedule() if sched.has_work else None
-    rep.num_unseen_arrivals = 0
-    if batch is not None and batch.is_empty:
-        sched.update_from_output(batch, t)
-        batch = None
-    if batch is not None and batch.admitted:
-        recorder.on_admitted(t, batch.admitted)
-    return batch

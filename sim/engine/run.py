@@ -11,7 +11,6 @@ import simpy
 from sim.admission import Admission
 from sim.autoscaler import Autoscaler
 from sim.disaggregation import PrefillPoolSetup
-from sim.engine.ahead import Inbox
 from sim.engine.arrivals import arrival_process, follow_up, send_request
 from sim.engine.disagg import PrefillPool
 from sim.engine.pipeline_loop import serve_pipeline
@@ -22,6 +21,7 @@ from sim.replica import Replica
 from sim.request import Request
 from sim.requests_table import RequestTable
 from sim.router import Router
+from sim.run_ahead import Inbox
 from sim.sessions import follow_up_rows
 
 

@@ -1,4 +1,4 @@
-"""sim.engine.ahead.Inbox: which arrivals a loop running ahead of the clock sends itself, when,
+"""sim.run_ahead.Inbox: which arrivals a loop running ahead of the clock sends itself, when,
 and how it leaves the shared cursor (NextArrival) for the arrival process."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from sim.engine.ahead import Inbox
 from sim.horizon import NextArrival
+from sim.run_ahead import Inbox
 
 
 def _inbox(times):
