@@ -39,7 +39,7 @@ from typing import Any
 
 from sim.batch import StepBatch
 from sim.errors import ScenarioError
-from sim.spec_decode import ProposerCost, proposer_time_s
+from sim.spec_runtime import ProposerCost, proposer_time_s
 
 SCHEMA = "pagesim-profile/1"
 

@@ -36,7 +36,8 @@ from sim.roofline import roofline_profile
 from sim.scheduler_v0 import SchedulerV0
 from sim.scheduler_v1 import SchedulerLimits, SchedulerV1
 from sim.schema import Ctx
-from sim.spec_decode import SPEC_RNG_STREAM, SpecDecoder, capacity_with_drafter, proposer_cost
+from sim.spec_decode import SPEC_RNG_STREAM, capacity_with_drafter, proposer_cost
+from sim.spec_runtime import SpecDecoder
 
 GIB = 1 << 30
 

@@ -67,7 +67,7 @@ from sim.request import Request, Status
 from sim.scheduler_lanes import Lane, leave_other_lane, load_lane, load_ready_lane, save_lane
 from sim.scheduler_loads import finish_loads, start_load
 from sim.scheduler_spec import schedule_spec, update_from_output_spec
-from sim.spec_decode import SpecDecoder
+from sim.spec_runtime import SpecDecoder
 from sim.waiting_queue import PriorityWaiting
 
 

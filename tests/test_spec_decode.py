@@ -22,13 +22,11 @@ from sim.runner import run_scenario
 from sim.scheduler_v1 import SchedulerLimits, SchedulerV1
 from sim.spec_decode import (
     MeasuredAcceptance,
-    ProposerCost,
-    SpecDecoder,
     SpeculativeConfig,
     expected_accepted_tokens,
-    proposer_time_s,
     rates_from_counts,
 )
+from sim.spec_runtime import ProposerCost, SpecDecoder, proposer_time_s
 
 
 def spec(method: str = "eagle", k: int = 3, **kw) -> SpeculativeConfig:
