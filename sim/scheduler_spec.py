@@ -46,8 +46,12 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
     to_cache: list[tuple[Request, int]] = []    # requests whose tokens fill a block to cache
     total = 0
     nblocks_needed = 0
+    computed = 0                                # the explicit requests' computed tokens (for kv_state)
+    counted = True                              # ... unless a rare path below changes them otherwise
+    s.explicit_computed_clock = -1
     for r in s.explicit.values():
         comp = r.num_computed
+        computed += comp
         ntok = r.num_prompt_tokens + r.num_output      # (ph is 0: synchronous scheduling)
         d = ntok - comp + r.num_spec_tokens
         if 0 < thr < d:
@@ -75,6 +79,7 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
         lit = s._schedule_running_literal(batch, budget, thr)
         reqs = [r for r, _ in lit]
         ds = [d for _, d in lit]
+        counted = False                         # (a rare path: kv_state walks the requests)
     else:
         pool = kv.pool
         if needs and nblocks_needed <= pool.nfree:
@@ -101,6 +106,7 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
                 if stop:
                     break
                 kv.append_blocks_n(r, k)
+            counted = False                     # preemptions (rare): kv_state walks the requests
             alive = [i for i in range(len(reqs)) if reqs[i].status is Status.RUNNING]
             reqs = [reqs[i] for i in alive]
             ds = [ds[i] for i in alive]
@@ -151,10 +157,12 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
     batch.num_prefill_tokens = n_pre
     batch.num_prefill_seqs = n_pre_seqs
     batch.prefill_pairs = pairs
+    computed += used
     if not batch.preempted:
         for r, d in s._admit_waiting(batch, budget - used, thr):   # shape added there
             comp = r.num_computed + d
             r.num_computed = comp
+            computed += comp
             ntok = r.num_prompt_tokens + r.num_output
             if comp >= ntok:
                 samplers.append(r)
@@ -165,6 +173,9 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
     batch.draft_ctx_tokens = ctx
     s.clock += 1
     batch.clock_after = s.clock
+    if counted and not batch.preempted and not s.loading:
+        s.explicit_computed = computed
+        s.explicit_computed_clock = s.clock
     s.inflight.append(batch)
     return batch
 

@@ -123,6 +123,10 @@ class SchedulerV1:
         self.num_preemptions = 0
         self.clock = 0                 # steps scheduled so far
         self.upd = 0                   # clock value of the last applied step
+        # spec decode: the explicit requests' computed tokens as schedule_spec left them, valid
+        # while the clock is explicit_computed_clock and that step is not yet applied (kv_state)
+        self.explicit_computed = 0
+        self.explicit_computed_clock = -1
         self.num_members = 0
         self.members_base = 0          # sum of (base_computed - base_clock) over members
         self.alloc_due: dict[int, list[tuple[Request, int]]] = {}
@@ -186,6 +190,8 @@ class SchedulerV1:
 
     def kv_state(self) -> KVState:
         computed = self.members_base + self.num_members * self.clock
+        if self.explicit_computed_clock == self.clock and self.upd != self.clock:
+            return self.kv.state_fractions(computed + self.explicit_computed)   # (spec: no lanes)
         if self.lanes_on:
             computed = 0
             for lane in self.ready_lanes:

@@ -241,6 +241,10 @@ def test_batch_shape_is_the_sum_over_what_was_scheduled(num_blocks, budget, thre
         before = {r.req_id: (r.num_computed, r.num_prompt_tokens + r.num_output) for r in reqs}
         b = s.schedule()
         preempted += len(b.preempted)
+        # kv_state after a scheduling (schedule_spec's count of the computed tokens when it
+        # kept one) and after the update: the KV state of the requests' actual computed tokens
+        walked = s.kv.state_fractions(sum(r.num_computed for r in s.running))
+        assert s.kv_state() == walked
         n_dec = n_spec = ctx = n_pre = seqs = 0
         pairs = 0.0
         samplers = []
@@ -261,6 +265,7 @@ def test_batch_shape_is_the_sum_over_what_was_scheduled(num_blocks, budget, thre
         assert b.num_tokens <= budget
         assert sorted(samplers) == sorted((r.req_id, k) for r, k in zip(b.samplers, b.spec_drafts, strict=True))
         s.update_from_output(b)
+        assert s.kv_state() == s.kv.state_fractions(sum(r.num_computed for r in s.running))
         s.kv.check_invariants(s.running, s.waiting)
     assert not s.has_work
     assert all(r.num_output == r.max_tokens for r in reqs)
