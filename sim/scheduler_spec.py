@@ -42,7 +42,7 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
     caching = kv.enable_caching
     reqs: list[Request] = []                    # the running requests scheduled, in running-list order
     ds: list[int] = []                          # their new tokens
-    needs: list[tuple[Request, int]] = []       # requests that need more blocks, and how many
+    needs: list[tuple[int, int, Request]] = []  # (admission order, blocks, request) of those needing blocks
     to_cache: list[tuple[Request, int]] = []    # requests whose tokens fill a block to cache
     total = 0
     nblocks_needed = 0
@@ -69,7 +69,7 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
             slots = mml
         k = (slots + bs - 1) // bs - r.nblocks
         if k > 0:
-            needs.append((r, k))
+            needs.append((r.admit_seq, k, r))
             nblocks_needed += k
         if caching:
             n = end if end < ntok else ntok
@@ -84,18 +84,18 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
         pool = kv.pool
         if needs and nblocks_needed <= pool.nfree:
             if len(needs) > 1:
-                needs.sort(key=admit_seq_of_pair)
+                needs.sort()                    # by admission order (unique: no tie reaches the request)
             if nblocks_needed == len(needs):
-                kv.append_blocks([r for r, _ in needs])   # one block each, in order (pop_few)
+                kv.append_blocks([r for _, _, r in needs])   # one block each, in order (pop_few)
             else:
-                for r, k in needs:
+                for _, k, r in needs:
                     kv.append_blocks_n(r, k)
             for r, n in to_cache:
                 kv.cache_blocks(r, n)
         elif needs:
             if len(needs) > 1:
-                needs.sort(key=admit_seq_of_pair)
-            for r, k in needs:
+                needs.sort()
+            for _, k, r in needs:
                 if r.status is not Status.RUNNING:
                     continue               # preempted as a tail victim earlier in this loop
                 stop = False
@@ -198,8 +198,8 @@ def update_from_output_spec(s: SchedulerV1, batch: StepBatch, now_s: float) -> S
     k = spec.k
     buf = spec.buf                         # accepted lengths of full k-drafts, drawn in chunks
     pos = spec.pos
-    hist = spec.accepted_hist
-    ntok = 0
+    step_hist = [0] * (k + 1)              # this step's drafts by accepted length, added to the run's
+    ntok = 0                               # histogram at the end (small counts: no big-int churn per draft)
     nver = 0
     nemit = 0
     ndraft_tokens = 0
@@ -225,7 +225,7 @@ def update_from_output_spec(s: SchedulerV1, batch: StepBatch, now_s: float) -> S
             pos += 1
             if acc > drafted:          # a draft cut short accepts a prefix of a full one
                 acc = drafted
-            hist[acc] += 1
+            step_hist[acc] += 1
             ndraft_tokens += drafted
             if r.num_computed > 0:
                 r.num_computed -= drafted - acc
@@ -250,6 +250,10 @@ def update_from_output_spec(s: SchedulerV1, batch: StepBatch, now_s: float) -> S
         else:
             r.num_spec_tokens = k          # update_draft_token_ids: k drafts for the next step
     spec.pos = pos
+    if nver:
+        hist = spec.accepted_hist
+        for j in range(k + 1):
+            hist[j] += step_hist[j]
     spec.num_draft_tokens += ndraft_tokens
     spec.end_step(nver, nemit)
     return StepOutcome(first, finished, itl_gaps_s=np.asarray(gaps) if gaps else None,

@@ -109,7 +109,7 @@ class SchedulerV1:
                  spec: SpecDecoder | None = None, pp_lanes: bool = True):
         self.limits = limits
         self.spec = spec                         # speculative decoding (None: off)
-        self.lookahead = spec.num_lookahead_tokens if spec is not None else 0
+        self.lookahead: int = spec.num_lookahead_tokens if spec is not None else 0
         assert spec is None or not (limits.async_scheduling or limits.pipeline_parallel_size > 1), \
             "speculative decoding is simulated with synchronous scheduling and no PP (sim.config refuses the rest)"
         if spec is not None and isinstance(kv, KVCacheManager):

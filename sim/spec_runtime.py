@@ -22,14 +22,14 @@ class SpecDecoder:
 
     def __init__(self, cfg: Any, rng: np.random.Generator):
         """`cfg`: a `sim.spec_decode.SpeculativeConfig`."""
-        self.k = cfg.num_speculative_tokens
+        self.k: int = cfg.num_speculative_tokens          # (typed: cfg is Any here)
         self.rates = np.asarray(cfg.rates, dtype=np.float64)
-        self.num_lookahead_tokens = cfg.num_lookahead_tokens
+        self.num_lookahead_tokens: int = cfg.num_lookahead_tokens
         self.rng = rng
         self.buf: list[int] = []               # accepted lengths for a full k-token draft
         self.pos = 0
         self.num_draft_tokens = 0              # vllm:spec_decode_num_draft_tokens
-        self.accepted_hist = [0] * (self.k + 1)  # drafts by accepted length: the other counters derive from it
+        self.accepted_hist: list[int] = [0] * (self.k + 1)  # drafts by accepted length: the other counters derive from it
         self.num_emitted_tokens = 0            # tokens handed to clients by verified sequences
         self.step_seqs = array("q")            # per step with drafts: sequences verified
         self.step_emitted = array("q")         # per step with drafts: tokens they emitted
