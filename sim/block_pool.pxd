@@ -29,8 +29,8 @@ cdef class BlockPool:
 
     cdef _views(self)
 
-    @cython.locals(slots=int64_t[::1], out=list, h=object, b=int64_t)
-    cpdef list longest_hit(self, list hashes)
+    @cython.locals(o=Py_ssize_t[::1], n=Py_ssize_t, h=object, b=int64_t)
+    cpdef longest_hit(self, list hashes)
 
     @cython.locals(s=Py_ssize_t)
     cdef Py_ssize_t _find(self, int64_t h) noexcept

@@ -124,17 +124,20 @@ class BlockPool:
         b = self._slots[2 * self._find(block_hash) + 1]
         return int(b) if b else None
 
-    def longest_hit(self, hashes: list[int]) -> list[int]:
+    def longest_hit(self, hashes: list[int]) -> np.ndarray:
         """Blocks registered under the leading public `hashes`, up to the first miss (`lookup`
-        of each in turn)."""
-        slots = self._slots
-        out: list[int] = []
+        of each in turn), as block ids (an intp array: what a block table takes, made here
+        instead of from a list by the caller)."""
+        out = np.empty(len(hashes), dtype=ID)
+        o = out
+        n = 0
         for h in hashes:
-            b = slots[2 * self._find(h) + 1]
+            b = self._slots[2 * self._find(h) + 1]
             if b == 0:
                 break
-            out.append(b)
-        return out
+            o[n] = b
+            n += 1
+        return out[:n]
 
     @property
     def cached(self) -> dict[int, Any]:

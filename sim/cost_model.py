@@ -109,6 +109,9 @@ class StepCoster:
     kv_bytes_per_block: int
     async_scheduling: bool = False
     proposer: ProposerCost | None = None        # speculative decoding's drafter (None: off)
+    # linear-layer seconds by step tokens, filled on first use: a run asks for the same few
+    # sizes over and over (the table's bisect is a call into a Python module each time)
+    linear_by_tokens: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
 
     def step_time_s(self, batch: StepBatch) -> float:
         pc = self.proposer
@@ -131,7 +134,10 @@ def step_time_s(c: StepCoster, prefill_tokens: int, decode_seqs: int, decode_ctx
     tokens = prefill_tokens + decode_seqs + spec_tokens
     gpu = 0.0
     if tokens:
-        gpu += p.linear_s(tokens)
+        lin = c.linear_by_tokens.get(tokens)
+        if lin is None:
+            lin = c.linear_by_tokens[tokens] = p.linear_s(tokens)
+        gpu += lin
         if decode_seqs:
             a = p.attention(p.decode_attention, c.kv_dtype, c.block_size)
             gpu += a.intercept_s + a.s_per_seq * decode_seqs + a.s_per_kv_token * decode_ctx_tokens

@@ -38,12 +38,18 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _usage(num_blocks: int, nfree: int) -> float:
+    """vLLM's kv_cache_usage: the share of the pool's blocks (less the null block) not free."""
+    return (num_blocks - 1 - nfree) / (num_blocks - 1)
+
+
 class KVCacheManager:
     """Block tables of all requests of one replica."""
 
     def __init__(self, num_gpu_blocks: int, block_size: int, enable_caching: bool,
                  max_model_len: int, watermark: float = 0.0):
         self.pool = BlockPool(num_gpu_blocks, enable_caching)
+        self.num_blocks = num_gpu_blocks  # the pool's (read every step: an attribute of the compiled pool costs a lookup)
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.max_model_len = max_model_len
@@ -83,8 +89,8 @@ class KVCacheManager:
         shared = req.prefix_hashes
         if shared is None or len(shared) < n_pub:
             shared = [block_hash(req, i, bs) for i in range(n_pub)]
-        hits: list[int] = self.pool.longest_hit(shared[:n_pub] if len(shared) > n_pub else shared)
-        if len(hits) == n_pub:
+        hits: np.ndarray = self.pool.longest_hit(shared[:n_pub] if len(shared) > n_pub else shared)
+        if hits.size == n_pub:
             # the sequence's own private blocks, still cached after a preemption
             m = min(max_blocks, req.prev_nblocks)
             if m > n_pub and req.blocks is not None:
@@ -92,10 +98,11 @@ class KVCacheManager:
                 want = -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(n_pub, m, dtype=np.int64))
                 ok = self.pool.hash_of[old] == want
                 k = int(np.argmin(ok)) if np.count_nonzero(ok) < ok.size else int(ok.size)
-                hits.extend(old[:k].tolist())
-        if not hits:
+                if k:
+                    hits = np.concatenate((hits, old[:k]))
+        if not hits.size:
             return None, 0
-        return np.asarray(hits, dtype=np.intp), len(hits) * bs
+        return hits, int(hits.size) * bs
 
     def _shared_hashes(self, req: Request) -> list[int]:
         shared = req.prefix_hashes
@@ -265,8 +272,7 @@ class KVCacheManager:
     def usage_fraction(self) -> float:
         """vLLM's kv_cache_usage as the step table logs it (state_fractions' first element),
         without the token counts the rest needs."""
-        pool = self.pool
-        return (pool.num_blocks - 1 - pool.nfree) / (pool.num_blocks - 1)
+        return _usage(self.num_blocks, self.pool.nfree)
 
     def state_fractions(self, computed: int) -> KVState:
         """(kv_cache_usage, token-state, internal-fragmentation, reserved, cached-free) as
@@ -275,11 +281,13 @@ class KVCacheManager:
         partly filled block); paging reserves nothing ahead."""
         pool = self.pool
         bs = self.block_size
-        slots = (pool.num_blocks - 1) * bs
-        used_blocks = pool.num_blocks - 1 - pool.nfree
+        n = self.num_blocks
+        nfree = pool.nfree
+        slots = (n - 1) * bs
+        used_blocks = n - 1 - nfree
         internal = self.num_blocks_held * bs - computed
         token_state = used_blocks * bs - internal
-        return (self.usage_fraction(), token_state / slots, internal / slots, 0.0,
+        return (_usage(n, nfree), token_state / slots, internal / slots, 0.0,
                 pool.num_cached_free * bs / slots, 0.0)
 
     def check_invariants(self, running: list[Request], waiting: object) -> None:

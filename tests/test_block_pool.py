@@ -140,7 +140,7 @@ def test_bulk_request_operations_match_block_by_block_reference():
             ref.free_blocks(np.asarray(table[::-1], dtype=np.intp))
         else:
             chain = [int(rng.integers(4)) * 1000 + i + 1 for i in range(int(rng.integers(1, 8)))]
-            hits = bulk.longest_hit(chain)
+            hits = bulk.longest_hit(chain).tolist()
             expect: list[int] = []
             for h in chain:
                 b = ref.lookup(h)
@@ -219,7 +219,7 @@ def test_hash_map_matches_a_dict_through_collisions_wraparound_and_deletions():
             if not model.get(hh):
                 break
             expect.append(model[hh][0])
-        assert pool.longest_hit(chain) == expect
+        assert pool.longest_hit(chain).tolist() == expect
         assert pool.cached == {k: (v[0] if len(v) == 1 else dict.fromkeys(v)) for k, v in model.items() if v}
         pool.check_invariants()
         saw_multi += bool(pool.multi)
