@@ -25,6 +25,8 @@ from sim.batch import StepBatch
 from sim.kv_state import KVState
 from sim.request import Request
 
+UNIFORM_CHUNK = 4096      # uniform ITL pairs buffered in lists before they join the arrays
+
 
 @dataclass
 class StepColumns:
@@ -69,9 +71,13 @@ class Recorder:
         self.rejected = np.zeros(m, dtype=bool)          # turned away by admission control
         self.kv_transfer_s: list[float] = []             # P/D: each prompt's KV transfer (queueing included)
         self.itl_gaps = array("d")                       # gaps kept one by one
-        # (gap, how many tokens had exactly it), one pair per step: typed arrays, 16 bytes a step
+        # (gap, how many tokens had exactly it), one pair per step: typed arrays, 16 bytes a step,
+        # filled UNIFORM_CHUNK pairs at a time from two lists (a list append is native code here,
+        # an array's a Python method call); `itl_samples` reads both
         self.itl_uniform_gap = array("d")
         self.itl_uniform_count = array("q")
+        self._uniform_gaps: list[float] = []
+        self._uniform_counts: list[int] = []
         self.record_steps = record_steps
         self.steps = StepColumns.empty()
         self.num_steps = 0
@@ -110,8 +116,7 @@ class Recorder:
                 self.itl_gaps.append(now_s - req.last_token_s)
             req.last_token_s = now_s
         if outcome.num_uniform_gaps:
-            self.itl_uniform_gap.append(step_s)
-            self.itl_uniform_count.append(outcome.num_uniform_gaps)
+            self._uniform(step_s, outcome.num_uniform_gaps)
         g = outcome.itl_gaps_s
         if g is not None and g.size:
             self.itl_gaps.extend(g.tolist())
@@ -138,8 +143,22 @@ class Recorder:
             return True
         return False
 
+    def _uniform(self, gap_s: float, count: int) -> None:
+        gaps = self._uniform_gaps
+        gaps.append(gap_s)
+        self._uniform_counts.append(count)
+        if len(gaps) >= UNIFORM_CHUNK:
+            self._flush_uniform()
+
+    def _flush_uniform(self) -> None:
+        self.itl_uniform_gap.extend(self._uniform_gaps)
+        self.itl_uniform_count.extend(self._uniform_counts)
+        self._uniform_gaps = []
+        self._uniform_counts = []
+
     def itl_samples(self) -> tuple[np.ndarray, np.ndarray]:
         """(values, weights) of every inter-token gap."""
+        self._flush_uniform()
         vals = np.concatenate((np.frombuffer(self.itl_uniform_gap, dtype=np.float64),
                                np.frombuffer(self.itl_gaps, dtype=np.float64)))
         w = np.concatenate((np.frombuffer(self.itl_uniform_count, dtype=np.int64),
@@ -165,8 +184,7 @@ class Recorder:
         """A quiet step (only decodes; the last of a finishing stretch finishes `num_finished`
         requests, `usage_after` being the KV usage once they are freed, as in `on_step`): its
         tokens' gaps and its step row."""
-        self.itl_uniform_gap.append(duration_s)
-        self.itl_uniform_count.append(num_members)
+        self._uniform(duration_s, num_members)
         self.num_steps += 1
         self._weigh(duration_s, kv, num_running)
         if not self.record_steps:

@@ -328,7 +328,8 @@ def test_quiet_rounds_equal_step_by_step(stages, budget, num_blocks, caching, ma
                  "prefix_hit_tokens"):
         assert np.array_equal(getattr(rec_q, name), getattr(rec_s, name), equal_nan=name.endswith("_s")), name
     assert rec_q.itl_gaps == rec_s.itl_gaps
-    assert rec_q.itl_uniform_gap == rec_s.itl_uniform_gap and rec_q.itl_uniform_count == rec_s.itl_uniform_count
+    (vq, wq), (vs, ws) = rec_q.itl_samples(), rec_s.itl_samples()   # the uniform gaps, in step order
+    assert np.array_equal(vq, vs) and np.array_equal(wq, ws)
     assert (rec_q.num_steps, rec_q.busy_s, rec_q.kv_weighted, rec_q.kv_usage_max, rec_q.running_weighted) == \
            (rec_s.num_steps, rec_s.busy_s, rec_s.kv_weighted, rec_s.kv_usage_max, rec_s.running_weighted)
     assert rec_q.steps == rec_s.steps                       # the step table, row for row
