@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sim.decode_set import leave
 from sim.request import Request
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def load_ready_lane(s: SchedulerV1) -> None:
                 load_lane(s, other)
                 for r in list(s.running_map.values()):
                     if r.in_decode_set and s.lane_of[r.req_id] is other:
-                        s._leave(r)
+                        leave(s, r)
         s.ready_lanes = []
     load_lane(s, lane)
 
@@ -93,7 +94,7 @@ def leave_other_lane(s: SchedulerV1, r: Request, other: Lane) -> None:
     cur = s.lane
     save_lane(s, cur)
     load_lane(s, other)
-    s._leave(r)
+    leave(s, r)
     if joined_in_flight:
         r.last_token_s = last_token_s
     save_lane(s, other)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import heapq
 
 from sim.batch import StepBatch
+from sim.decode_set import extend, leave, push_finish
 from sim.kv_state import KVState
 from sim.request import Request, Status
 from sim.scheduler_lanes import Lane, load_lane
-from sim.scheduler_v1 import SchedulerV1, _extend
+from sim.scheduler_v1 import SchedulerV1
 
 
 def _hand_out_due(s: SchedulerV1, alloc_due: dict[int, list[tuple[Request, int]]], c: int) -> None:
@@ -29,7 +30,7 @@ def _hand_out_due(s: SchedulerV1, alloc_due: dict[int, list[tuple[Request, int]]
             due.sort(key=lambda r: r.admit_seq)
         if due:
             s.kv.append_blocks(due)
-            _extend(alloc_due, c + s.kv.block_size, due)
+            extend(alloc_due, c + s.kv.block_size, due)
 
 
 def quiet_steps(s: SchedulerV1, limit: int, through_finish: bool = False) -> list[int]:
@@ -114,8 +115,8 @@ def advance_quiet(s: SchedulerV1, m: int, finish: bool = False, leave_s: float =
                 s.last_update_s = leave_s
             for r, v in s.finish_due.get(c, ()):
                 if r.version == v and r.in_decode_set:
-                    s._leave(r)
-                    s._push_finish(c, r)
+                    leave(s, r)
+                    push_finish(s, c, r)
         _hand_out_due(s, s.alloc_due, c)
         s.clock = c + 1
         if not fin:

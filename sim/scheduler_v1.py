@@ -44,7 +44,8 @@ by the budget and max_model_len like any demand) with KV slots for `num_lookahea
 still needs.  Followed: vLLM 0.32 `Scheduler.schedule` (num_tokens_with_spec,
 scheduled_spec_decode_tokens), `update_from_output` (num_rejected), `update_draft_token_ids`.
 
-Beside this module, as functions of the scheduler: speculative decoding's steps
+Beside this module, as functions of the scheduler: the decode set and its calendars
+(`sim.decode_set`), speculative decoding's steps
 (`sim.scheduler_spec`), quiet stretches (`sim.scheduler_quiet`), pipeline-parallel lanes
 (`sim.scheduler_lanes`), loads from the KV offload tiers (`sim.scheduler_loads`); the priority
 waiting queue is `sim.waiting_queue`.
@@ -52,7 +53,6 @@ waiting queue is `sim.waiting_queue`.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -60,6 +60,7 @@ import numpy as np
 
 from sim.batch import StepBatch, StepOutcome
 from sim.contiguous import ContiguousKVManager
+from sim.decode_set import extend, join, leave, push_finish
 from sim.kv_cache_manager import KVCacheManager, cdiv
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
@@ -84,22 +85,6 @@ class SchedulerLimits:
     async_scheduling: bool = False
     scheduling_policy: str = "fcfs"          # fcfs | priority (vLLM --scheduling-policy)
     pipeline_parallel_size: int = 1          # > 1: up to this many batches in flight (sim.pipeline)
-
-
-def _push(cal: dict[int, list[tuple[Request, int]]], key: int, req: Request) -> None:
-    lst = cal.get(key)
-    if lst is None:
-        cal[key] = [(req, req.version)]
-    else:
-        lst.append((req, req.version))
-
-
-def _extend(cal: dict[int, list[tuple[Request, int]]], key: int, reqs: list[Request]) -> None:
-    lst = cal.get(key)
-    if lst is None:
-        cal[key] = [(r, r.version) for r in reqs]
-    else:
-        lst.extend((r, r.version) for r in reqs)
 
 
 class SchedulerV1:
@@ -176,18 +161,6 @@ class SchedulerV1:
     def num_unfinished(self) -> int:
         return len(self.running_map) + len(self.waiting) + len(self.loading)
 
-    def sync(self) -> None:
-        """Write the implicit counters of decode-set members into the objects (tests, traces)."""
-        for r in self.running_map.values():
-            if r.in_decode_set:
-                clock, upd = self.clock, self.upd
-                if self.lanes_on:
-                    lane = self.lane_of[r.req_id]
-                    clock, upd = lane.clock, lane.upd
-                r.num_computed = r.base_computed + clock - r.base_clock
-                r.num_output = r.base_output + upd - r.base_upd
-                r.ph = clock - upd
-
     def kv_state(self) -> KVState:
         computed = self.members_base + self.num_members * self.clock
         if self.explicit_computed_clock == self.clock and self.upd != self.clock:
@@ -201,53 +174,6 @@ class SchedulerV1:
         for r in self.explicit.values():
             computed += r.num_computed
         return self.kv.state_fractions(computed)
-
-    # ------------------------------------------------------------------ decode set
-    def _join(self, r: Request) -> None:
-        lim = self.limits
-        bs = self.kv.block_size
-        c = self.clock
-        in_flight = r.ph if lim.async_scheduling else 1
-        r.base_computed = r.num_computed
-        r.base_clock = c
-        r.base_output = r.num_output + in_flight
-        r.base_upd = c
-        r.join_clock = c
-        r.in_decode_set = True
-        del self.explicit[r.req_id]
-        if self.lanes_on:
-            self.lane_of[r.req_id] = self.lane
-        self.num_members += 1
-        self.members_base += r.base_computed - c
-        _push(self.alloc_due, c + r.nblocks * bs - r.base_computed, r)
-        self._push_finish(c + r.max_tokens - r.base_output, r)
-
-    def _leave(self, r: Request) -> None:
-        """Make a member's counters explicit and take it out of the decode set."""
-        r.num_computed = r.base_computed + self.clock - r.base_clock
-        r.num_output = r.base_output + self.upd - r.base_upd
-        if self.limits.async_scheduling:
-            r.ph = self.clock - self.upd
-            cached = r.num_prompt_tokens + r.num_output - 1   # num_computed - placeholders at the last update
-        else:
-            r.ph = 0
-            cached = r.num_computed                           # min(computed + new, num_tokens) at the last step
-        if self.kv.enable_caching:
-            self.kv.cache_blocks(r, cached)
-        r.last_token_s = self.last_update_s
-        r.in_decode_set = False
-        r.leave_clock = self.clock
-        if self.lanes_on:
-            del self.lane_of[r.req_id]
-        r.version += 1
-        self.num_members -= 1
-        self.members_base -= r.base_computed - r.base_clock
-        self.explicit[r.req_id] = r
-
-    def _push_finish(self, key: int, r: Request) -> None:
-        if key not in self.finish_due:
-            heapq.heappush(self.finish_keys, key)
-        _push(self.finish_due, key, r)
 
     # ------------------------------------------------------------------ one step
     def schedule(self) -> StepBatch:
@@ -265,8 +191,8 @@ class SchedulerV1:
         if lim.async_scheduling:      # members whose last token is in flight are skipped
             for r, v in self.finish_due.get(c, ()):
                 if r.version == v and r.in_decode_set:
-                    self._leave(r)
-                    self._push_finish(c, r)
+                    leave(self, r)
+                    push_finish(self, c, r)
         demands: list[tuple[Request, int]] = []
         total = self.num_members
         for r in self.explicit.values():
@@ -306,7 +232,7 @@ class SchedulerV1:
                 if async_:
                     r.ph += 1
                 if not pp or self.lanes_on:
-                    self._join(r)
+                    join(self, r)
         batch.clock_after = self.clock
         self.inflight.append(batch)
         if self.lanes_on:
@@ -375,7 +301,7 @@ class SchedulerV1:
                     kv.append_blocks_n(r, k)
             demands = [(r, d) for r, d in demands if r.status is Status.RUNNING]
         if due:
-            _extend(self.alloc_due, c + bs, [r for r in due if r.in_decode_set])
+            extend(self.alloc_due, c + bs, [r for r in due if r.in_decode_set])
         if kv.enable_caching:
             for r, d in demands:
                 kv.cache_blocks(r, min(r.num_computed + d, r.num_prompt_tokens + r.num_output))
@@ -386,7 +312,7 @@ class SchedulerV1:
         lanes = self.lanes_on
         for r in list(self.running_map.values()):
             if r.in_decode_set and (not lanes or self.lane_of[r.req_id] is self.lane):
-                self._leave(r)
+                leave(self, r)
         kv = self.kv
         out: list[tuple[Request, int]] = []
         for r in list(self.running_map.values()):
@@ -496,7 +422,7 @@ class SchedulerV1:
                 other = self.lane_of[r.req_id]
                 leave_other_lane(self, r, other)
             else:
-                self._leave(r)
+                leave(self, r)
         del self.explicit[r.req_id]
         if self.lanes_on:                       # PP: a member of a lane in flight is in its batch
             for b, lane in self.lane_inflight:
@@ -596,7 +522,7 @@ class SchedulerV1:
 
     def _finish(self, r: Request, finished: list[Request]) -> None:
         if r.in_decode_set:
-            self._leave(r)
+            leave(self, r)
         if self.limits.async_scheduling and self.kv.enable_caching:
             self.kv.cache_blocks(r, r.num_prompt_tokens + r.max_tokens - 1)
         r.num_output = r.max_tokens

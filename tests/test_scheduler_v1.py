@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from conftest import make_request, make_scheduler
 
+from sim.decode_set import sync
 from sim.request import Status
 
 
 def step(s):
     batch = s.schedule()
     out = s.update_from_output(batch)
-    s.sync()
+    sync(s)
     return batch, out
 
 

@@ -8,6 +8,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 from reference_scheduler import LiteralSchedulerV1
 
+from sim.decode_set import sync
 from sim.kv_cache_manager import KVCacheManager
 from sim.request import Request
 from sim.scheduler_v1 import SchedulerLimits, SchedulerV1
@@ -36,8 +37,8 @@ def drive(sched, specs, async_, max_steps=3000):
             pending = batch
         else:
             out = sched.update_from_output(batch)
-        if hasattr(sched, "sync"):
-            sched.sync()
+        if isinstance(sched, SchedulerV1):     # decode-set members' counters are implicit
+            sync(sched)
         trace.append((
             [(r.req_id, n) for r, n in batch.scheduled],
             [r.req_id for r in batch.preempted],
