@@ -74,9 +74,19 @@ class CostProfile:
     swap_s_per_byte: float = 0.0
     copy_s_per_block: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    # linear_s by token count, filled on first use: a run asks for the same few sizes over and over
+    # (the table's bisect is a call into a Python module each time).  Not an __init__ argument, so
+    # dataclasses.replace() starts a copy with an empty one.
+    linear_memo: dict[int, float] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def linear_s(self, tokens: int) -> float:
         """Piecewise-linear interpolation of the linear-layer table (linear extrapolation)."""
+        s = self.linear_memo.get(tokens)
+        if s is None:
+            s = self.linear_memo[tokens] = self._interpolate_linear(tokens)
+        return s
+
+    def _interpolate_linear(self, tokens: int) -> float:
         xs, ys = self.linear_tokens, self.linear_seconds
         if len(xs) == 1:
             return ys[0] * tokens / xs[0] if xs[0] else ys[0]
@@ -109,9 +119,6 @@ class StepCoster:
     kv_bytes_per_block: int
     async_scheduling: bool = False
     proposer: ProposerCost | None = None        # speculative decoding's drafter (None: off)
-    # linear-layer seconds by step tokens, filled on first use: a run asks for the same few
-    # sizes over and over (the table's bisect is a call into a Python module each time)
-    linear_by_tokens: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
 
     def step_time_s(self, batch: StepBatch) -> float:
         pc = self.proposer
@@ -134,10 +141,7 @@ def step_time_s(c: StepCoster, prefill_tokens: int, decode_seqs: int, decode_ctx
     tokens = prefill_tokens + decode_seqs + spec_tokens
     gpu = 0.0
     if tokens:
-        lin = c.linear_by_tokens.get(tokens)
-        if lin is None:
-            lin = c.linear_by_tokens[tokens] = p.linear_s(tokens)
-        gpu += lin
+        gpu += p.linear_s(tokens)
         if decode_seqs:
             a = p.attention(p.decode_attention, c.kv_dtype, c.block_size)
             gpu += a.intercept_s + a.s_per_seq * decode_seqs + a.s_per_kv_token * decode_ctx_tokens
