@@ -149,8 +149,8 @@ def spec_summary(decoders: list[SpecDecoder]) -> dict[str, Any]:
     draft_tokens = sum(d.num_draft_tokens for d in decoders)
     accepted = sum(d.num_accepted_tokens for d in decoders)
     per_pos = [sum(d.num_accepted_tokens_per_pos[i] for d in decoders) for i in range(k)]
-    seqs = sum(sum(d.step_seqs) for d in decoders)
-    steps = sum(len(d.step_seqs) for d in decoders)
+    seqs = sum(d.num_verified_seqs for d in decoders)
+    steps = sum(d.num_verify_steps for d in decoders)
     return {
         "spec_decode_num_speculative_tokens": k,
         "spec_decode_num_drafts": drafts,

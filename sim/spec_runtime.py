@@ -7,7 +7,6 @@ the drafter's memory and the summary are in `sim.spec_decode`.
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +30,8 @@ class SpecDecoder:
         self.num_draft_tokens = 0              # vllm:spec_decode_num_draft_tokens
         self.accepted_hist: list[int] = [0] * (self.k + 1)  # drafts by accepted length: the other counters derive from it
         self.num_emitted_tokens = 0            # tokens handed to clients by verified sequences
-        self.step_seqs = array("q")            # per step with drafts: sequences verified
-        self.step_emitted = array("q")         # per step with drafts: tokens they emitted
+        self.num_verify_steps = 0              # steps that verified drafts
+        self.num_verified_seqs = 0             # sequences verified, summed over those steps
 
     def refill(self) -> None:
         """DRAW_CHUNK accepted lengths: per draft, the leading positions whose uniform draw falls
@@ -73,8 +72,8 @@ class SpecDecoder:
 
     def end_step(self, num_seqs: int, num_emitted: int) -> None:
         if num_seqs:
-            self.step_seqs.append(num_seqs)
-            self.step_emitted.append(num_emitted)
+            self.num_verify_steps += 1
+            self.num_verified_seqs += num_seqs
             self.num_emitted_tokens += num_emitted
 
 
