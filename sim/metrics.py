@@ -73,9 +73,9 @@ class Recorder:
         self.itl_gaps = array("d")                       # gaps kept one by one
         # (gap, how many tokens had exactly it), one pair per step: typed arrays, 16 bytes a step,
         # filled UNIFORM_CHUNK pairs at a time from two lists (a list append is native code here,
-        # an array's a Python method call); `itl_samples` reads both
-        self.itl_uniform_gap = array("d")
-        self.itl_uniform_count = array("q")
+        # an array's a Python method call); private: only `itl_samples`, which flushes, reads them
+        self._uniform_gap_array = array("d")
+        self._uniform_count_array = array("q")
         self._uniform_gaps: list[float] = []
         self._uniform_counts: list[int] = []
         self.record_steps = record_steps
@@ -151,17 +151,17 @@ class Recorder:
             self._flush_uniform()
 
     def _flush_uniform(self) -> None:
-        self.itl_uniform_gap.extend(self._uniform_gaps)
-        self.itl_uniform_count.extend(self._uniform_counts)
+        self._uniform_gap_array.extend(self._uniform_gaps)
+        self._uniform_count_array.extend(self._uniform_counts)
         self._uniform_gaps = []
         self._uniform_counts = []
 
     def itl_samples(self) -> tuple[np.ndarray, np.ndarray]:
         """(values, weights) of every inter-token gap."""
         self._flush_uniform()
-        vals = np.concatenate((np.frombuffer(self.itl_uniform_gap, dtype=np.float64),
+        vals = np.concatenate((np.frombuffer(self._uniform_gap_array, dtype=np.float64),
                                np.frombuffer(self.itl_gaps, dtype=np.float64)))
-        w = np.concatenate((np.frombuffer(self.itl_uniform_count, dtype=np.int64),
+        w = np.concatenate((np.frombuffer(self._uniform_count_array, dtype=np.int64),
                             np.ones(len(self.itl_gaps), dtype=np.int64)))
         return vals, w
 
