@@ -2,7 +2,9 @@
 `sim.engine.ahead`, compiled with mypyc (`setup_native.py`), so that a loop that takes most of
 its steps without an event (speculative decoding, the CPU build's synchronous scheduling) does
 not pay the interpreter per step.  No SimPy here: the engine's loops (`sim.engine.replica_loop`,
-`sim.engine.pipeline_loop`) yield, catch the clock up and report finishes.
+`sim.engine.pipeline_loop`) yield, catch the clock up and report finishes.  `rep` is a
+`sim.replica.Replica`, typed `Any` here (an interpreted class: compiled code reads it generically
+either way, and the inbox's tests hand `wake` a stand-in).
 
 * `may_run_ahead`: whether a step or wait may pass without an event;
 * `Inbox`: the arrivals such a loop sends itself, at their own times;
