@@ -24,7 +24,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 # Hot modules compiled with mypyc and (the block pool, the block hashes) Cython, setup_native.py;
 # a failed build leaves pure Python, same results.  setup_native runs setuptools in this folder,
 # which reads pyproject.toml: its SPDX licence string needs setuptools >= 77.
-NATIVE_SRC := $(addprefix sim/,request.py batch.py kv_cache_manager.py scheduler_v1.py scheduler_lanes.py scheduler_loads.py waiting_queue.py scheduler_spec.py scheduler_quiet.py cost_model.py quiet.py kv_offload.py lru_tier.py metrics.py pipeline.py block_pool.py block_pool.pxd block_hash.py block_hash.pxd)
+NATIVE_SRC := $(shell $(PY) setup_native.py --sources)   # setup_native.py's own list, not a copy
 $(VENV)/.native: $(NATIVE_SRC) setup_native.py | $(VENV)/.core
 	$(BIN)/pip install -q 'mypy>=1.10' 'cython>=3.0' 'setuptools>=77'
 	-$(BIN)/python setup_native.py

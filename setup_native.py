@@ -26,6 +26,7 @@ compiled module is imported from its .py file.  A build that fails leaves no ext
 kind behind; the other kind is still used.
 
     python setup_native.py        # build; exit non-zero when either build failed
+    python setup_native.py --sources   # the sources compiled (the Makefile rebuilds when one changes)
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ CYTHON_MODULES = ["block_pool", "block_hash"]
 STAMP = ROOT / "sim" / "_native.sha256"
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "initializedcheck": False,
                      "annotation_typing": False, "binding": False}
+
+if __name__ == "__main__" and sys.argv[1:] == ["--sources"]:   # the Makefile's rebuild rule reads these
+    print(" ".join([f"sim/{m}.py" for m in MODULES + CYTHON_MODULES] + [f"sim/{m}.pxd" for m in CYTHON_MODULES]))
+    sys.exit(0)
 
 sys.path.insert(0, str(ROOT))
 from sim import source_digest  # noqa: E402
