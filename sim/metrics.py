@@ -86,7 +86,14 @@ class Recorder:
         self.num_copied_blocks = 0                        # v0 copy-on-write block copies
         # duration-weighted sums over steps (kept even without the step table)
         self.busy_s = 0.0
-        self.kv_weighted = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        # the six KVState fractions, weighted: native doubles (a list's items are boxed floats,
+        # six allocations a step); `kv_weighted` reads them as a list
+        self._kv_w0 = 0.0
+        self._kv_w1 = 0.0
+        self._kv_w2 = 0.0
+        self._kv_w3 = 0.0
+        self._kv_w4 = 0.0
+        self._kv_w5 = 0.0
         self.kv_usage_max = 0.0
         self.running_weighted = 0.0
 
@@ -165,17 +172,22 @@ class Recorder:
                             np.ones(len(self.itl_gaps), dtype=np.int64)))
         return vals, w
 
+    @property
+    def kv_weighted(self) -> list[float]:
+        """Busy-time-weighted sums of the six KVState fractions (the summary divides by busy_s)."""
+        return [self._kv_w0, self._kv_w1, self._kv_w2, self._kv_w3, self._kv_w4, self._kv_w5]
+
     def _weigh(self, dt: float, kv: KVState, num_running: int) -> None:
         self.busy_s += dt
-        w = self.kv_weighted
-        w[0] += dt * kv[0]
-        w[1] += dt * kv[1]
-        w[2] += dt * kv[2]
-        w[3] += dt * kv[3]
-        w[4] += dt * kv[4]
-        w[5] += dt * kv[5]
-        if kv[0] > self.kv_usage_max:
-            self.kv_usage_max = kv[0]
+        u = kv[0]
+        self._kv_w0 += dt * u
+        self._kv_w1 += dt * kv[1]
+        self._kv_w2 += dt * kv[2]
+        self._kv_w3 += dt * kv[3]
+        self._kv_w4 += dt * kv[4]
+        self._kv_w5 += dt * kv[5]
+        if u > self.kv_usage_max:
+            self.kv_usage_max = u
         self.running_weighted += dt * num_running
 
     def on_decode_step(self, replica: int, start_s: float, duration_s: float, num_members: int,
