@@ -22,8 +22,16 @@ cdef inline int64_t _run_block(int64_t parent, int64_t seg, int64_t start, int64
                seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list)
 cpdef _extend_chain(list hashes, tuple segments, Py_ssize_t bs, Py_ssize_t num_blocks)
 
+cdef dict _CHAINS
+cdef Py_ssize_t _CHAINS_MAX
+@cython.locals(last=tuple)
+cdef tuple _memo_key(tuple segments, Py_ssize_t n, Py_ssize_t block_size)
+@cython.locals(items=list)
+cdef _trim()
+
 @cython.locals(i=Py_ssize_t, a=object, b=object)
 cdef bint _same_head(tuple stored, tuple segments, Py_ssize_t n) except -1
 
-@cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=list, hit=object, head=object)
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=list, hit=object, head=object, key=tuple,
+               head_key=tuple, drop=Py_ssize_t)
 cpdef list shared_prefix_hashes(tuple segments, Py_ssize_t block_size)

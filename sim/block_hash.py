@@ -17,8 +17,6 @@ reproducible bit for bit.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from sim.request import Request
 
 try:                     # Cython compiles this file (setup_native.py, C types in block_hash.pxd)
@@ -101,18 +99,32 @@ def hashing_by_arithmetic() -> bool:
     """True when block hashes come from the arithmetic (the compiled module passed its check)."""
     return FAST
 
-# Memoised chains, oldest first: (number of segments, last segment id, its length, block size) ->
-# (segments, hashes).  The key is four ints, cheap to hash where the segment list itself (a
-# conversation's whole history) is not; the stored segments are compared before a chain is used,
-# so two lists that share a key only displace each other.  An OrderedDict: dropping the oldest is
-# O(1) (next(iter(dict)) after many deletions scans the dead slots at the front of a plain dict).
-_CHAINS: OrderedDict[tuple[int, int, int, int], tuple[tuple[tuple[int, int], ...], list[int]]] = OrderedDict()
+# Memoised chains: (number of segments, last segment id, its length, block size) -> (segments,
+# hashes).  The key is four ints, cheap to hash where the segment list itself (a conversation's
+# whole history) is not; the stored segments are compared before a chain is used, so two lists
+# that share a key only displace each other.  A plain dict (compiled, its operations are C calls;
+# an OrderedDict's are Python method calls): a chain used again is re-inserted at the end, and
+# when the memo is full the older half is dropped at once (`_trim`), which also compacts the
+# dead slots that many deletions leave at the front of a dict.
+_CHAINS: dict[tuple[int, int, int, int], tuple[tuple[tuple[int, int], ...], list[int]]] = {}
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
 
 
 def _memo_key(segments: tuple[tuple[int, int], ...], n: int, block_size: int) -> tuple[int, int, int, int]:
     last = segments[n - 1]
     return (n, last[0], last[1], block_size)
+
+
+def clear_chain_memo() -> None:
+    """Forget every memoised chain (tests; compiled, the memo is a C global)."""
+    _CHAINS.clear()
+
+
+def _trim() -> None:
+    """Keep the newer half of the memo (insertion order: the most recently stored last)."""
+    items = list(_CHAINS.items())
+    _CHAINS.clear()
+    _CHAINS.update(items[len(items) // 2:])
 
 
 def _same_head(stored: tuple[tuple[int, int], ...], segments: tuple[tuple[int, int], ...], n: int) -> bool:
@@ -157,7 +169,7 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
         if key in _CHAINS:
             del _CHAINS[key]
         elif len(_CHAINS) >= _CHAINS_MAX:
-            _CHAINS.popitem(last=False)
+            _trim()
         _CHAINS[key] = (segments, hashes)
     return hashes
 

@@ -64,14 +64,28 @@ def test_chain_matches_the_block_by_block_reference() -> None:
     """Sessions-like segment lists (runs longer and shorter than a block, blocks spanning three
     runs), fresh and resumed from a memoised head, for two block sizes."""
     rng = random.Random(3)
-    bh._CHAINS.clear()
+    bh.clear_chain_memo()
     for bs in (16, 5):
         for conv in range(30):
             context: tuple[tuple[int, int], ...] = ((1, rng.randrange(0, 40)),)
             for turn in range(6):
                 context = (*context, ((1 << 42) + (conv << 20) + turn, rng.randrange(1, 3 * bs)))
                 assert bh.shared_prefix_hashes(context, bs) == _reference_chain(context, bs)
-    bh._CHAINS.clear()
+    bh.clear_chain_memo()
+
+
+def test_chains_stay_right_when_the_memo_overflows() -> None:
+    """More live conversations than the memo keeps: the first turns of 9,000 conversations fill it
+    past its size (its older half is dropped), then each one's second turn resumes from a chain
+    still memoised or is hashed afresh; either way the reference chain."""
+    bh.clear_chain_memo()
+    convs = [((7, 20), ((1 << 42) + (c << 8), 9 + c % 30)) for c in range(9000)]
+    for ctx in convs:
+        assert bh.shared_prefix_hashes(ctx, 16) == _reference_chain(ctx, 16)
+    for c, ctx in enumerate(convs):
+        nxt = (*ctx, ((1 << 42) + (c << 8) + 1, 17), ((1 << 42) + (c << 8) + 2, 5 + c % 7))
+        assert bh.shared_prefix_hashes(nxt, 16) == _reference_chain(nxt, 16)
+    bh.clear_chain_memo()
 
 
 def test_equal_prefixes_share_hashes_and_different_ones_do_not() -> None:
@@ -85,14 +99,14 @@ def test_equal_prefixes_share_hashes_and_different_ones_do_not() -> None:
 def test_memoised_chains_are_used_only_for_their_own_segments() -> None:
     """The memo is keyed by (number of segments, last segment, block size): lists that share that
     key but differ earlier must still get their own chains, fresh and resumed."""
-    bh._CHAINS.clear()
+    bh.clear_chain_memo()
     for first in (1, 2, 1, 3):
         for tail in ((), ((9, 33),), ((9, 33), (10, 7))):
             context = ((first, 40), (5, 40), *tail)
             assert bh.shared_prefix_hashes(context, 16) == _reference_chain(context, 16)
     for tail in (((9, 33),), ((9, 33), (10, 7))):          # resumed from a head memoised under the same key
-        bh._CHAINS.clear()
+        bh.clear_chain_memo()
         bh.shared_prefix_hashes(((1, 40), (5, 40)), 16)
         context = ((2, 40), (5, 40), *tail)
         assert bh.shared_prefix_hashes(context, 16) == _reference_chain(context, 16)
-    bh._CHAINS.clear()
+    bh.clear_chain_memo()
