@@ -301,18 +301,14 @@ def test_quiet_rounds_equal_step_by_step(stages, budget, num_blocks, caching, ma
     # decode-only rounds of the batch queue taken as one event (sim.quiet.pipeline_stretch) against
     # every batch its own event: the same numbers, bit for bit (times, tokens, KV and stage clocks);
     # stretches may end with an application that finishes members (applied for real at the end)
-    from sim import quiet as quiet_mod
-    taken = []
-    finishing = []
-    plan = quiet_mod.pipeline_stretch
+    from sim.engine import pipeline_loop
+    real = pipeline_loop.PipeLoop
+    loops = []                                  # each run's batch-queue loop, for its stretch counters
 
-    def counted(*a):
-        st = plan(*a)
-        if st is not None:
-            taken.append(len(st.rows))
-            finishing.append(st.finishing is not None)
-        return st
-    monkeypatch.setattr(quiet_mod, "pipeline_stretch", counted)
+    def kept(*a):
+        loops.append(real(*a))
+        return loops[-1]
+    monkeypatch.setattr(pipeline_loop, "PipeLoop", kept)
     rng = np.random.default_rng(stages * 7 + num_blocks)
     m = 300
     t = np.cumsum(rng.exponential(1 / rate, m))
@@ -338,8 +334,10 @@ def test_quiet_rounds_equal_step_by_step(stages, budget, num_blocks, caching, ma
     assert rep_q.scheduler.num_preemptions == rep_s.scheduler.num_preemptions
     if num_blocks < 1000:
         assert rep_s.scheduler.num_preemptions > 0          # the case really preempts
-    assert sum(taken) > rec_s.num_steps // 20               # many batches were taken in stretches
-    assert sum(finishing) > 0                               # some of them end with a finish
+    quiet_loop, step_loop = loops
+    assert step_loop.num_stretches == 0
+    assert quiet_loop.num_stretch_rows > rec_s.num_steps // 20   # many batches were taken in stretches
+    assert quiet_loop.num_finishing_stretches > 0            # some of them end with a finish
 
 
 def test_report_section_only_with_pipeline_parallelism(tmp_path):

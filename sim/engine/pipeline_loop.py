@@ -1,21 +1,20 @@
-"""Pipeline parallelism's engine loop: vLLM's batch queue (`step_with_batch_queue`) over the stages."""
+"""Pipeline parallelism's engine loop: vLLM's batch queue (`step_with_batch_queue`) over the stages.
+The SimPy half: the loop itself is `sim.pipe_loop.PipeLoop` (compiled), which runs until it must
+wait on the clock; this process yields what it asks for."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
 import simpy
 
-from sim import quiet
-from sim.batch import StepBatch
-from sim.engine.ahead import catch_up, idle, wait
+from sim.engine.ahead import catch_up
 from sim.horizon import NextArrival
-from sim.kv_state import KVState
 from sim.metrics import Recorder
+from sim.pipe_loop import CATCH_UP, STRETCH, WAIT, PipeLoop
 from sim.replica import Replica
-from sim.run_ahead import Inbox, applied_step, may_run_ahead
+from sim.run_ahead import Inbox
 
 
 def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
@@ -36,86 +35,26 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     the next arrival (`sim.engine.ahead`); with an `inbox`, it runs on through arrivals, sending
     them itself (`sim.run_ahead.Inbox`)."""
     sched = rep.scheduler
-    pipe = rep.pipeline
-    p = pipe.num_stages
-    inflight: deque[tuple[StepBatch, float, float, KVState]] = deque()
-    cpu_free_s = 0.0          # the CPU's overhead for the last batch ends here
+    p = rep.pipeline.num_stages
     quiet_ok = nxt is not None and p > 1 and getattr(sched, "lanes_on", False) and not rep.check_invariants
     ahead = run_ahead and nxt is not None
     if not ahead:
         inbox = None
-    now = env.now             # the loop's clock (ahead of env.now while waits are skipped)
-    horizon = -1.0            # the next arrival: waits ending before it may be skipped (never if not ahead)
+    loop = PipeLoop(rep, recorder, on_request_done, nxt, quiet_ok, ahead, report_early, inbox, env.now)
     while True:
-        if ahead:
-            horizon = nxt.ahead_for_replica(rep.index)  # type: ignore[union-attr]
-        if quiet_ok and len(inflight) == p - 1 and sched.ready_lanes:
-            h = nxt.for_replica(rep.index)  # type: ignore[union-attr]
-            # cheap test first: the second scheduling comes when the oldest batch is out
-            # (with an inbox, a stretch that cannot run ahead waits from the loop's clock: the
-            # arrival process, behind on rows the inbox sent, must catch up before the stretch's
-            # event is made, so that an arrival on its last application comes first, as it would)
-            st = (quiet.pipeline_stretch(rep, now, h, list(inflight), env.now if inbox is None else now)
-                  if inflight[0][2] < h else None)
-            if st is not None:
-                rep.num_unseen_arrivals = 0               # the stretch's schedulings see today's queue
-                inflight = deque(st.inflight)
-                cpu_free_s = st.cpu_free_s
-                if inbox is not None and may_run_ahead(st.end_s, h, env.now, now, inbox):
-                    now = st.end_s                        # ahead: no event (its arrivals sent by the inbox)
-                else:
-                    if inbox is not None:
-                        yield from catch_up(env, now)
-                    yield env.timeout(st.end_s - env.now)     # (pipeline_stretch checked it lands on end_s)
-                    now = env.now
-                recorder.on_decode_rows(rep.index, st.rows, sched.num_running, rep.num_waiting_seen)
-                if st.finishing is not None:          # its last application finishes members: for real
-                    batch, start, kv_state = st.finishing
-                    yield from finish(env, applied_step(rep, batch, start, now - start, kv_state, recorder, now),
-                                      now, report_early, on_request_done)
-                continue
-        if len(inflight) < p and sched.has_work:
-            batch = sched.schedule()
-            rep.num_unseen_arrivals = 0
-            if batch.admitted:
-                recorder.on_admitted(now, batch.admitted)
-            if batch.is_empty:
-                sched.update_from_output(batch, now)   # everyone schedulable is in flight
-                if not inflight:
-                    now = yield from idle(env, rep, now, inbox)
-                    continue
-            else:
-                start = now
-                kv_state = sched.kv_state()
-                cpu_free_s = start + pipe.overhead_s
-                done = pipe.launch(cpu_free_s, rep.coster.step_time_s(batch),
-                                   batch.num_prefill_tokens + batch.num_decode_tokens)
-                inflight.append((batch, start, done, kv_state))
-                if len(inflight) < p:      # room for another batch: schedule again once the CPU is free
-                    if pipe.overhead_s:
-                        now = yield from wait(env, now, pipe.overhead_s, horizon, inbox)
-                    continue
-        if not inflight:
-            now = yield from idle(env, rep, now, inbox)
-            continue
-        batch, start, done, kv_state = inflight.popleft()
-        if cpu_free_s > done:
-            done = cpu_free_s
-        if done > now:
-            now = yield from wait(env, now, done - now, horizon, inbox)
-        yield from finish(env, applied_step(rep, batch, start, now - start, kv_state, recorder, now), now,
-                          report_early, on_request_done)
-
-
-def finish(env: simpy.Environment, notify: list[int], now: float,
-           report_early: Callable[[list[int]], list[int]] | None,
-           on_request_done: Callable[[int], None]) -> Generator[Any, Any, None]:
-    """Report the rows an application at the loop's clock `now` finished: ahead of the SimPy
-    clock those `report_early` allows, the others once it has caught up."""
-    if notify and now > env.now:                 # ahead: what the outside may learn early
-        if report_early is not None:
-            notify = report_early(notify)
-        if notify:
-            yield from catch_up(env, now)
-    for row in notify:
-        on_request_done(row)
+        what = loop.advance(env.now)
+        if what == STRETCH:
+            if inbox is not None:
+                yield from catch_up(env, loop.now)
+            yield env.timeout(loop.target_s - env.now)     # (pipeline_stretch checked it lands on target_s)
+            loop.now = env.now
+        elif what == WAIT:
+            yield from catch_up(env, loop.now)
+            yield env.timeout(loop.delay_s)
+            loop.now = env.now
+        elif what == CATCH_UP:
+            yield from catch_up(env, loop.now)
+        else:
+            yield from catch_up(env, loop.now)
+            yield rep.wait_for_work(env)
+            loop.now = env.now
