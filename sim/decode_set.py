@@ -19,6 +19,21 @@ if TYPE_CHECKING:
     from sim.scheduler_v1 import SchedulerV1
 
 
+def take(cal: dict[int, list[tuple[Request, int]]], key: int) -> list[tuple[Request, int]] | None:
+    """Remove and return the calendar's entries at `key` (None: none).  `cal.pop(key, None)`,
+    which compiled is a generic method call; `get` and `del` are C calls."""
+    lst = cal.get(key)
+    if lst is not None:
+        del cal[key]
+    return lst
+
+
+def admit_order(r: Request) -> int:
+    """Sort key: vLLM's running-list order (a module-level function: a lambda makes the
+    compiled caller allocate a closure environment on every call)."""
+    return r.admit_seq
+
+
 def push(cal: dict[int, list[tuple[Request, int]]], key: int, req: Request) -> None:
     lst = cal.get(key)
     if lst is None:

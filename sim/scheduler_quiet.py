@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 
 from sim.batch import StepBatch
-from sim.decode_set import extend, leave, push_finish
+from sim.decode_set import admit_order, extend, leave, push_finish, take
 from sim.kv_state import KVState
 from sim.request import Request, Status
 from sim.scheduler_lanes import Lane, load_lane
@@ -23,11 +23,11 @@ from sim.scheduler_v1 import SchedulerV1
 def _hand_out_due(s: SchedulerV1, alloc_due: dict[int, list[tuple[Request, int]]], c: int) -> None:
     """The blocks decode-set members come due for at clock `c`, in admission order (a member
     crossing a block boundary), and their next due clock one block later."""
-    lst = alloc_due.pop(c, None)
+    lst = take(alloc_due, c)
     if lst:
         due = [r for r, v in lst if r.version == v and r.in_decode_set]
         if len(due) > 1:
-            due.sort(key=lambda r: r.admit_seq)
+            due.sort(key=admit_order)
         if due:
             s.kv.append_blocks(due)
             extend(alloc_due, c + s.kv.block_size, due)
@@ -120,7 +120,7 @@ def advance_quiet(s: SchedulerV1, m: int, finish: bool = False, leave_s: float =
         _hand_out_due(s, s.alloc_due, c)
         s.clock = c + 1
         if not fin:
-            s.finish_due.pop(s.clock - (1 if async_ else 0), None)
+            take(s.finish_due, s.clock - (1 if async_ else 0))
         s.upd = s.clock - (1 if async_ else 0)
         states.append(s.kv_state())
     return states
@@ -132,11 +132,11 @@ def quiet_finish(s: SchedulerV1, now_s: float) -> list[Request]:
     s.last_update_s = now_s
     s.upd = s.quiet_finish_key          # (an empty batch closed after it may have moved it on)
     to_finish: list[Request] = []
-    for r, v in s.finish_due.pop(s.upd, ()):
+    for r, v in take(s.finish_due, s.upd) or ():
         if r.version == v and r.status is Status.RUNNING:
             to_finish.append(r)
     if len(to_finish) > 1:
-        to_finish.sort(key=lambda q: q.admit_seq)
+        to_finish.sort(key=admit_order)
     finished: list[Request] = []
     for r in to_finish:
         if r.status is Status.RUNNING:
@@ -222,7 +222,7 @@ def pp_quiet_schedule(s: SchedulerV1, lane: Lane) -> int:
 def pp_quiet_apply(s: SchedulerV1, lane: Lane, now_s: float) -> None:
     """Apply `lane`'s batch in flight (what `update_from_output` does for a member-only batch)."""
     lane.upd = lane.clock
-    lane.finish_due.pop(lane.upd, None)
+    take(lane.finish_due, lane.upd)
     lane.last_update_s = now_s
 
 

@@ -60,7 +60,7 @@ import numpy as np
 
 from sim.batch import StepBatch, StepOutcome
 from sim.contiguous import ContiguousKVManager
-from sim.decode_set import extend, join, leave, push_finish
+from sim.decode_set import admit_order, extend, join, leave, push_finish, take
 from sim.kv_cache_manager import KVCacheManager, cdiv
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
@@ -256,7 +256,7 @@ class SchedulerV1:
         kv = self.kv
         bs = kv.block_size
         c = self.clock
-        due = [r for r, v in self.alloc_due.pop(c, ()) if r.version == v and r.in_decode_set]
+        due = [r for r, v in take(self.alloc_due, c) or () if r.version == v and r.in_decode_set]
         la = self.lookahead
         if la:      # spec decode: slots for the drafter's lookahead too (vLLM allocate_slots)
             mml = self.limits.max_model_len
@@ -268,7 +268,7 @@ class SchedulerV1:
             events = sorted([(r, 1) for r in due] + needs, key=lambda e: e[0].admit_seq)
         else:
             if len(due) > 1:
-                due.sort(key=lambda r: r.admit_seq)
+                due.sort(key=admit_order)
             events = None
         pool = kv.pool
         if events is None and len(due) <= pool.nfree:
@@ -504,11 +504,11 @@ class SchedulerV1:
                     self.waiting.remove(r)
                 else:
                     self.waiting = deque(w for w in self.waiting if w is not r)
-        for r, v in self.finish_due.pop(self.upd, ()):
+        for r, v in take(self.finish_due, self.upd) or ():
             if r.version == v and r.status is Status.RUNNING:
                 to_finish.append(r)
         if len(to_finish) > 1:                  # vLLM frees in scheduling (running-list) order
-            to_finish.sort(key=lambda q: q.admit_seq)
+            to_finish.sort(key=admit_order)
         for r in to_finish:
             if r.status is Status.RUNNING:
                 self._finish(r, finished)
