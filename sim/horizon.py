@@ -1,7 +1,8 @@
 """When the next request reaches a replica: the horizon a quiet stretch (`sim.quiet`) must stop
 before.  Plain state, read by the engine's replica processes and written by its arrival process
 (`sim.engine`), which sets `s` and `row` before each arrival and pushes decided session follow-ups
-onto `later`."""
+onto `later`.  Compiled with mypyc (`setup_native.py`): the PP batch-queue loop (`sim.pipe_loop`)
+asks it for the horizon at every batch."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ class NextArrival:
         self.s = float("inf")
         self.count = 0            # requests arrived so far (the autoscaler's request-rate metric)
         self.row = 0              # table row of the next arrival
-        self.rr: Router | None = None
-        self.lot: list[Replica] | None = None
+        self.rr: Any = None       # the Router under round robin (read generically: an interpreted class)
+        self.lot: list[Any] | None = None   # the replicas under least outstanding tokens
         self.arrival: Any = None
         self.n = 1
         self.later: list[float] = []

@@ -8,8 +8,8 @@ runs the loop until it must really wait on the clock and says how (`IDLE`, `WAIT
 stopped (`resume`).  The same operations in the same order as the loop it replaces, so the same
 numbers; no SimPy here.
 
-`rep` is a `sim.replica.Replica` and `nxt` a `sim.horizon.NextArrival` (interpreted classes, typed
-`Any`); `report_early` and `on_request_done` are the engine's callbacks (`sim.engine.run`).
+`rep` is a `sim.replica.Replica` (an interpreted class, typed `Any`); `report_early` and
+`on_request_done` are the engine's callbacks (`sim.engine.run`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from sim import quiet
 from sim.batch import StepBatch
+from sim.horizon import NextArrival
 from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.pipeline import PipelineClock
@@ -44,7 +45,7 @@ class PipeLoop:
     loop's clock `now` (ahead of the SimPy clock while waits are skipped)."""
 
     def __init__(self, rep: Any, recorder: Recorder, on_request_done: Callable[[int], None],
-                 nxt: Any, quiet_ok: bool, ahead: bool,
+                 nxt: NextArrival, quiet_ok: bool, ahead: bool,
                  report_early: Callable[[list[int]], list[int]] | None, inbox: Inbox | None,
                  now: float) -> None:
         self.rep = rep

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from sim.cost_model import StepCoster, constant_profile
+from sim.horizon import NextArrival
 from sim.kv_cache_manager import KVCacheManager
 from sim.metrics import Recorder
 from sim.pipe_loop import CATCH_UP, IDLE, WAIT, PipeLoop
@@ -25,17 +26,11 @@ def replica(stages: int, stage_s: float, overhead_s: float = 0.0) -> Replica:
     return rep
 
 
-class Ahead:
-    """A stand-in for `sim.horizon.NextArrival`: no arrival before `horizon_s`."""
-
-    def __init__(self, horizon_s: float):
-        self.horizon_s = horizon_s
-
-    def ahead_for_replica(self, i: int) -> float:
-        return self.horizon_s
-
-    def for_replica(self, i: int) -> float:
-        return self.horizon_s
+def next_arrival(s: float) -> NextArrival:
+    """The next arrival at `s`."""
+    nxt = NextArrival()
+    nxt.s = s
+    return nxt
 
 
 def test_on_the_clock_every_wait_is_the_engines():
@@ -47,7 +42,7 @@ def test_on_the_clock_every_wait_is_the_engines():
     done: list[int] = []
     rec.on_send(0, 0.0, 32, 1)
     rep.add_request(Request(0, 0.0, 32, 3, ()))
-    loop = PipeLoop(rep, rec, done.append, None, False, False, None, None, 0.0)
+    loop = PipeLoop(rep, rec, done.append, NextArrival(), False, False, None, None, 0.0)
     clock = 0.0
     waits = []
     while True:
@@ -74,7 +69,7 @@ def test_ahead_of_the_clock_waits_pass_without_the_engine():
     done: list[int] = []
     rec.on_send(0, 1.0, 32, 1)
     rep.add_request(Request(0, 1.0, 32, 3, ()))
-    loop = PipeLoop(rep, rec, done.append, Ahead(100.0), False, True, lambda rows: rows, None, 1.0)
+    loop = PipeLoop(rep, rec, done.append, next_arrival(100.0), False, True, lambda rows: rows, None, 1.0)
     assert loop.advance(1.0) == CATCH_UP
     assert loop.now == pytest.approx(1.06)
     assert done == []                          # not before the clock has caught up
@@ -95,7 +90,7 @@ def test_a_finish_told_early_needs_no_catch_up():
         return []
     rec.on_send(0, 1.0, 32, 1)
     rep.add_request(Request(0, 1.0, 32, 3, ()))
-    loop = PipeLoop(rep, rec, done.append, Ahead(100.0), False, True, early, None, 1.0)
+    loop = PipeLoop(rep, rec, done.append, next_arrival(100.0), False, True, early, None, 1.0)
     assert loop.advance(1.0) == IDLE
     assert told == [0] and done == []
     assert loop.now == pytest.approx(1.06)
@@ -110,7 +105,7 @@ def test_cpu_overhead_is_a_wait_between_two_batches():
     rec = Recorder(2)
     rec.on_send(0, 0.0, 16, 1)
     rep.add_request(Request(0, 0.0, 16, 2, ()))
-    loop = PipeLoop(rep, rec, lambda row: None, None, False, False, None, None, 0.0)
+    loop = PipeLoop(rep, rec, lambda row: None, NextArrival(), False, False, None, None, 0.0)
     assert loop.advance(0.0) == WAIT and loop.delay_s == pytest.approx(0.002)
     loop.now = 0.002
     rec.on_send(1, 0.002, 16, 1)

@@ -40,7 +40,8 @@ def serve_pipeline(env: simpy.Environment, rep: Replica, recorder: Recorder,
     ahead = run_ahead and nxt is not None
     if not ahead:
         inbox = None
-    loop = PipeLoop(rep, recorder, on_request_done, nxt, quiet_ok, ahead, report_early, inbox, env.now)
+    loop = PipeLoop(rep, recorder, on_request_done, nxt if nxt is not None else NextArrival(),   # (none: never read)
+                    quiet_ok, ahead, report_early, inbox, env.now)
     while True:
         what = loop.advance(env.now)
         if what == STRETCH:
