@@ -176,10 +176,13 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     # precedes the next arrival and the interleaved allocations find free blocks
     free = sched.kv.pool.nfree
     taken = [0] * p
-    # in flight, oldest first: (done, lane index, the clock value its application sets)
-    queue = [(inflight[k - 1][2], k, plan[k][0].clock) for k in range(1, p)]
-    steps: list[tuple[float, float]] = []          # each launch: (start, done)
-    applies: list[float] = []
+    # The batch queue, oldest first, is the p - 1 batches in flight before the stretch (lane
+    # k + 1 for inflight[k]) followed by the stretch's own launches, round robin from lane 0:
+    # launch i is lane i % p's step i // p, and the application at iteration i is of the queue's
+    # i-th entry.  Indexed, not a queue of tuples: nothing is allocated per launch but its times.
+    starts: list[float] = []                       # each launch's scheduling time
+    dones: list[float] = []                        # and when its output is back
+    applies: list[float] = []                      # each iteration's application time
     t = now
     cpu_free = 0.0
     n = 0
@@ -196,9 +199,17 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
         ctx = lane.members_base + d * (lane.clock + j) + d
         cpu_free = t + oh
         done = pipe.launch(cpu_free, step_time_s(coster, 0, d, ctx, 0.0), d)
-        steps.append((t, done))
-        queue.append((done, k, lane.clock + j + 1))
-        done, k0, u0 = queue.pop(0)
+        starts.append(t)
+        dones.append(done)
+        if n < p - 1:                              # the oldest: in flight from before
+            done = inflight[n][2]
+            k0 = n + 1
+            u0 = plan[k0][0].clock                 # the clock value its application sets
+        else:                                      # the oldest: launch i0 of this stretch
+            i0 = n - (p - 1)
+            done = dones[i0]
+            k0 = i0 % p
+            u0 = plan[k0][0].clock + i0 // p + 1
         if cpu_free > done:
             done = cpu_free
         if done > t:
@@ -214,20 +225,28 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
         return None
     # pass 2: the same schedulings and applications on the scheduler, in order
     lanes = [e[0] for e in plan]
-    entries: list[tuple[StepBatch | None, float, float, KVState, int, int]] = [
-        (e[0], e[1], e[2], e[3], k + 1, 0) for k, e in enumerate(inflight)]   # lane index k + 1
+    kvs: list[KVState] = []                        # KV state while launch i runs
+    ctxs: list[int] = []                           # its decode context
     rows: list[tuple[int, float, float, KVState]] = []
     last: tuple[StepBatch, float, KVState] | None = None
     last_k = 0
+    b0: StepBatch | None = None                    # the oldest batch, its start and KV state
+    s0 = 0.0
     for i in range(n):
-        k = i % p
-        ctx = sq.pp_quiet_schedule(sched, lanes[k])
-        start, done = steps[i]
-        entries.append((None, start, done, sched.kv_state(), k, ctx))
-        b0, s0, _, kv0, k0, ctx0 = entries.pop(0)
+        ctxs.append(sq.pp_quiet_schedule(sched, lanes[i % p]))
+        kvs.append(sched.kv_state())
         ti = applies[i]
+        if i < p - 1:
+            b0, s0, _, kv0 = inflight[i]
+            k0 = i + 1
+        else:
+            i0 = i - (p - 1)
+            b0 = None
+            s0 = starts[i0]
+            kv0 = kvs[i0]
+            k0 = i0 % p
         if finishing and i == n - 1:               # applied for real by the engine, at t
-            last = (b0 if b0 is not None else sq.pp_quiet_batch(sched, lanes[k0], ctx0), s0, kv0)
+            last = (b0 if b0 is not None else sq.pp_quiet_batch(sched, lanes[k0], ctxs[i - (p - 1)]), s0, kv0)
             last_k = k0
             break
         sq.pp_quiet_apply(sched, lanes[k0], ti)
@@ -236,9 +255,9 @@ def pipeline_stretch(rep: Replica, now: float, horizon_s: float,
     lane_batches: list[tuple[StepBatch, Any]] = []
     if last is not None:
         lane_batches.append((last[0], lanes[last_k]))
-    for b, s0, d0, kv0, k0, ctx in entries:
-        batch = b if b is not None else sq.pp_quiet_batch(sched, lanes[k0], ctx)
-        out.append((batch, s0, d0, kv0))
-        lane_batches.append((batch, lanes[k0]))
+    for i0 in range(n - (p - 1), n):               # still in flight: the last p - 1 launches
+        batch = sq.pp_quiet_batch(sched, lanes[i0 % p], ctxs[i0])
+        out.append((batch, starts[i0], dones[i0], kvs[i0]))
+        lane_batches.append((batch, lanes[i0 % p]))
     sq.pp_quiet_end(sched, lane_batches, None if last is not None else lanes[n % p])   # applied last
     return PipeStretch(t, out, cpu_free, rows, last)
