@@ -33,15 +33,21 @@ def next_arrival(s: float) -> NextArrival:
     return nxt
 
 
+def one_request(sent_s: float) -> tuple[Replica, Recorder]:
+    """2 stages of 10 ms holding one request (32 prompt tokens, 3 output tokens) sent at `sent_s`."""
+    rep = replica(2, 0.01)
+    rec = Recorder(1)
+    rec.on_send(0, sent_s, 32, 1)
+    rep.add_request(Request(0, sent_s, 32, 3, ()))
+    return rep, rec
+
+
 def test_on_the_clock_every_wait_is_the_engines():
     # p = 2 stages of 10 ms, one request of 32 prompt tokens and 3 output tokens, nothing run
     # ahead: the loop waits a full traversal (20 ms) for each token's batch, the last one
     # finishes the request (reported at once: the loop is on the clock), then it is idle
-    rep = replica(2, 0.01)
-    rec = Recorder(1)
+    rep, rec = one_request(0.0)
     done: list[int] = []
-    rec.on_send(0, 0.0, 32, 1)
-    rep.add_request(Request(0, 0.0, 32, 3, ()))
     loop = PipeLoop(rep, rec, done.append, NextArrival(), False, False, None, None, 0.0)
     clock = 0.0
     waits = []
@@ -64,11 +70,8 @@ def test_ahead_of_the_clock_waits_pass_without_the_engine():
     # ends before twice the clock and the arrival, so the loop takes them itself; the finish at
     # 1.06 s is not one `report_early` may tell early, so it asks to catch up first, and
     # reports the row only when called again (on the clock), then goes idle
-    rep = replica(2, 0.01)
-    rec = Recorder(1)
+    rep, rec = one_request(1.0)
     done: list[int] = []
-    rec.on_send(0, 1.0, 32, 1)
-    rep.add_request(Request(0, 1.0, 32, 3, ()))
     loop = PipeLoop(rep, rec, done.append, next_arrival(100.0), False, True, lambda rows: rows, None, 1.0)
     assert loop.advance(1.0) == CATCH_UP
     assert loop.now == pytest.approx(1.06)
@@ -80,16 +83,13 @@ def test_ahead_of_the_clock_waits_pass_without_the_engine():
 
 def test_a_finish_told_early_needs_no_catch_up():
     # `report_early` takes the row (an open loop on one replica): no catch-up, straight to idle
-    rep = replica(2, 0.01)
-    rec = Recorder(1)
+    rep, rec = one_request(1.0)
     done: list[int] = []
     told: list[int] = []
 
     def early(rows: list[int]) -> list[int]:
         told.extend(rows)
         return []
-    rec.on_send(0, 1.0, 32, 1)
-    rep.add_request(Request(0, 1.0, 32, 3, ()))
     loop = PipeLoop(rep, rec, done.append, next_arrival(100.0), False, True, early, None, 1.0)
     assert loop.advance(1.0) == IDLE
     assert told == [0] and done == []
