@@ -8,8 +8,7 @@ runs the loop until it must really wait on the clock and says how (`IDLE`, `WAIT
 stopped (`resume`).  The same operations in the same order as the loop it replaces, so the same
 numbers; no SimPy here.
 
-`rep` is a `sim.replica.Replica` (an interpreted class, typed `Any`); `report_early` and
-`on_request_done` are the engine's callbacks (`sim.engine.run`).
+`report_early` and `on_request_done` are the engine's callbacks (`sim.engine.run`).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from sim.horizon import NextArrival
 from sim.kv_state import KVState
 from sim.metrics import Recorder
 from sim.pipeline import PipelineClock
+from sim.replica import Replica
 from sim.run_ahead import Inbox, applied_step, may_run_ahead
 from sim.scheduler_v1 import SchedulerV1
 
@@ -44,7 +44,7 @@ class PipeLoop:
     KV state while it runs), the CPU's overhead for the last one ending at `cpu_free_s`, and the
     loop's clock `now` (ahead of the SimPy clock while waits are skipped)."""
 
-    def __init__(self, rep: Any, recorder: Recorder, on_request_done: Callable[[int], None],
+    def __init__(self, rep: Replica, recorder: Recorder, on_request_done: Callable[[int], None],
                  nxt: NextArrival, quiet_ok: bool, ahead: bool,
                  report_early: Callable[[list[int]], list[int]] | None, inbox: Inbox | None,
                  now: float) -> None:

@@ -1,7 +1,10 @@
 """One engine replica as plain state: its scheduler, KV cache, step coster and router counters.
 
 Routing policies live in `sim.router`.  The replica knows nothing about SimPy except how to hand the engine an event to wait on when
-idle (`wait_for_work`), which `add_request` triggers.
+idle (`wait_for_work`), which `add_request` triggers.  Compiled with mypyc (`setup_native.py`):
+the compiled loops (`sim.run_ahead`, `sim.pipe_loop`, `sim.quiet`) read and update it at every
+step.  The scheduler (v0 or v1), its KV manager and the coster (a `StepCoster`, or the runner's
+replay of measured step times) are typed `Any`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ class Replica:
     def __init__(self, index: int, scheduler: Any, coster: StepCoster, async_scheduling: bool,
                  check_invariants: bool = False):
         self.index = index
-        self.scheduler = scheduler
-        self.kv = scheduler.kv
-        self.coster = coster
+        self.scheduler: Any = scheduler
+        self.kv: Any = scheduler.kv
+        self.coster: Any = coster
         self.async_scheduling = async_scheduling
         self.check_invariants = check_invariants
         self.outstanding_tokens = 0       # router signal: prompt + output tokens of unfinished requests
@@ -34,7 +37,7 @@ class Replica:
         self.num_unseen_arrivals = 0
         self.handoff: Callable[[Request, float], None] | None = None   # P/D: a prefill replica hands requests on
         self.pipeline: Any = None         # PP > 1: its sim.pipeline.PipelineClock (stages, busy time)
-        self._wakeup: simpy.Event | None = None
+        self._wakeup: Any = None          # the simpy.Event an idle engine waits on
 
     def add_request(self, req: Request, counted: bool = False) -> None:
         """`counted`: its tokens were already added to `outstanding_tokens` (P/D: at arrival)."""

@@ -3,8 +3,7 @@
 its steps without an event (speculative decoding, the CPU build's synchronous scheduling) does
 not pay the interpreter per step.  No SimPy here: the engine's loops (`sim.engine.replica_loop`,
 `sim.engine.pipeline_loop`) yield, catch the clock up and report finishes.  `rep` is a
-`sim.replica.Replica`, typed `Any` here (an interpreted class: compiled code reads it generically
-either way, and the inbox's tests hand `wake` a stand-in).
+`sim.replica.Replica` (compiled too; `Inbox.wake` takes `Any`: its tests hand it a stand-in).
 
 * `may_run_ahead`: whether a step or wait may pass without an event;
 * `Inbox`: the arrivals such a loop sends itself, at their own times;
@@ -22,6 +21,7 @@ from sim.batch import StepBatch
 from sim.cost_model import StepCoster
 from sim.kv_state import KVState
 from sim.metrics import Recorder
+from sim.replica import Replica
 from sim.scheduler_v1 import SchedulerV1
 
 
@@ -102,7 +102,7 @@ class Inbox:
         nxt.s = self.arrival[k] if k < self.n else float("inf")
 
 
-def applied_step(rep: Any, batch: StepBatch, start: float, dt: float, kv_state: KVState,
+def applied_step(rep: Replica, batch: StepBatch, start: float, dt: float, kv_state: KVState,
                  recorder: Recorder, now: float) -> list[int]:
     """Apply a step's output at `now` and record it; the rows whose last request finished, for
     the caller to report done (at `now`: only events follow from that, so after the step's row)."""
@@ -125,7 +125,7 @@ def applied_step(rep: Any, batch: StepBatch, start: float, dt: float, kv_state: 
     return done
 
 
-def schedule_at(rep: Any, recorder: Recorder, t: float) -> StepBatch | None:
+def schedule_at(rep: Replica, recorder: Recorder, t: float) -> StepBatch | None:
     """A scheduling at `t` ahead of the clock: the batch, or None when there is nothing to run
     (an empty batch is closed at once)."""
     sched = rep.scheduler
@@ -159,7 +159,7 @@ class AheadRun:
         self.notify = notify
 
 
-def sync_ahead(rep: Any, recorder: Recorder, batch: StepBatch, start: float, dt: float, kv_state: KVState,
+def sync_ahead(rep: Replica, recorder: Recorder, batch: StepBatch, start: float, dt: float, kv_state: KVState,
                horizon_s: float, clock_s: float, inbox: Inbox | None,
                report_early: Callable[[list[int]], list[int]] | None) -> AheadRun:
     """The synchronous loop's steps that end before the next arrival (or, with an inbox, whose
