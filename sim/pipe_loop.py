@@ -14,7 +14,6 @@ numbers; no SimPy here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from sim import quiet
 from sim.batch import StepBatch
