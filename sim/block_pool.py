@@ -124,15 +124,17 @@ class BlockPool:
         b = self._slots[2 * self._find(block_hash) + 1]
         return int(b) if b else None
 
-    def longest_hit(self, hashes: list[int]) -> np.ndarray:
-        """Blocks registered under the leading public `hashes`, up to the first miss (`lookup`
+    def longest_hit(self, hashes: list[int], limit: int = -1) -> np.ndarray:
+        """Blocks registered under the leading public `hashes` (the first `limit` of them; all
+        when negative: a caller's prefix without slicing its list), up to the first miss (`lookup`
         of each in turn), as block ids (an intp array: what a block table takes, made here
         instead of from a list by the caller)."""
-        out = np.empty(len(hashes), dtype=ID)
+        m = len(hashes) if limit < 0 else min(limit, len(hashes))
+        out = np.empty(m, dtype=ID)
         o = out
         n = 0
-        for h in hashes:
-            b = self._slots[2 * self._find(h) + 1]
+        while n < m:
+            b = self._slots[2 * self._find(hashes[n]) + 1]
             if b == 0:
                 break
             o[n] = b
@@ -353,10 +355,11 @@ class BlockPool:
         else:
             self.multi[block_hash] = {int(first): None, int(block): None}
 
-    def cache_public_run(self, blocks: np.ndarray, hashes: list[int]) -> None:
-        """`cache_public` of blocks[i] under hashes[i] for each i, in order."""
-        bv = blocks
-        for i in range(bv.shape[0]):
+    def cache_public_run(self, table: np.ndarray, hashes: list[int], start: int, end: int) -> None:
+        """`cache_public` of table[i] under hashes[i] for start <= i < end, in order (a request's
+        block table and hash chain as they are: no slices made)."""
+        bv = table
+        for i in range(start, end):
             self.cache_public(bv[i], hashes[i])
 
     def check_invariants(self) -> None:

@@ -89,7 +89,7 @@ class KVCacheManager:
         shared = req.prefix_hashes
         if shared is None or len(shared) < n_pub:
             shared = [block_hash(req, i, bs) for i in range(n_pub)]
-        hits: np.ndarray = self.pool.longest_hit(shared[:n_pub] if len(shared) > n_pub else shared)
+        hits: np.ndarray = self.pool.longest_hit(shared, n_pub)
         if hits.size == n_pub:
             # the sequence's own private blocks, still cached after a preemption
             m = min(max_blocks, req.prev_nblocks)
@@ -240,7 +240,7 @@ class KVCacheManager:
             shared = req.prefix_hashes
             end = min(full, n_pub)
             if shared is not None and len(shared) >= end:     # the hashes computed up front
-                self.pool.cache_public_run(table[start:end], shared[start:end])
+                self.pool.cache_public_run(table, shared, start, end)
             else:
                 for i in range(start, end):
                     self.pool.cache_public(int(table[i]), block_hash(req, i, bs))

@@ -140,9 +140,10 @@ def test_bulk_request_operations_match_block_by_block_reference():
             ref.free_blocks(np.asarray(table[::-1], dtype=np.intp))
         else:
             chain = [int(rng.integers(4)) * 1000 + i + 1 for i in range(int(rng.integers(1, 8)))]
-            hits = bulk.longest_hit(chain).tolist()
+            limit = int(rng.integers(-1, len(chain) + 1))      # all (-1), or the first `limit`
+            hits = bulk.longest_hit(chain, limit).tolist()
             expect: list[int] = []
-            for h in chain:
+            for h in chain if limit < 0 else chain[:limit]:
                 b = ref.lookup(h)
                 if b is None:
                     break
@@ -157,9 +158,8 @@ def test_bulk_request_operations_match_block_by_block_reference():
             assert new == ref.get_new_blocks(n_new).tolist()
             table = hits + new
             nh = len(hits) + min(len(chain) - len(hits), int(rng.integers(0, n_new + 1)))
-            run = np.asarray(table[len(hits): nh], dtype=np.intp)
-            bulk.cache_public_run(run, chain[len(hits): nh])
-            for b, h in zip(run.tolist(), chain[len(hits): nh], strict=True):
+            bulk.cache_public_run(np.asarray(table, dtype=np.intp), chain, len(hits), nh)
+            for b, h in zip(table[len(hits): nh], chain[len(hits): nh], strict=True):
                 ref.cache_public(b, h)
             live.append((table, nh))
         assert _pool_state(bulk) == _pool_state(ref)
