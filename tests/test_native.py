@@ -16,29 +16,46 @@ import sim
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(tmp: Path, pure: bool) -> dict:
+def _run(tmp: Path, pure: bool, scenario: str = "scenarios/validation/kv-pressure.yaml",
+         sets: tuple[str, ...] = ()) -> dict:
     env = dict(os.environ)
     env.pop("PAGESIM_PURE", None)
     if pure:
         env["PAGESIM_PURE"] = "1"
     out = tmp / ("pure" if pure else "native")
+    args = ["run", scenario, "--out", str(out)] + [a for kv in sets for a in ("--set", kv)]
     code = ("import sys, sim; from sim.cli import main; "
-            "rc = main(['run', 'scenarios/validation/kv-pressure.yaml', '--out', sys.argv[1]]); "
+            "rc = main(sys.argv[1:]); "
             "print('NATIVE', sim.NATIVE); sys.exit(rc)")
-    res = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert f"NATIVE {not pure}" in res.stdout
     return json.loads((out / "summary.json").read_text())
 
 
-@pytest.mark.skipif(not sim.NATIVE, reason="no compiled modules in use (run `make fast`)")
-def test_compiled_run_matches_pure_python_bit_for_bit(tmp_path: Path) -> None:
-    native = _run(tmp_path, pure=False)
-    pure = _run(tmp_path, pure=True)
+def _same_both_ways(tmp: Path, scenario: str = "scenarios/validation/kv-pressure.yaml",
+                    sets: tuple[str, ...] = ()) -> dict:
+    """The run's summary, compiled; asserted equal, bit for bit, to the pure-Python run's."""
+    native = _run(tmp, pure=False, scenario=scenario, sets=sets)
+    pure = _run(tmp, pure=True, scenario=scenario, sets=sets)
     native.pop("wall_time_s", None)
     pure.pop("wall_time_s", None)
     assert native == pure
-    assert native["num_preemptions"] > 0          # the scenario exercises preemption, not only decodes
+    return native
+
+
+@pytest.mark.skipif(not sim.NATIVE, reason="no compiled modules in use (run `make fast`)")
+def test_compiled_run_matches_pure_python_bit_for_bit(tmp_path: Path) -> None:
+    assert _same_both_ways(tmp_path)["num_preemptions"] > 0   # the scenario exercises preemption, not only decodes
+
+
+@pytest.mark.skipif(not sim.NATIVE, reason="no compiled modules in use (run `make fast`)")
+@pytest.mark.parametrize(("scenario", "key"), [
+    ("scenarios/llama3-70b-pp.yaml", "pp_bubble_frac"),           # the compiled batch-queue loop (sim.pipe_loop)
+    ("scenarios/multi-turn-chat.yaml", "prefix_cache_hit_rate"),   # closed-loop turns, chained block hashes
+])
+def test_compiled_pipeline_and_sessions_match_pure_python(tmp_path: Path, scenario: str, key: str) -> None:
+    assert _same_both_ways(tmp_path, scenario, ("run.num_requests=400",))[key] > 0   # the feature is at work
 
 
 def _stamp(d: Path, mods: dict[str, str]) -> None:
