@@ -159,7 +159,7 @@ class PipeLoop:
 
     def _idle(self, clock_s: float) -> bool:
         """Out of work: with an inbox the next arrival may be it (sent now, ahead of the clock);
-        True: wait for work on the clock (`sim.engine.ahead.idle`)."""
+        True: the engine catches up and waits for work on the clock."""
         inbox = self.inbox
         a = inbox.wake(self.rep, clock_s) if inbox is not None else None
         if a is not None:
@@ -169,7 +169,7 @@ class PipeLoop:
 
     def _wait(self, delay_s: float, clock_s: float) -> bool:
         """Wait `delay_s` from `now`: ahead of the clock if it may (False), else True: the engine
-        catches up and waits (`sim.engine.ahead.wait`)."""
+        catches up and waits `delay_s` on the clock."""
         t = self.now + delay_s
         if may_run_ahead(t, self.horizon_s, clock_s, self.now, self.inbox):
             self.now = t
