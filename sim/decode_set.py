@@ -28,12 +28,6 @@ def take(cal: dict[int, list[tuple[Request, int]]], key: int) -> list[tuple[Requ
     return lst
 
 
-def admit_order(r: Request) -> int:
-    """Sort key: vLLM's running-list order (a module-level function: a lambda makes the
-    compiled caller allocate a closure environment on every call)."""
-    return r.admit_seq
-
-
 def push(cal: dict[int, list[tuple[Request, int]]], key: int, req: Request) -> None:
     lst = cal.get(key)
     if lst is None:

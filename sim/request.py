@@ -94,6 +94,13 @@ class Request:
                 f"max={self.max_tokens}, computed={self.num_computed}, out={self.num_output})")
 
 
+def admit_seq_of(r: Request) -> int:
+    """Sort key of requests: the order they entered the running list (vLLM's running-list order).
+    A module-level function, not a lambda: a compiled function holding a lambda allocates a
+    closure environment on every call."""
+    return r.admit_seq
+
+
 def admit_seq_of_pair(e: tuple[Request, int]) -> int:
     """Sort key of (request, tokens) pairs: the order requests entered the running list."""
     return e[0].admit_seq

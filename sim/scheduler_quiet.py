@@ -13,9 +13,9 @@ from __future__ import annotations
 import heapq
 
 from sim.batch import StepBatch
-from sim.decode_set import admit_order, extend, leave, push_finish, take
+from sim.decode_set import extend, leave, push_finish, take
 from sim.kv_state import KVState
-from sim.request import Request, Status
+from sim.request import Request, Status, admit_seq_of
 from sim.scheduler_lanes import Lane, load_lane
 from sim.scheduler_v1 import SchedulerV1
 
@@ -27,7 +27,7 @@ def _hand_out_due(s: SchedulerV1, alloc_due: dict[int, list[tuple[Request, int]]
     if lst:
         due = [r for r, v in lst if r.version == v and r.in_decode_set]
         if len(due) > 1:
-            due.sort(key=admit_order)
+            due.sort(key=admit_seq_of)
         if due:
             s.kv.append_blocks(due)
             extend(alloc_due, c + s.kv.block_size, due)
@@ -136,7 +136,7 @@ def quiet_finish(s: SchedulerV1, now_s: float) -> list[Request]:
         if r.version == v and r.status is Status.RUNNING:
             to_finish.append(r)
     if len(to_finish) > 1:
-        to_finish.sort(key=admit_order)
+        to_finish.sort(key=admit_seq_of)
     finished: list[Request] = []
     for r in to_finish:
         if r.status is Status.RUNNING:

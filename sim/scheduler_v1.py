@@ -60,11 +60,11 @@ import numpy as np
 
 from sim.batch import StepBatch, StepOutcome
 from sim.contiguous import ContiguousKVManager
-from sim.decode_set import admit_order, extend, join, leave, push_finish, take
+from sim.decode_set import extend, join, leave, push_finish, take
 from sim.kv_cache_manager import KVCacheManager, cdiv
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
-from sim.request import Request, Status
+from sim.request import Request, Status, admit_seq_of, admit_seq_of_pair
 from sim.scheduler_lanes import Lane, leave_other_lane, load_lane, load_ready_lane, save_lane
 from sim.scheduler_loads import finish_loads, start_load
 from sim.scheduler_spec import schedule_spec, update_from_output_spec
@@ -212,7 +212,7 @@ class SchedulerV1:
         if self.record_schedule:
             sched = [(r, 1) for r in self.running_map.values()
                      if r.in_decode_set and (not self.lanes_on or self.lane_of[r.req_id] is self.lane)] + demands
-            sched.sort(key=lambda e: e[0].admit_seq)
+            sched.sort(key=admit_seq_of_pair)
             batch.scheduled.extend(sched)
         for r, d in demands:
             batch.add_shape(d, r.num_computed)
@@ -265,10 +265,10 @@ class SchedulerV1:
             needs = [(r, cdiv(r.num_computed + d, bs) - r.nblocks) for r, d in demands]
         needs = [(r, k) for r, k in needs if k > 0]
         if needs:
-            events = sorted([(r, 1) for r in due] + needs, key=lambda e: e[0].admit_seq)
+            events = sorted([(r, 1) for r in due] + needs, key=admit_seq_of_pair)
         else:
             if len(due) > 1:
-                due.sort(key=admit_order)
+                due.sort(key=admit_seq_of)
             events = None
         pool = kv.pool
         if events is None and len(due) <= pool.nfree:
@@ -508,7 +508,7 @@ class SchedulerV1:
             if r.version == v and r.status is Status.RUNNING:
                 to_finish.append(r)
         if len(to_finish) > 1:                  # vLLM frees in scheduling (running-list) order
-            to_finish.sort(key=admit_order)
+            to_finish.sort(key=admit_seq_of)
         for r in to_finish:
             if r.status is Status.RUNNING:
                 self._finish(r, finished)
