@@ -16,6 +16,7 @@ import numpy as np
 from sim.batch import StepBatch, StepOutcome
 from sim.request import Request, Status, admit_seq_of_pair
 from sim.scheduler_loads import finish_loads
+from sim.scheduler_running import preempt_last, schedule_running_literal
 
 if TYPE_CHECKING:
     from sim.scheduler_v1 import SchedulerV1
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 def schedule_spec(s: SchedulerV1) -> StepBatch:
     """`schedule` with speculative decoding (synchronous, no PP, so nobody is in the decode set
     and every running request is explicit): the same decisions as the general path, in one
-    pass per phase.  Demands (`_demand` with the drafts), the KV blocks each needs for its
-    tokens plus the drafter's lookahead (`_schedule_running_regular`) and whether it fills a
+    pass per phase.  Demands (`sim.scheduler_running.demand` with the drafts), the KV blocks each needs for its
+    tokens plus the drafter's lookahead (`schedule_running_regular`) and whether it fills a
     block to cache are worked out in one loop over the running list; the batch shape and
     `_update_after_schedule` (who samples, with how many drafts) in another.  Demands are kept
     as two parallel lists (no tuple per request per step)."""
@@ -76,7 +77,7 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
             if n // bs > r.num_cached_blocks:
                 to_cache.append((r, n))
     if total > budget:
-        lit = s._schedule_running_literal(batch, budget, thr)
+        lit = schedule_running_literal(s, batch, budget, thr)
         reqs = [r for r, _ in lit]
         ds = [d for _, d in lit]
         counted = False                         # (a rare path: kv_state walks the requests)
@@ -100,7 +101,7 @@ def schedule_spec(s: SchedulerV1) -> StepBatch:
                     continue               # preempted as a tail victim earlier in this loop
                 stop = False
                 while pool.nfree < k:
-                    if s._preempt_last(batch) is r:
+                    if preempt_last(s, batch) is r:
                         stop = True
                         break
                 if stop:

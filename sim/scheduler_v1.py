@@ -44,7 +44,8 @@ by the budget and max_model_len like any demand) with KV slots for `num_lookahea
 still needs.  Followed: vLLM 0.32 `Scheduler.schedule` (num_tokens_with_spec,
 scheduled_spec_decode_tokens), `update_from_output` (num_rejected), `update_draft_token_ids`.
 
-Beside this module, as functions of the scheduler: the decode set and its calendars
+Beside this module, as functions of the scheduler: the running requests' demands, blocks and
+preemption (`sim.scheduler_running`), the decode set and its calendars
 (`sim.decode_set`), speculative decoding's steps
 (`sim.scheduler_spec`), quiet stretches (`sim.scheduler_quiet`), pipeline-parallel lanes
 (`sim.scheduler_lanes`), loads from the KV offload tiers (`sim.scheduler_loads`); the priority
@@ -60,13 +61,19 @@ import numpy as np
 
 from sim.batch import StepBatch, StepOutcome
 from sim.contiguous import ContiguousKVManager
-from sim.decode_set import extend, join, leave, push_finish, take
-from sim.kv_cache_manager import KVCacheManager, cdiv
+from sim.decode_set import join, leave, push_finish, take
+from sim.kv_cache_manager import KVCacheManager
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
 from sim.request import Request, Status, admit_seq_of, admit_seq_of_pair
-from sim.scheduler_lanes import Lane, leave_other_lane, load_lane, load_ready_lane, save_lane
+from sim.scheduler_lanes import Lane, load_lane, load_ready_lane, save_lane
 from sim.scheduler_loads import finish_loads, start_load
+from sim.scheduler_running import (
+    allocate_lookahead,
+    demand,
+    schedule_running_literal,
+    schedule_running_regular,
+)
 from sim.scheduler_spec import schedule_spec, update_from_output_spec
 from sim.spec_runtime import SpecDecoder
 from sim.waiting_queue import PriorityWaiting
@@ -196,14 +203,14 @@ class SchedulerV1:
         demands: list[tuple[Request, int]] = []
         total = self.num_members
         for r in self.explicit.values():
-            d = self._demand(r, thr)
+            d = demand(self, r, thr)
             if d > 0:
                 demands.append((r, d))
                 total += d
         if total > budget:
-            demands = self._schedule_running_literal(batch, budget, thr)
+            demands = schedule_running_literal(self, batch, budget, thr)
         else:
-            demands = self._schedule_running_regular(batch, demands)
+            demands = schedule_running_regular(self, batch, demands)
         budget -= sum(d for _, d in demands) + self.num_members
         # shape of the decode set (members computed = base + c - base_clock; attend to +1)
         dm = self.num_members
@@ -240,114 +247,6 @@ class SchedulerV1:
             self.lane_inflight.append((batch, self.lane))
         return batch
 
-    def _demand(self, r: Request, thr: int) -> int:
-        lim = self.limits
-        if lim.async_scheduling and r.ph > 0 and r.num_computed + 2 - r.ph >= r.num_prompt_tokens + r.max_tokens:
-            return 0
-        d = r.num_prompt_tokens + r.num_output + r.ph - r.num_computed
-        if self.spec is not None:
-            d += r.num_spec_tokens
-        if 0 < thr < d:
-            d = thr
-        return min(d, lim.max_model_len - 1 - r.num_computed)
-
-    def _schedule_running_regular(self, batch: StepBatch, demands: list[tuple[Request, int]]) -> list[tuple[Request, int]]:
-        """Everyone's demand fits the budget: only allocation order (and preemption) matters."""
-        kv = self.kv
-        bs = kv.block_size
-        c = self.clock
-        due = [r for r, v in take(self.alloc_due, c) or () if r.version == v and r.in_decode_set]
-        la = self.lookahead
-        if la:      # spec decode: slots for the drafter's lookahead too (vLLM allocate_slots)
-            mml = self.limits.max_model_len
-            needs = [(r, cdiv(min(r.num_computed + d + la, mml), bs) - r.nblocks) for r, d in demands]
-        else:
-            needs = [(r, cdiv(r.num_computed + d, bs) - r.nblocks) for r, d in demands]
-        needs = [(r, k) for r, k in needs if k > 0]
-        if needs:
-            events = sorted([(r, 1) for r in due] + needs, key=admit_seq_of_pair)
-        else:
-            if len(due) > 1:
-                due.sort(key=admit_seq_of)
-            events = None
-        pool = kv.pool
-        if events is None and len(due) <= pool.nfree:
-            if due:
-                kv.append_blocks(due)
-        elif events is not None and sum(k for _, k in events) <= pool.nfree:
-            if la and all(k == 1 for _, k in events):
-                kv.append_blocks([r for r, _ in events])   # spec decode: one block each, in order (pop_few)
-                events = []
-            for r, k in events:
-                if r.in_decode_set:
-                    kv.append_blocks([r])
-                else:
-                    kv.append_blocks_n(r, k)
-        else:
-            stop = False
-            for r, k in (events if events is not None else [(r, 1) for r in due]):
-                if r.status is not Status.RUNNING:
-                    continue               # preempted as a tail victim earlier in this loop
-                while pool.nfree < k:
-                    victim = self._preempt_last(batch)
-                    if victim is r:
-                        stop = True
-                        break
-                if stop:
-                    break
-                if r.in_decode_set:
-                    kv.append_blocks([r])
-                else:
-                    kv.append_blocks_n(r, k)
-            demands = [(r, d) for r, d in demands if r.status is Status.RUNNING]
-        if due:
-            extend(self.alloc_due, c + bs, [r for r in due if r.in_decode_set])
-        if kv.enable_caching:
-            for r, d in demands:
-                kv.cache_blocks(r, min(r.num_computed + d, r.num_prompt_tokens + r.num_output))
-        return demands
-
-    def _schedule_running_literal(self, batch: StepBatch, budget: int, thr: int) -> list[tuple[Request, int]]:
-        """The budget does not cover everyone: vLLM's loop over the running list, verbatim."""
-        lanes = self.lanes_on
-        for r in list(self.running_map.values()):
-            if r.in_decode_set and (not lanes or self.lane_of[r.req_id] is self.lane):
-                leave(self, r)
-        kv = self.kv
-        out: list[tuple[Request, int]] = []
-        for r in list(self.running_map.values()):
-            if budget <= 0:
-                break
-            if r.status is not Status.RUNNING or r.in_decode_set:   # PP: another lane's member, in flight
-                continue
-            d = min(self._demand(r, thr), budget)
-            if d <= 0:
-                continue
-            ok = self._allocate_lookahead(r, d) if self.lookahead else kv.allocate_slots(r, d)
-            while not ok:
-                victim = self._preempt_last(batch)
-                if victim is r:
-                    break
-                for j, (q, dq) in enumerate(out):   # priority: a victim scheduled earlier gives its tokens back
-                    if q is victim:
-                        budget += dq
-                        del out[j]
-                        break
-                ok = self._allocate_lookahead(r, d) if self.lookahead else kv.allocate_slots(r, d)
-            if not ok:
-                break
-            out.append((r, d))
-            budget -= d
-        return out
-
-    def _allocate_lookahead(self, r: Request, n: int, hit_tokens: int = 0, hits: np.ndarray | None = None,
-                            full_sequence_must_fit: bool = False) -> bool:
-        """`allocate_slots` with the drafter's lookahead slots (spec decode: paged allocator only)."""
-        kv = self.kv
-        assert isinstance(kv, KVCacheManager)
-        return kv.allocate_slots(r, n, hit_tokens, hits, full_sequence_must_fit=full_sequence_must_fit,
-                                 has_scheduled_reqs=bool(self.running_map), num_lookahead_tokens=self.lookahead)
-
     def _admit_waiting(self, batch: StepBatch, budget: int, thr: int) -> list[tuple[Request, int]]:
         lim = self.limits
         kv = self.kv
@@ -376,7 +275,7 @@ class SchedulerV1:
                 break
             n = min(n, budget)
             if self.lookahead:
-                ok = self._allocate_lookahead(req, n, hit_tokens, hits, lim.scheduler_reserve_full_isl)
+                ok = allocate_lookahead(self, req, n, hit_tokens, hits, lim.scheduler_reserve_full_isl)
             else:
                 ok = kv.allocate_slots(req, n, hit_tokens, hits, full_sequence_must_fit=lim.scheduler_reserve_full_isl,
                                        has_scheduled_reqs=bool(self.running_map))
@@ -407,46 +306,6 @@ class SchedulerV1:
                 if r is req:
                     return True
         return False
-
-    def _preempt_last(self, batch: StepBatch) -> Request:
-        """Preempt the last running request (recompute; v1 has no swap); with the priority policy,
-        the first running request with the largest (priority, arrival time)."""
-        if self.priority:
-            r = max(self.running_map.values(), key=lambda q: (q.priority, q.arrival_s))
-            del self.running_map[r.req_id]
-        else:
-            _, r = self.running_map.popitem()
-        other: Lane | None = None
-        if r.in_decode_set:
-            if self.lanes_on and self.lane_of[r.req_id] is not self.lane:
-                other = self.lane_of[r.req_id]
-                leave_other_lane(self, r, other)
-            else:
-                leave(self, r)
-        del self.explicit[r.req_id]
-        if self.lanes_on:                       # PP: a member of a lane in flight is in its batch
-            for b, lane in self.lane_inflight:
-                sampler = r in b.samplers
-                counted = lane is other and not sampler
-                if counted or sampler:
-                    b.stale.append(r)
-                    b.stale_members.append(counted)
-        else:
-            for b in self.inflight:             # async: its token in that step is still delivered
-                counted = r.join_clock < b.clock_after <= r.leave_clock   # a member when b was scheduled
-                if counted or r in b.samplers:
-                    b.stale.append(r)
-                    b.stale_members.append(counted)
-        self.kv.free(r)
-        r.num_spec_tokens = 0                    # vLLM clears spec_token_ids on preemption
-        r.status = Status.PREEMPTED
-        r.num_computed = 0
-        r.ph = 0
-        r.num_preemptions += 1
-        self.num_preemptions += 1
-        self.waiting.appendleft(r)
-        batch.preempted.append(r)
-        return r
 
     # ------------------------------------------------------------------ applying the output
     def update_from_output(self, batch: StepBatch, now_s: float = 0.0) -> StepOutcome:
