@@ -9,6 +9,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from sim.admission import Admission
 from sim.disaggregation import goes_to_prefill_pool
@@ -61,18 +62,79 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
     nxt.row = n
 
 
-def follow_up(env: simpy.Environment, row: int, think_s: float, send: Callable[[int], None],
-              nxt: NextArrival) -> None:
-    """A session's next turn: sent `think_s` after the previous turn finished (now), by a timeout
-    event's callback (no process: one event per turn, not three).  The send time enters
-    `nxt.later` at once: a replica planning a quiet stretch at this same instant must already see it."""
-    heapq.heappush(nxt.later, env.now + think_s)
-    env.timeout(think_s).callbacks.append(lambda _: _follow_up_due(row, send, nxt))  # type: ignore[union-attr]
+class FollowUps:
+    """Sessions' next turns, each sent `think_s` after its previous turn finished.
 
+    Hundreds of users think at once; one SimPy timeout per pending turn would keep them all in
+    SimPy's event queue, whose every push and pop (each replica step's too) then compares tuples
+    down a heap of that depth.  Here the pending turns wait in a heap of send times
+    (`nxt.later`, which the replicas' horizons read anyway) with, per time, their rows in
+    creation order, and only the earliest one has an event in SimPy's queue.  That event carries
+    the time and event id a timeout made at the finish would have had (`env.now + think_s`; an id
+    taken from SimPy's counter then), so it lands in SimPy's order exactly where that timeout
+    would: same-instant ties with other events break as before, and results are identical.
+    (SimPy 4's `Environment` keeps its queue as a heap of (time, priority, id, event) and its ids
+    in a counter, `_queue` and `_eid`; `FollowUps.usable` checks they are there, else each turn
+    gets its own timeout as before.)"""
 
-def _follow_up_due(row: int, send: Callable[[int], None], nxt: NextArrival) -> None:
-    heapq.heappop(nxt.later)
-    send(row)
+    def __init__(self, env: simpy.Environment, send: Callable[[int], None], nxt: NextArrival):
+        self.env = env
+        self.send = send
+        self.nxt = nxt
+        self.rows: dict[float, list[tuple[int, int]]] = {}   # send time -> [(event id, row), ...]
+        self.armed: set[int] = set()                         # event ids in SimPy's queue
+        self.usable = isinstance(getattr(env, "_queue", None), list) and hasattr(env, "_eid")
+
+    def add(self, row: int, think_s: float) -> None:
+        """Row `row` is sent `think_s` from now.  Its time enters `nxt.later` at once: a replica
+        planning a quiet stretch at this same instant must already see it."""
+        env = self.env
+        if not self.usable:
+            heapq.heappush(self.nxt.later, env.now + think_s)
+            env.timeout(think_s).callbacks.append(lambda _: self._due_plain(row))  # type: ignore[union-attr]
+            return
+        t = env.now + think_s                  # as Environment.schedule computes a timeout's time
+        eid = next(env._eid)                   # type: ignore[attr-defined]
+        later = self.nxt.later
+        first = not later or t < later[0]
+        heapq.heappush(later, t)
+        at = self.rows.get(t)
+        if at is None:
+            self.rows[t] = [(eid, row)]
+        else:
+            at.append((eid, row))              # ids rise: the list stays in SimPy's order
+        if first:
+            self._arm(t, eid, row)
+
+    def _arm(self, t: float, eid: int, row: int) -> None:
+        ev = simpy.Event(self.env)
+        ev._ok = True                          # type: ignore[attr-defined]  # a triggered event, as a Timeout is
+        ev._value = None                       # type: ignore[attr-defined]
+        ev.callbacks.append(lambda _: self._due(t))  # type: ignore[union-attr]
+        heapq.heappush(self.env._queue, (t, NORMAL, eid, ev))  # type: ignore[attr-defined]
+        self.armed.add(eid)
+
+    def _due(self, t: float) -> None:
+        """The earliest pending turn's time has come (SimPy fires armed events in its order, and
+        the earliest pending turn is always armed, so the one firing is the earliest): send it,
+        and arm the next earliest unless it is armed already."""
+        later = self.nxt.later
+        heapq.heappop(later)
+        at = self.rows[t]
+        eid, row = at.pop(0)
+        if not at:
+            del self.rows[t]
+        self.armed.discard(eid)
+        if later:
+            t2 = later[0]
+            eid2, row2 = self.rows[t2][0]
+            if eid2 not in self.armed:
+                self._arm(t2, eid2, row2)
+        self.send(row)
+
+    def _due_plain(self, row: int) -> None:
+        heapq.heappop(self.nxt.later)
+        self.send(row)
 
 
 def send_request(env: simpy.Environment, table: RequestTable, row: int, replicas: list[Replica],

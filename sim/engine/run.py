@@ -11,7 +11,7 @@ import simpy
 from sim.admission import Admission
 from sim.autoscaler import Autoscaler
 from sim.disaggregation import PrefillPoolSetup
-from sim.engine.arrivals import arrival_process, follow_up, send_request
+from sim.engine.arrivals import FollowUps, arrival_process, send_request
 from sim.engine.disagg import PrefillPool
 from sim.engine.pipeline_loop import serve_pipeline
 from sim.engine.replica_loop import serve_replica
@@ -59,11 +59,13 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     nxt = NextArrival()
     pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
     follow = follow_up_rows(table) if "think_s" in table.extra else None   # multi-turn sessions
-    think_s = table.extra["think_s"] if follow is not None else None
+    think_s = table.extra["think_s"].tolist() if follow is not None else None
     ids = [len(table)]
 
     def send(row: int) -> None:
         send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool)
+
+    follow_ups = FollowUps(env, send, nxt) if follow is not None else None
 
     def on_request_done(row: int) -> None:
         if slots is not None:
@@ -74,7 +76,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         if remaining[0] == 0 and not done.triggered:
             done.succeed()
         if follow is not None and follow[row] >= 0:
-            follow_up(env, follow[row], float(think_s[follow[row]]), send, nxt)  # type: ignore[index]
+            follow_ups.add(follow[row], think_s[follow[row]])  # type: ignore[index, union-attr]
 
     router = getattr(route, "__self__", None)
     if (isinstance(router, Router) and follow is None and admission is None and autoscaler is None
