@@ -19,8 +19,9 @@ cdef bint FAST
 cdef inline int64_t _run_block(int64_t parent, int64_t seg, int64_t start, int64_t end) except? -1
 
 @cython.locals(parent=int64_t, seg_idx=Py_ssize_t, seg_off=int64_t, remaining=Py_ssize_t, seg_id=object,
-               seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list)
-cpdef _extend_chain(list hashes, tuple segments, Py_ssize_t bs, Py_ssize_t num_blocks)
+               seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list,
+               done=Py_ssize_t, i=Py_ssize_t, hv=int64_t[::1], hashes=object)
+cpdef object _extend_chain(object head, tuple segments, Py_ssize_t bs, Py_ssize_t num_blocks)
 
 cdef dict _CHAINS
 cdef Py_ssize_t _CHAINS_MAX
@@ -32,6 +33,6 @@ cdef _trim()
 @cython.locals(i=Py_ssize_t, a=object, b=object)
 cdef bint _same_head(tuple stored, tuple segments, Py_ssize_t n) except -1
 
-@cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=list, hit=object, head=object, key=tuple,
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=object, hit=object, head=object, key=tuple,
                head_key=tuple, drop=Py_ssize_t)
-cpdef list shared_prefix_hashes(tuple segments, Py_ssize_t block_size)
+cpdef object shared_prefix_hashes(tuple segments, Py_ssize_t block_size)

@@ -13,9 +13,17 @@ is built from what those tokens *are*:
 
 Only ints and tuples of ints are hashed, so hashes do not depend on PYTHONHASHSEED: runs are
 reproducible bit for bit.
+
+A chain is an `array('q')` of 64-bit hashes (`Chain`), not a list of Python ints: a multi-turn run
+makes millions of them, and as machine integers they cost no object each, are copied as one block
+of memory when a conversation's next turn extends its previous one, hold nothing for the garbage
+collector to traverse, and reach the block pool's compiled loops (`sim.block_pool`) without a
+conversion per hash.
 """
 
 from __future__ import annotations
+
+from array import array
 
 from sim.request import Request
 
@@ -99,6 +107,10 @@ def hashing_by_arithmetic() -> bool:
     """True when block hashes come from the arithmetic (the compiled module passed its check)."""
     return FAST
 
+Chain = array                        # array('q') of a prefix's block hashes
+EMPTY_CHAIN: Chain = array("q")      # shared by every prompt without shared segments: never extended
+
+
 # Memoised chains: (number of segments, last segment id, its length, block size) -> (segments,
 # hashes).  The key is four ints, cheap to hash where the segment list itself (a conversation's
 # whole history) is not; the stored segments are compared before a chain is used, so two lists
@@ -106,7 +118,7 @@ def hashing_by_arithmetic() -> bool:
 # an OrderedDict's are Python method calls): a chain used again is re-inserted at the end, and
 # when the memo is full the older half is dropped at once (`_trim`), which also compacts the
 # dead slots that many deletions leave at the front of a dict.
-_CHAINS: dict[tuple[int, int, int, int], tuple[tuple[tuple[int, int], ...], list[int]]] = {}
+_CHAINS: dict[tuple[int, int, int, int], tuple[tuple[tuple[int, int], ...], Chain]] = {}
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
 
 
@@ -137,7 +149,7 @@ def _same_head(stored: tuple[tuple[int, int], ...], segments: tuple[tuple[int, i
     return True
 
 
-def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int) -> list[int]:
+def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int) -> Chain:
     """Hashes of the full blocks that lie wholly inside the shared segments.
 
     A chain is a pure function of its segments, so chains are memoised, and a segment list whose
@@ -145,18 +157,18 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
     before resumes from that chain instead of rehashing the whole conversation."""
     n = len(segments)
     if n == 0:
-        return []
+        return EMPTY_CHAIN
     key = _memo_key(segments, n, block_size)
     hit = _CHAINS.get(key)
     if hit is not None and (hit[0] is segments or _same_head(hit[0], segments, n)):
         return hit[1]
-    hashes: list[int] = []
+    hashes: Chain = EMPTY_CHAIN
     for drop in (2, 1):
         if n > drop:
             head_key = _memo_key(segments, n - drop, block_size)
             head = _CHAINS.get(head_key)
             if head is not None and _same_head(head[0], segments, n - drop):
-                hashes = list(head[1])
+                hashes = head[1]
                 del _CHAINS[head_key]     # superseded: the conversation has moved on
                 break
     total = 0
@@ -164,7 +176,7 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
         total += segments[i][1]
     num_blocks = total // block_size
     if num_blocks > len(hashes):
-        _extend_chain(hashes, segments, block_size, num_blocks)
+        hashes = _extend_chain(hashes, segments, block_size, num_blocks)
     if n > 1:                        # a lone segment (a system prompt, one trace block) is cheap to redo
         if key in _CHAINS:
             del _CHAINS[key]
@@ -174,16 +186,21 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
     return hashes
 
 
-def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: int, num_blocks: int) -> None:
-    """Append the hashes of blocks len(hashes) .. num_blocks-1: a block inside one run is keyed
+def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, num_blocks: int) -> Chain:
+    """`head` followed by the hashes of blocks len(head) .. num_blocks-1, as a new chain (`head`
+    may be a memoised chain other requests hold: never changed): a block inside one run is keyed
     (parent, (segment_id, start, end)); a block spanning runs (parent, piece, piece, ...)."""
-    parent = hashes[len(hashes) - 1] if hashes else 0   # (no negative index: compiled without wraparound)
-    seg_idx, seg_off = 0, len(hashes) * bs         # find the segment holding the resume point
+    done = len(head)
+    hashes = head[:]                                # a copy (memcpy), then room for the new hashes
+    hashes.frombytes(bytes(8 * (num_blocks - done)))
+    hv = hashes                                     # compiled: a typed view of its memory
+    parent = hv[done - 1] if done else 0            # (no negative index: compiled without wraparound)
+    i = done
+    seg_idx, seg_off = 0, done * bs                 # find the segment holding the resume point
     while seg_off >= segments[seg_idx][1]:
         seg_off -= segments[seg_idx][1]
         seg_idx += 1
-    append = hashes.append
-    remaining = num_blocks - len(hashes)
+    remaining = num_blocks - done
     while remaining:
         seg_id, seg_len = segments[seg_idx]
         k = min((seg_len - seg_off - 1) // bs, remaining)   # blocks ending before the run does
@@ -192,7 +209,8 @@ def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: 
             seg_off += k * bs
             while off < seg_off:     # (a while loop: Cython makes a C loop of no range with a variable step)
                 parent = _run_block(parent, seg_id, off, off + bs)
-                append(parent)
+                hv[i] = parent
+                i += 1
                 off += bs
             remaining -= k
             if not remaining:
@@ -209,15 +227,17 @@ def _extend_chain(hashes: list[int], segments: tuple[tuple[int, int], ...], bs: 
                 seg_idx += 1
                 seg_off = 0
         parent = hash((parent, *pieces))
-        append(parent)
+        hv[i] = parent
+        i += 1
         remaining -= 1
+    return hashes
 
 
 def block_hash(req: Request, index: int, block_size: int) -> int:
     """Hash of the request's full block `index` (caller guarantees the block is full)."""
     shared = req.prefix_hashes
     if shared is None:
-        shared = req.prefix_hashes = shared_prefix_hashes(req.segments, block_size) if req.segments else []
+        shared = req.prefix_hashes = shared_prefix_hashes(req.segments, block_size) if req.segments else EMPTY_CHAIN
     if index < len(shared):
         return shared[index]
     if (index + 1) * block_size <= req.num_prompt_tokens:

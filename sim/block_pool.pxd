@@ -29,8 +29,8 @@ cdef class BlockPool:
 
     cdef _views(self)
 
-    @cython.locals(o=Py_ssize_t[::1], n=Py_ssize_t, m=Py_ssize_t, b=int64_t)
-    cpdef longest_hit(self, list hashes, Py_ssize_t limit=*)
+    @cython.locals(o=Py_ssize_t[::1], n=Py_ssize_t, m=Py_ssize_t, b=int64_t, hv=int64_t[::1])
+    cpdef longest_hit(self, hashes, Py_ssize_t limit=*)
 
     @cython.locals(s=Py_ssize_t)
     cdef Py_ssize_t _find(self, int64_t h) noexcept
@@ -71,5 +71,5 @@ cdef class BlockPool:
     @cython.locals(s=Py_ssize_t, first=int64_t)
     cpdef cache_public(self, Py_ssize_t block, int64_t block_hash)
 
-    @cython.locals(bv=Py_ssize_t[:], i=Py_ssize_t)
-    cpdef cache_public_run(self, table, list hashes, Py_ssize_t start, Py_ssize_t end)
+    @cython.locals(bv=Py_ssize_t[:], i=Py_ssize_t, hv=int64_t[::1])
+    cpdef cache_public_run(self, table, hashes, Py_ssize_t start, Py_ssize_t end)

@@ -47,6 +47,8 @@ every public hash in the map points at a block carrying that hash, and every pub
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,12 @@ def _home(h: int, shift: int) -> int:
 
 def _view(a: Any) -> memoryview:
     return memoryview(a)
+
+
+def _chain(hashes: Sequence[int]) -> Any:
+    """Hashes as an array('q') (a chain, `sim.block_hash`, as it is; a list copied): compiled,
+    the loops read it through a typed view of its memory."""
+    return hashes if isinstance(hashes, array) else array("q", hashes)
 
 
 class BlockPool:
@@ -124,17 +132,18 @@ class BlockPool:
         b = self._slots[2 * self._find(block_hash) + 1]
         return int(b) if b else None
 
-    def longest_hit(self, hashes: list[int], limit: int = -1) -> np.ndarray:
-        """Blocks registered under the leading public `hashes` (the first `limit` of them; all
-        when negative: a caller's prefix without slicing its list), up to the first miss (`lookup`
-        of each in turn), as block ids (an intp array: what a block table takes, made here
-        instead of from a list by the caller)."""
+    def longest_hit(self, hashes: Sequence[int], limit: int = -1) -> np.ndarray:
+        """Blocks registered under the leading public `hashes` (a chain, `sim.block_hash`, or a
+        list; the first `limit` of them, all when negative: a caller's prefix without slicing
+        it), up to the first miss (`lookup` of each in turn), as block ids (an intp array: what a
+        block table takes, made here instead of from a list by the caller)."""
+        hv = _chain(hashes)
         m = len(hashes) if limit < 0 else min(limit, len(hashes))
         out = np.empty(m, dtype=ID)
         o = out
         n = 0
         while n < m:
-            b = self._slots[2 * self._find(hashes[n]) + 1]
+            b = self._slots[2 * self._find(hv[n]) + 1]
             if b == 0:
                 break
             o[n] = b
@@ -355,12 +364,13 @@ class BlockPool:
         else:
             self.multi[block_hash] = {int(first): None, int(block): None}
 
-    def cache_public_run(self, table: np.ndarray, hashes: list[int], start: int, end: int) -> None:
+    def cache_public_run(self, table: np.ndarray, hashes: Sequence[int], start: int, end: int) -> None:
         """`cache_public` of table[i] under hashes[i] for start <= i < end, in order (a request's
         block table and hash chain as they are: no slices made)."""
         bv = table
+        hv = _chain(hashes)
         for i in range(start, end):
-            self.cache_public(bv[i], hashes[i])
+            self.cache_public(bv[i], hv[i])
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the pool's bookkeeping is inconsistent."""

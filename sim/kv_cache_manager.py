@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.block_hash import block_hash, shared_prefix_hashes
+from sim.block_hash import EMPTY_CHAIN, Chain, block_hash, shared_prefix_hashes
 from sim.block_pool import BlockPool
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
@@ -68,7 +68,7 @@ class KVCacheManager:
             if req.content_key in self.shared_content:
                 req.num_public_blocks = req.num_prompt_tokens // bs
             else:
-                req.prefix_hashes = shared_prefix_hashes(req.segments, bs) if req.segments else []
+                req.prefix_hashes = shared_prefix_hashes(req.segments, bs) if req.segments else EMPTY_CHAIN
                 req.num_public_blocks = len(req.prefix_hashes)
         return req.num_public_blocks
 
@@ -86,10 +86,11 @@ class KVCacheManager:
         bs = self.block_size
         max_blocks = (req.num_prompt_tokens + req.num_output - 1) // bs
         n_pub = min(self._num_public(req), max_blocks)
-        shared = req.prefix_hashes
-        if shared is None or len(shared) < n_pub:
-            shared = [block_hash(req, i, bs) for i in range(n_pub)]
-        hits: np.ndarray = self.pool.longest_hit(shared, n_pub)
+        chain = req.prefix_hashes
+        if chain is not None and len(chain) >= n_pub:
+            hits: np.ndarray = self.pool.longest_hit(chain, n_pub)
+        else:
+            hits = self.pool.longest_hit([block_hash(req, i, bs) for i in range(n_pub)], n_pub)
         if hits.size == n_pub:
             # the sequence's own private blocks, still cached after a preemption
             m = min(max_blocks, req.prev_nblocks)
@@ -104,10 +105,10 @@ class KVCacheManager:
             return None, 0
         return hits, int(hits.size) * bs
 
-    def _shared_hashes(self, req: Request) -> list[int]:
+    def _shared_hashes(self, req: Request) -> Chain:
         shared = req.prefix_hashes
         if shared is None:                  # as block_hash() computes them
-            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, self.block_size) if req.segments else []
+            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, self.block_size) if req.segments else EMPTY_CHAIN
         return shared
 
     def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
@@ -118,10 +119,10 @@ class KVCacheManager:
         shared = self._shared_hashes(req)
         n = len(shared)
         if end <= n:
-            return shared[start:end]
+            return shared[start:end].tolist()
         base = own_key_base(req.content_key)
         tail = list(range(base - max(start, n), base - end, -1))
-        return shared[start:n] + tail if start < n else tail
+        return shared[start:n].tolist() + tail if start < n else tail
 
     def offload_lookup(self, req: Request, num_gpu_hit_tokens: int) -> tuple[list[int], int, int]:
         """The connector's hit after the GPU prefix hit (vLLM `get_num_new_matched_tokens`): the keys

@@ -36,6 +36,7 @@ Pure data structures; no SimPy, no time other than the numbers handed in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +147,7 @@ class KVOffload:
         _, n_cpu, n_disk = self.lookup_prompt(keys, 0, 0, len(keys))
         return n_cpu, n_disk
 
-    def lookup_prompt(self, shared: list[int], base: int, start: int, end: int) -> tuple[list[int], int, int]:
+    def lookup_prompt(self, shared: Sequence[int], base: int, start: int, end: int) -> tuple[list[int], int, int]:
         """`lookup` over prompt blocks start <= i < end whose keys are `shared[i]` (chained hashes
         of shared segments) then `base - i` (the prompt's own content), making keys only as far as
         the run of hits goes: (the hit keys, blocks in the CPU tier, blocks on disk)."""

@@ -9,6 +9,7 @@ Requests are plain data (`__slots__`, no SimPy, no methods with side effects on 
 
 from __future__ import annotations
 
+from array import array
 from enum import IntEnum
 
 import numpy as np
@@ -59,7 +60,7 @@ class Request:
         self.prev_nblocks = 0                   # table length before the last free (private prefix hits)
         self.num_public_blocks = -1             # leading blocks with shareable content (-1: not computed yet)
         self.num_cached_blocks = 0              # leading blocks already registered in the prefix cache
-        self.prefix_hashes: list[int] | None = None  # lazily computed hashes of shared leading blocks
+        self.prefix_hashes: array[int] | None = None  # lazily computed hashes of shared leading blocks
         self.ph = 0                             # async: output placeholders (tokens in flight)
         self.num_spec_tokens = 0                # spec decode: draft tokens it carries into the next step (vLLM len(spec_token_ids))
         self.in_decode_set = False              # counters implicit in the scheduler's step clock

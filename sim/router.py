@@ -112,7 +112,7 @@ class Router:
     def _route_among(self, replicas: Sequence[Any], req: Request, idx: list[int]) -> Any:
         if self.scrape_interval_s <= 0 and self.policy in ("least-kv-usage", "weighted"):
             self.scrape(replicas)
-        hashes: list[int] = []
+        hashes: Sequence[int] = ()
         if self.uses_prefix and req.segments:
             hashes = shared_prefix_hashes(req.segments, self.block_size)
         p = self.policy
@@ -135,7 +135,7 @@ class Router:
         self.routed_tokens[k] += req.num_prompt_tokens + req.max_tokens
         return replicas[k]
 
-    def _weighted_scores(self, replicas: Sequence[Any], req: Request, hashes: list[int]) -> list[float]:
+    def _weighted_scores(self, replicas: Sequence[Any], req: Request, hashes: Sequence[int]) -> list[float]:
         n = len(replicas)
         w = self.weights
         scores = [0.0] * n

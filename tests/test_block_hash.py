@@ -70,7 +70,7 @@ def test_chain_matches_the_block_by_block_reference() -> None:
             context: tuple[tuple[int, int], ...] = ((1, rng.randrange(0, 40)),)
             for turn in range(6):
                 context = (*context, ((1 << 42) + (conv << 20) + turn, rng.randrange(1, 3 * bs)))
-                assert bh.shared_prefix_hashes(context, bs) == _reference_chain(context, bs)
+                assert bh.shared_prefix_hashes(context, bs).tolist() == _reference_chain(context, bs)
     bh.clear_chain_memo()
 
 
@@ -81,10 +81,25 @@ def test_chains_stay_right_when_the_memo_overflows() -> None:
     bh.clear_chain_memo()
     convs = [((7, 20), ((1 << 42) + (c << 8), 9 + c % 30)) for c in range(9000)]
     for ctx in convs:
-        assert bh.shared_prefix_hashes(ctx, 16) == _reference_chain(ctx, 16)
+        assert bh.shared_prefix_hashes(ctx, 16).tolist() == _reference_chain(ctx, 16)
     for c, ctx in enumerate(convs):
         nxt = (*ctx, ((1 << 42) + (c << 8) + 1, 17), ((1 << 42) + (c << 8) + 2, 5 + c % 7))
-        assert bh.shared_prefix_hashes(nxt, 16) == _reference_chain(nxt, 16)
+        assert bh.shared_prefix_hashes(nxt, 16).tolist() == _reference_chain(nxt, 16)
+    bh.clear_chain_memo()
+
+
+def test_a_chain_handed_out_never_changes() -> None:
+    """Chains are shared (the memo, every request of a conversation's turn): extending one for the
+    next turn makes a new array and leaves the one already handed out as it was."""
+    bh.clear_chain_memo()
+    ctx = ((7, 40), ((1 << 42), 50), ((1 << 42) + 1, 30))
+    first = bh.shared_prefix_hashes(ctx, 16)
+    kept = first.tolist()
+    nxt = (*ctx, ((1 << 42) + 2, 70), ((1 << 42) + 3, 20))
+    second = bh.shared_prefix_hashes(nxt, 16)
+    assert first.tolist() == kept and second is not first
+    assert second.tolist()[: len(kept)] == kept and len(second) == (40 + 50 + 30 + 70 + 20) // 16
+    assert bh.shared_prefix_hashes(nxt, 16) is second          # memoised: the same chain again
     bh.clear_chain_memo()
 
 
@@ -103,10 +118,10 @@ def test_memoised_chains_are_used_only_for_their_own_segments() -> None:
     for first in (1, 2, 1, 3):
         for tail in ((), ((9, 33),), ((9, 33), (10, 7))):
             context = ((first, 40), (5, 40), *tail)
-            assert bh.shared_prefix_hashes(context, 16) == _reference_chain(context, 16)
+            assert bh.shared_prefix_hashes(context, 16).tolist() == _reference_chain(context, 16)
     for tail in (((9, 33),), ((9, 33), (10, 7))):          # resumed from a head memoised under the same key
         bh.clear_chain_memo()
         bh.shared_prefix_hashes(((1, 40), (5, 40)), 16)
         context = ((2, 40), (5, 40), *tail)
-        assert bh.shared_prefix_hashes(context, 16) == _reference_chain(context, 16)
+        assert bh.shared_prefix_hashes(context, 16).tolist() == _reference_chain(context, 16)
     bh.clear_chain_memo()
