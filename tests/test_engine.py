@@ -94,3 +94,51 @@ def test_step_waiting_count_leaves_out_arrivals_during_the_step():
     simulate(table, [rep], Router("round-robin", 1, 16, 1 << 20).route, rec)
     assert list(rec.steps.num_waiting)[:11] == [0, 0, 0, 0, 0, 2, 2, 2, 1, 0, 0]
 
+
+
+def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
+    """Session turns added by a driver at random moments (ties on purpose: think times of 0 and
+    of whole milliseconds, several turns at one instant) among other processes' timeouts at the
+    same instants; what happens in which order."""
+    import random
+
+    import simpy
+
+    from sim.engine.arrivals import FollowUps
+    from sim.horizon import NextArrival
+
+    env = simpy.Environment()
+    seen: list[tuple[float, str]] = []
+    nxt = NextArrival()
+    fu = FollowUps(env, lambda row: seen.append((env.now, f"turn {row}")), nxt)
+    fu.usable = usable
+    rng = random.Random(seed)
+
+    def driver():
+        row = 0
+        for _ in range(200):
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                fu.add(row, rng.choice((0.0, 0.001, 0.002, rng.random() / 100)))
+                row += 1
+            yield env.timeout(rng.choice((0.0, 0.001, 0.0005)))
+
+    def other(k: int):
+        while True:
+            yield env.timeout(0.001)
+            seen.append((env.now, f"other {k}"))
+
+    env.process(driver())
+    env.process(other(0))
+    env.process(other(1))
+    env.run(until=0.3)
+    assert not usable or not fu.rows or len(nxt.later) == sum(len(v) for v in fu.rows.values())
+    return seen
+
+
+def test_follow_ups_keep_simpys_order_of_a_timeout_per_turn() -> None:
+    """`FollowUps` keeps only the earliest pending turn in SimPy's queue; every turn must still be
+    sent at its time and in the order a timeout per turn (the plain path) gives, ties included."""
+    for seed in range(5):
+        plain = _follow_up_order(False, seed)
+        assert sum(1 for _, what in plain if what.startswith("turn")) > 300
+        assert _follow_up_order(True, seed) == plain
