@@ -58,16 +58,24 @@ class Recorder:
 
     def __init__(self, num_requests: int, record_steps: bool = True):
         m = num_requests
-        self.send_s = np.full(m, np.nan)
-        self.first_token_s = np.full(m, np.nan)
-        self.finish_s = np.full(m, np.nan)
-        self.first_scheduled_s = np.full(m, np.nan)
-        self.output_tokens = np.zeros(m, dtype=np.int64)
-        self.prompt_tokens = np.zeros(m, dtype=np.int64)
-        self.preemptions = np.zeros(m, dtype=np.int64)
-        self.prefix_hit_tokens = np.zeros(m, dtype=np.int64)
-        self.replica = np.full(m, -1, dtype=np.int64)
-        self.children_left = np.zeros(m, dtype=np.int64)
+        # Per-request columns as views of two row-major tables (a request's times share one
+        # cache line, its counts another): a request is touched at its send, admission, first
+        # token and finish, and under a closed loop the rows in flight lie all over the table
+        # (sessions' rows are user by user), where one array per column cost a cache miss per
+        # column per touch.
+        times = np.full((m, 4), np.nan)
+        counts = np.zeros((m, 6), dtype=np.int64)
+        self.send_s = times[:, 0]
+        self.first_token_s = times[:, 1]
+        self.finish_s = times[:, 2]
+        self.first_scheduled_s = times[:, 3]
+        self.output_tokens = counts[:, 0]
+        self.prompt_tokens = counts[:, 1]
+        self.preemptions = counts[:, 2]
+        self.prefix_hit_tokens = counts[:, 3]
+        self.replica = counts[:, 4]
+        self.replica[:] = -1
+        self.children_left = counts[:, 5]
         self.rejected = np.zeros(m, dtype=bool)          # turned away by admission control
         self.kv_transfer_s: list[float] = []             # P/D: each prompt's KV transfer (queueing included)
         self.itl_gaps = array("d")                       # gaps kept one by one
