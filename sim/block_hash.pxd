@@ -15,24 +15,28 @@ cdef inline uint64_t _close(uint64_t acc, uint64_t n) noexcept
 cdef inline int64_t _signed(uint64_t u) noexcept
 cdef inline uint64_t _piece_lane(int64_t seg, int64_t start, int64_t end) noexcept
 cpdef int64_t _run_block_arith(int64_t parent, int64_t seg, int64_t start, int64_t end)
+@cython.locals(acc=uint64_t)
+cpdef int64_t _span_arith(int64_t parent, list pieces) except? -1
+@cython.locals(acc=uint64_t)
+cpdef int64_t _key_arith(int64_t n, int64_t seg, int64_t length, int64_t block_size)
 cdef bint FAST
 cdef inline int64_t _run_block(int64_t parent, int64_t seg, int64_t start, int64_t end) except? -1
 
 @cython.locals(parent=int64_t, seg_idx=Py_ssize_t, seg_off=int64_t, remaining=Py_ssize_t, seg_id=object,
                seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list,
-               done=Py_ssize_t, i=Py_ssize_t, hv=int64_t[::1], hashes=object)
+               done=Py_ssize_t, i=Py_ssize_t, hv=int64_t[::1], hashes=object, acc=uint64_t, count=uint64_t)
 cpdef object _extend_chain(object head, tuple segments, Py_ssize_t bs, Py_ssize_t num_blocks)
 
 cdef dict _CHAINS
 cdef Py_ssize_t _CHAINS_MAX
 @cython.locals(last=tuple)
-cdef tuple _memo_key(tuple segments, Py_ssize_t n, Py_ssize_t block_size)
+cdef object _memo_key(tuple segments, Py_ssize_t n, Py_ssize_t block_size)
 @cython.locals(items=list)
 cdef _trim()
 
 @cython.locals(i=Py_ssize_t, a=object, b=object)
 cdef bint _same_head(tuple stored, tuple segments, Py_ssize_t n) except -1
 
-@cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=object, hit=object, head=object, key=tuple,
-               head_key=tuple, drop=Py_ssize_t)
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=object, hit=object, head=object, key=object,
+               head_key=object, drop=Py_ssize_t)
 cpdef object shared_prefix_hashes(tuple segments, Py_ssize_t block_size)

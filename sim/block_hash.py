@@ -97,7 +97,27 @@ def _run_block(parent: int, seg: int, start: int, end: int) -> int:
 def _self_check() -> bool:
     cases = ((0, 1, 0, 16), (-1, 7, 16, 32), (-(1 << 63), (1 << 42) + 3, 4080, 4096),
              ((1 << 63) - 1, 5, 1 << 40, (1 << 40) + 16), (123456789123456789, 0, 2, 18))
-    return all(_run_block_arith(p, s, a, b) == hash((p, (s, a, b))) for p, s, a, b in cases)
+    spans = ((0, [(1, 0, 5), (2, 0, 11)]), (-7, [(3, 4, 9), (1 << 42, 0, 2), (5, 0, 5)]),
+             ((1 << 63) - 1, [((1 << 41) + 7, 100, 116)]))
+    keys = ((1, 0, 16, 16), (12, (1 << 42) + (5 << 20) + 3, 250, 32), ((1 << 40), -3, 0, 1))
+    return (all(_run_block_arith(p, s, a, b) == hash((p, (s, a, b))) for p, s, a, b in cases)
+            and all(_span_arith(p, pieces) == hash((p, *pieces)) for p, pieces in spans)
+            and all(_key_arith(n, i, m, b) == hash((n, i, m, b)) for n, i, m, b in keys))
+
+
+def _span_arith(parent: int, pieces: list[tuple[int, int, int]]) -> int:
+    """hash((parent, *pieces)) by the arithmetic (a block spanning runs; `_extend_chain` mixes
+    the same lanes in as it walks the runs)."""
+    acc = _mix(_XX5, _int_lane(parent))
+    for seg, start, end in pieces:
+        acc = _mix(acc, _piece_lane(seg, start, end))
+    return _signed(_close(acc, 1 + len(pieces)))
+
+
+def _key_arith(n: int, seg: int, length: int, block_size: int) -> int:
+    """hash((n, seg, length, block_size)) by the arithmetic (the chain memo's key)."""
+    acc = _mix(_mix(_mix(_mix(_XX5, _int_lane(n)), _int_lane(seg)), _int_lane(length)), _int_lane(block_size))
+    return _signed(_close(acc, 4))
 
 
 FAST: bool = COMPILED and _self_check()
@@ -111,20 +131,23 @@ Chain = array                        # array('q') of a prefix's block hashes
 EMPTY_CHAIN: Chain = array("q")      # shared by every prompt without shared segments: never extended
 
 
-# Memoised chains: (number of segments, last segment id, its length, block size) -> (segments,
-# hashes).  The key is four ints, cheap to hash where the segment list itself (a conversation's
-# whole history) is not; the stored segments are compared before a chain is used, so two lists
-# that share a key only displace each other.  A plain dict (compiled, its operations are C calls;
+# Memoised chains: hash((number of segments, last segment id, its length, block size)) ->
+# (segments, hashes).  The key is the hash of four ints (compiled, by the arithmetic: no tuple),
+# cheap where hashing the segment list itself (a conversation's whole history) is not; the
+# stored segments are compared before a chain is used, so two lists that share a key only
+# displace each other.  A plain dict (compiled, its operations are C calls;
 # an OrderedDict's are Python method calls): a chain used again is re-inserted at the end, and
 # when the memo is full the older half is dropped at once (`_trim`), which also compacts the
 # dead slots that many deletions leave at the front of a dict.
-_CHAINS: dict[tuple[int, int, int, int], tuple[tuple[tuple[int, int], ...], Chain]] = {}
+_CHAINS: dict[int, tuple[tuple[tuple[int, int], ...], Chain]] = {}
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
 
 
-def _memo_key(segments: tuple[tuple[int, int], ...], n: int, block_size: int) -> tuple[int, int, int, int]:
+def _memo_key(segments: tuple[tuple[int, int], ...], n: int, block_size: int) -> int:
     last = segments[n - 1]
-    return (n, last[0], last[1], block_size)
+    if FAST:
+        return _key_arith(n, last[0], last[1], block_size)
+    return hash((n, last[0], last[1], block_size))
 
 
 def clear_chain_memo() -> None:
@@ -215,18 +238,24 @@ def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, n
             remaining -= k
             if not remaining:
                 break
-        need = bs                                   # a block reaching (or crossing) the run's end
-        pieces: list[tuple[int, int, int]] = []
+        need = bs                                   # a block reaching (or crossing) the run's end:
+        pieces: list[tuple[int, int, int]] = []     # hash((parent, *pieces)), by `_span_arith`'s
+        acc = _mix(_XX5, _int_lane(parent))         # arithmetic piece by piece when compiled
+        count = 1
         while need:
             seg_id, seg_len = segments[seg_idx]
             take = min(need, seg_len - seg_off)
-            pieces.append((seg_id, seg_off, seg_off + take))
+            if FAST:
+                acc = _mix(acc, _piece_lane(seg_id, seg_off, seg_off + take))
+                count += 1
+            else:
+                pieces.append((seg_id, seg_off, seg_off + take))
             seg_off += take
             need -= take
             if seg_off == seg_len:
                 seg_idx += 1
                 seg_off = 0
-        parent = hash((parent, *pieces))
+        parent = _signed(_close(acc, count)) if FAST else hash((parent, *pieces))
         hv[i] = parent
         i += 1
         remaining -= 1
