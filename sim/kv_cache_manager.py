@@ -32,6 +32,8 @@ from sim.lru_tier import own_key_base
 from sim.request import Request, Status
 
 PRIVATE_SHIFT = 1 << 24
+NO_BLOCKS = np.empty(0, dtype=np.intp)     # an empty hit (concatenated onto, never written)
+NO_BLOCKS.flags.writeable = False
 
 
 def cdiv(a: int, b: int) -> int:
@@ -87,8 +89,10 @@ class KVCacheManager:
         max_blocks = (req.num_prompt_tokens + req.num_output - 1) // bs
         n_pub = min(self._num_public(req), max_blocks)
         chain = req.prefix_hashes
-        if chain is not None and len(chain) >= n_pub:
-            hits: np.ndarray = self.pool.longest_hit(chain, n_pub)
+        if n_pub <= 0:
+            hits: np.ndarray = NO_BLOCKS         # nothing shareable: no lookup (private blocks below)
+        elif chain is not None and len(chain) >= n_pub:
+            hits = self.pool.longest_hit(chain, n_pub)
         else:
             hits = self.pool.longest_hit([block_hash(req, i, bs) for i in range(n_pub)], n_pub)
         if hits.size == n_pub:
