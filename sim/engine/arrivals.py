@@ -84,6 +84,7 @@ class FollowUps:
         self.rows: dict[float, list[tuple[int, int]]] = {}   # send time -> [(event id, row), ...]
         self.armed: set[int] = set()                         # event ids in SimPy's queue
         self.usable = isinstance(getattr(env, "_queue", None), list) and hasattr(env, "_eid")
+        self._fired = self._due                              # every armed event's callback (bound once)
 
     def add(self, row: int, think_s: float) -> None:
         """Row `row` is sent `think_s` from now.  Its time enters `nxt.later` at once: a replica
@@ -104,22 +105,22 @@ class FollowUps:
         else:
             at.append((eid, row))              # ids rise: the list stays in SimPy's order
         if first:
-            self._arm(t, eid, row)
+            self._arm(t, eid)
 
-    def _arm(self, t: float, eid: int, row: int) -> None:
+    def _arm(self, t: float, eid: int) -> None:
         ev = simpy.Event(self.env)
         ev._ok = True                          # type: ignore[attr-defined]  # a triggered event, as a Timeout is
         ev._value = None                       # type: ignore[attr-defined]
-        ev.callbacks.append(lambda _: self._due(t))  # type: ignore[union-attr]
+        ev.callbacks.append(self._fired)       # type: ignore[union-attr]
         heapq.heappush(self.env._queue, (t, NORMAL, eid, ev))  # type: ignore[attr-defined]
         self.armed.add(eid)
 
-    def _due(self, t: float) -> None:
-        """The earliest pending turn's time has come (SimPy fires armed events in its order, and
-        the earliest pending turn is always armed, so the one firing is the earliest): send it,
-        and arm the next earliest unless it is armed already."""
+    def _due(self, _: simpy.Event) -> None:
+        """The earliest pending turn's time (now) has come (SimPy fires armed events in its
+        order, and the earliest pending turn is always armed, so the one firing is the earliest):
+        send it, and arm the next earliest unless it is armed already."""
         later = self.nxt.later
-        heapq.heappop(later)
+        t = heapq.heappop(later)
         at = self.rows[t]
         eid, row = at.pop(0)
         if not at:
@@ -127,9 +128,9 @@ class FollowUps:
         self.armed.discard(eid)
         if later:
             t2 = later[0]
-            eid2, row2 = self.rows[t2][0]
+            eid2 = self.rows[t2][0][0]
             if eid2 not in self.armed:
-                self._arm(t2, eid2, row2)
+                self._arm(t2, eid2)
         self.send(row)
 
     def _due_plain(self, row: int) -> None:
