@@ -56,6 +56,9 @@ cdef class BlockPool:
     @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], where=int64_t[::1], i=Py_ssize_t, b=Py_ssize_t)
     cpdef touch(self, blocks)
 
+    @cython.locals(bl=Py_ssize_t[:], tv=Py_ssize_t[:], ref=int32_t[::1], where=int64_t[::1], i=Py_ssize_t, b=Py_ssize_t)
+    cpdef adopt(self, table, Py_ssize_t start, blocks)
+
     cdef inline void _to_front(self, Py_ssize_t b) noexcept
     cdef _room(self, Py_ssize_t m)
     @cython.locals(t=Py_ssize_t)

@@ -279,6 +279,23 @@ class BlockPool:
                 self.num_cached_free -= 1
             ref[b] += 1
 
+    def adopt(self, table: np.ndarray, start: int, blocks: np.ndarray) -> None:
+        """`touch(blocks)` and table[start:start + len(blocks)] = blocks in one pass (a prefix
+        hit entering a request's block table: no slice made, no numpy assignment)."""
+        bl = np.asarray(blocks, dtype=ID)
+        tv = table
+        ref = self._ref
+        where = self._where
+        for i in range(bl.shape[0]):
+            b = bl[i]
+            if ref[b] == 0:
+                where[b] = -1
+                self.num_stale += 1
+                self.nfree -= 1
+                self.num_cached_free -= 1
+            ref[b] += 1
+            tv[start + i] = b
+
     # --- returning blocks -----------------------------------------------------------------------
     def _to_front(self, b: int) -> None:
         self._stack[self.top] = b

@@ -182,8 +182,7 @@ class KVCacheManager:
         table = self._ensure_table(req)
         if hits is not None:
             req.cached_on_admit = True
-            pool.touch(hits)
-            table[req.nblocks: req.nblocks + hits.size] = hits
+            pool.adopt(table, req.nblocks, hits)     # touched, and written into the table
             req.nblocks += int(hits.size)
             req.num_cached_blocks = req.nblocks
             self.num_blocks_held += int(hits.size)

@@ -4,6 +4,8 @@ owners, free blocks have ref count 0)."""
 
 from __future__ import annotations
 
+from array import array
+
 import hypothesis.strategies as st
 import numpy as np
 from hypothesis import settings
@@ -125,10 +127,11 @@ def _pool_state(pool: BlockPool) -> tuple[object, ...]:
 
 
 def test_bulk_request_operations_match_block_by_block_reference():
-    """The per-request bulk paths (`longest_hit`, `cache_public_run`, freeing a table through a
-    reversed strided view, stale-skipping `get_new_blocks`) against vLLM's block-by-block
-    operations (`lookup` until the first miss, `cache_public` per block, `free_blocks` of a
-    reversed list) on two pools driven alike: same hits,
+    """The per-request bulk paths (`longest_hit` and `cache_public_run` over a chain array or a
+    list, `adopt` of the hits into a block table, freeing a table through a reversed strided
+    view, stale-skipping `get_new_blocks`) against vLLM's block-by-block operations (`lookup`
+    until the first miss, `touch`, `cache_public` per block, `free_blocks` of a reversed list) on
+    two pools driven alike: same hits,
     same blocks handed out, same free queue, hash map (duplicates included), ref counts, counters."""
     rng = np.random.default_rng(7)
     bulk, ref = BlockPool(40, enable_caching=True), BlockPool(40, enable_caching=True)
@@ -140,8 +143,9 @@ def test_bulk_request_operations_match_block_by_block_reference():
             ref.free_blocks(np.asarray(table[::-1], dtype=np.intp))
         else:
             chain = [int(rng.integers(4)) * 1000 + i + 1 for i in range(int(rng.integers(1, 8)))]
+            given = array("q", chain) if rng.random() < 0.5 else chain   # a chain (sim.block_hash) or a list
             limit = int(rng.integers(-1, len(chain) + 1))      # all (-1), or the first `limit`
-            hits = bulk.longest_hit(chain, limit).tolist()
+            hits = bulk.longest_hit(given, limit).tolist()
             expect: list[int] = []
             for h in chain if limit < 0 else chain[:limit]:
                 b = ref.lookup(h)
@@ -150,15 +154,17 @@ def test_bulk_request_operations_match_block_by_block_reference():
                 expect.append(b)
             assert hits == expect
             hits = hits[: int(rng.integers(len(hits) + 1))]  # sometimes recompute cached blocks: duplicates
+            adopted = np.full(len(hits) + 2, -1, dtype=np.intp)
             if hits:
-                bulk.touch(np.asarray(hits, dtype=np.intp))
+                bulk.adopt(adopted, 1, np.asarray(hits, dtype=np.intp))
                 ref.touch(np.asarray(hits, dtype=np.intp))
+            assert adopted.tolist() == [-1, *hits, -1]
             n_new = int(rng.integers(0, 6))
             new = bulk.get_new_blocks(n_new).tolist()
             assert new == ref.get_new_blocks(n_new).tolist()
             table = hits + new
             nh = len(hits) + min(len(chain) - len(hits), int(rng.integers(0, n_new + 1)))
-            bulk.cache_public_run(np.asarray(table, dtype=np.intp), chain, len(hits), nh)
+            bulk.cache_public_run(np.asarray(table, dtype=np.intp), given, len(hits), nh)
             for b, h in zip(table[len(hits): nh], chain[len(hits): nh], strict=True):
                 ref.cache_public(b, h)
             live.append((table, nh))
