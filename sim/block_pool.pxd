@@ -53,10 +53,12 @@ cdef class BlockPool:
     @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], i=Py_ssize_t, n=Py_ssize_t)
     cpdef Py_ssize_t count_free(self, blocks) except -1
 
-    @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], where=int64_t[::1], i=Py_ssize_t, b=Py_ssize_t)
+    @cython.locals(bl=Py_ssize_t[:], i=Py_ssize_t)
     cpdef touch(self, blocks)
 
-    @cython.locals(bl=Py_ssize_t[:], tv=Py_ssize_t[:], ref=int32_t[::1], where=int64_t[::1], i=Py_ssize_t, b=Py_ssize_t)
+    cdef inline void _take(self, Py_ssize_t b) noexcept
+
+    @cython.locals(bl=Py_ssize_t[:], tv=Py_ssize_t[:], i=Py_ssize_t, b=Py_ssize_t)
     cpdef adopt(self, table, Py_ssize_t start, blocks)
 
     cdef inline void _to_front(self, Py_ssize_t b) noexcept

@@ -268,32 +268,27 @@ class BlockPool:
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
         bl = np.asarray(blocks, dtype=ID)
-        ref = self._ref
-        where = self._where
         for i in range(bl.shape[0]):
-            b = bl[i]
-            if ref[b] == 0:
-                where[b] = -1
-                self.num_stale += 1
-                self.nfree -= 1
-                self.num_cached_free -= 1
-            ref[b] += 1
+            self._take(bl[i])
+
+    def _take(self, b: int) -> None:
+        """One more reference to block `b`; a cached-free block leaves the free queue (lazily:
+        its FIFO entry goes stale)."""
+        if self._ref[b] == 0:
+            self._where[b] = -1
+            self.num_stale += 1
+            self.nfree -= 1
+            self.num_cached_free -= 1
+        self._ref[b] += 1
 
     def adopt(self, table: np.ndarray, start: int, blocks: np.ndarray) -> None:
         """`touch(blocks)` and table[start:start + len(blocks)] = blocks in one pass (a prefix
         hit entering a request's block table: no slice made, no numpy assignment)."""
         bl = np.asarray(blocks, dtype=ID)
         tv = table
-        ref = self._ref
-        where = self._where
         for i in range(bl.shape[0]):
             b = bl[i]
-            if ref[b] == 0:
-                where[b] = -1
-                self.num_stale += 1
-                self.nfree -= 1
-                self.num_cached_free -= 1
-            ref[b] += 1
+            self._take(b)
             tv[start + i] = b
 
     # --- returning blocks -----------------------------------------------------------------------
