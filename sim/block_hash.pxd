@@ -24,8 +24,10 @@ cdef inline int64_t _run_block(int64_t parent, int64_t seg, int64_t start, int64
 
 @cython.locals(parent=int64_t, seg_idx=Py_ssize_t, seg_off=int64_t, remaining=Py_ssize_t, seg_id=object,
                seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list,
-               done=Py_ssize_t, i=Py_ssize_t, hv=int64_t[::1], hashes=object, acc=uint64_t, count=uint64_t)
-cpdef object _extend_chain(object head, tuple segments, Py_ssize_t bs, Py_ssize_t num_blocks)
+               done=Py_ssize_t, i=Py_ssize_t, hv=int64_t[::1], hashes=object, acc=uint64_t, count=uint64_t,
+               resume=int64_t, start=int64_t)
+cpdef object _extend_chain(object head, tuple segments, Py_ssize_t bs, Py_ssize_t num_blocks,
+                           Py_ssize_t base_n=*, int64_t base_total=*)
 
 cdef dict _CHAINS
 cdef Py_ssize_t _CHAINS_MAX
@@ -38,5 +40,5 @@ cdef _trim()
 cdef bint _same_head(tuple stored, tuple segments, Py_ssize_t n) except -1
 
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=object, hit=object, head=object, key=object,
-               head_key=object, drop=Py_ssize_t)
+               head_key=object, drop=Py_ssize_t, base_n=Py_ssize_t, base_total=int64_t)
 cpdef object shared_prefix_hashes(tuple segments, Py_ssize_t block_size)

@@ -132,14 +132,14 @@ EMPTY_CHAIN: Chain = array("q")      # shared by every prompt without shared seg
 
 
 # Memoised chains: hash((number of segments, last segment id, its length, block size)) ->
-# (segments, hashes).  The key is the hash of four ints (compiled, by the arithmetic: no tuple),
+# (segments, hashes, their tokens).  The key is the hash of four ints (compiled, by the arithmetic: no tuple),
 # cheap where hashing the segment list itself (a conversation's whole history) is not; the
 # stored segments are compared before a chain is used, so two lists that share a key only
 # displace each other.  A plain dict (compiled, its operations are C calls;
 # an OrderedDict's are Python method calls): a chain used again is re-inserted at the end, and
 # when the memo is full the older half is dropped at once (`_trim`), which also compacts the
 # dead slots that many deletions leave at the front of a dict.
-_CHAINS: dict[int, tuple[tuple[tuple[int, int], ...], Chain]] = {}
+_CHAINS: dict[int, tuple[tuple[tuple[int, int], ...], Chain, int]] = {}
 _CHAINS_MAX = 8192       # recent chains kept (a session's next turn extends its previous one)
 
 
@@ -186,41 +186,52 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
     if hit is not None and (hit[0] is segments or _same_head(hit[0], segments, n)):
         return hit[1]
     hashes: Chain = EMPTY_CHAIN
+    base_n = 0                       # segments the resumed chain covers, and their tokens: only the
+    total = 0                        # new runs are read (a conversation's old ones are cold memory)
     for drop in (2, 1):
         if n > drop:
             head_key = _memo_key(segments, n - drop, block_size)
             head = _CHAINS.get(head_key)
             if head is not None and _same_head(head[0], segments, n - drop):
                 hashes = head[1]
+                base_n = n - drop
+                total = head[2]
                 del _CHAINS[head_key]     # superseded: the conversation has moved on
                 break
-    total = 0
-    for i in range(n):
+    base_total = total
+    for i in range(base_n, n):
         total += segments[i][1]
     num_blocks = total // block_size
     if num_blocks > len(hashes):
-        hashes = _extend_chain(hashes, segments, block_size, num_blocks)
+        hashes = _extend_chain(hashes, segments, block_size, num_blocks, base_n, base_total)
     if n > 1:                        # a lone segment (a system prompt, one trace block) is cheap to redo
         if key in _CHAINS:
             del _CHAINS[key]
         elif len(_CHAINS) >= _CHAINS_MAX:
             _trim()
-        _CHAINS[key] = (segments, hashes)
+        _CHAINS[key] = (segments, hashes, total)
     return hashes
 
 
-def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, num_blocks: int) -> Chain:
+def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, num_blocks: int,
+                  base_n: int = 0, base_total: int = 0) -> Chain:
     """`head` followed by the hashes of blocks len(head) .. num_blocks-1, as a new chain (`head`
     may be a memoised chain other requests hold: never changed): a block inside one run is keyed
-    (parent, (segment_id, start, end)); a block spanning runs (parent, piece, piece, ...)."""
+    (parent, (segment_id, start, end)); a block spanning runs (parent, piece, piece, ...).
+    `head` is the chain of segments[:base_n], which hold `base_total` tokens (0, 0: none)."""
     done = len(head)
     hashes = head[:]                                # a copy (memcpy), then room for the new hashes
     hashes.frombytes(bytes(8 * (num_blocks - done)))
     hv = hashes                                     # compiled: a typed view of its memory
     parent = hv[done - 1] if done else 0            # (no negative index: compiled without wraparound)
     i = done
-    seg_idx, seg_off = 0, done * bs                 # find the segment holding the resume point
-    while seg_off >= segments[seg_idx][1]:
+    resume = done * bs                              # find the segment holding the resume point:
+    seg_idx, start = base_n, base_total             # back from the head's end (resume <= base_total),
+    while start > resume:
+        seg_idx -= 1
+        start -= segments[seg_idx][1]
+    seg_off = resume - start
+    while seg_off >= segments[seg_idx][1]:          # then past runs it ends (or empty ones)
         seg_off -= segments[seg_idx][1]
         seg_idx += 1
     remaining = num_blocks - done
@@ -245,7 +256,9 @@ def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, n
         while need:
             seg_id, seg_len = segments[seg_idx]
             take = min(need, seg_len - seg_off)
-            if FAST:
+            if not take:                            # an empty run holds no token of the block
+                pass
+            elif FAST:
                 acc = _mix(acc, _piece_lane(seg_id, seg_off, seg_off + take))
                 count += 1
             else:

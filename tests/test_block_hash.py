@@ -74,6 +74,27 @@ def test_chain_matches_the_block_by_block_reference() -> None:
     bh.clear_chain_memo()
 
 
+def test_resumed_chains_past_empty_runs_and_block_aligned_ends() -> None:
+    """A turn resumes from its predecessor's chain reading only the new runs (the memo keeps the
+    predecessor's token count): runs of length 0 and runs ending exactly on a block boundary, at
+    the resume point and before it, must land the walk on the same block as hashing the whole
+    list afresh, and both equal the token-by-token reference (an empty run inside a block is no
+    piece of its key: before this test it was, and a resumed chain could differ from a fresh one)."""
+    rng = random.Random(11)
+    for bs in (4, 16):
+        for conv in range(40):
+            bh.clear_chain_memo()
+            context: tuple[tuple[int, int], ...] = ((1, rng.choice((0, bs, 2 * bs, 3))),)
+            for turn in range(8):
+                runs = tuple(((1 << 42) + (conv << 20) + 2 * turn + k, rng.choice((0, 0, bs, 2 * bs, 1, bs - 1, 3 * bs + 2)))
+                             for k in range(rng.choice((1, 2))))
+                context = (*context, *runs)
+                num_blocks = sum(n for _, n in context) // bs
+                fresh = bh._extend_chain(bh.EMPTY_CHAIN, context, bs, num_blocks).tolist() if num_blocks else []
+                assert bh.shared_prefix_hashes(context, bs).tolist() == fresh == _reference_chain(context, bs)
+    bh.clear_chain_memo()
+
+
 def test_chains_stay_right_when_the_memo_overflows() -> None:
     """More live conversations than the memo keeps: the first turns of 9,000 conversations fill it
     past its size (its older half is dropped), then each one's second turn resumes from a chain
