@@ -275,11 +275,17 @@ def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, n
     return hashes
 
 
+def request_chain(req: Request, block_size: int) -> Chain:
+    """The hashes of the request's blocks of shared segments, made once and kept on it."""
+    chain = req.prefix_hashes
+    if chain is None:
+        chain = req.prefix_hashes = shared_prefix_hashes(req.segments, block_size) if req.segments else EMPTY_CHAIN
+    return chain
+
+
 def block_hash(req: Request, index: int, block_size: int) -> int:
     """Hash of the request's full block `index` (caller guarantees the block is full)."""
-    shared = req.prefix_hashes
-    if shared is None:
-        shared = req.prefix_hashes = shared_prefix_hashes(req.segments, block_size) if req.segments else EMPTY_CHAIN
+    shared = request_chain(req, block_size)
     if index < len(shared):
         return shared[index]
     if (index + 1) * block_size <= req.num_prompt_tokens:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.block_hash import EMPTY_CHAIN, Chain, block_hash, shared_prefix_hashes
+from sim.block_hash import block_hash, request_chain
 from sim.block_pool import BlockPool
 from sim.kv_offload import KVOffload
 from sim.kv_state import KVState
@@ -70,8 +70,7 @@ class KVCacheManager:
             if req.content_key in self.shared_content:
                 req.num_public_blocks = req.num_prompt_tokens // bs
             else:
-                req.prefix_hashes = shared_prefix_hashes(req.segments, bs) if req.segments else EMPTY_CHAIN
-                req.num_public_blocks = len(req.prefix_hashes)
+                req.num_public_blocks = len(request_chain(req, bs))
         return req.num_public_blocks
 
     def _ensure_table(self, req: Request) -> np.ndarray:
@@ -109,18 +108,12 @@ class KVCacheManager:
             return None, 0
         return hits, int(hits.size) * bs
 
-    def _shared_hashes(self, req: Request) -> Chain:
-        shared = req.prefix_hashes
-        if shared is None:                  # as block_hash() computes them
-            shared = req.prefix_hashes = shared_prefix_hashes(req.segments, self.block_size) if req.segments else EMPTY_CHAIN
-        return shared
-
     def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
         """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
         shared segments (as `block_hash`), else `own_key_base(content_key) - i` for content unique
         to the prompt (and its parallel-sampling siblings) — a key made without hashing, distinct
         per (content, block) below 2**20 blocks, in bulk at C speed."""
-        shared = self._shared_hashes(req)
+        shared = request_chain(req, self.block_size)
         n = len(shared)
         if end <= n:
             return shared[start:end].tolist()
@@ -139,7 +132,7 @@ class KVCacheManager:
         end = req.num_prompt_tokens // bs
         if end <= start:
             return [], 0, 0
-        shared = self._shared_hashes(req)
+        shared = request_chain(req, self.block_size)
         off.query_blocks += end - start
         return off.lookup_prompt(shared, own_key_base(req.content_key), start, end)
 
@@ -232,7 +225,7 @@ class KVCacheManager:
                 if req.num_preemptions or req.content_key in self.shared_content:
                     off.store_many(self._prompt_keys(req, start, end))   # stored before maybe: a previous life, a sibling
                 else:
-                    n = len(self._shared_hashes(req))
+                    n = len(request_chain(req, self.block_size))
                     if start < min(n, end):         # shared blocks: maybe stored by another request
                         off.store_many(self._prompt_keys(req, start, min(n, end)))
                     if end > max(start, n):         # the prompt's own blocks, computed for the first time
