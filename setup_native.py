@@ -6,7 +6,8 @@ Why mypyc: it compiles the type-annotated Python we already have (no second impl
 keep in step), and its arithmetic is the same IEEE double arithmetic as CPython's, so a compiled
 run gives the same numbers bit for bit (tests/test_native.py checks it).
 
-Why Cython for `sim/block_pool.py`: the pool's work is per-block loops over numpy arrays, which
+Why Cython for `sim/block_pool.py` (and its hash map, `sim/block_hash_map.py`, whose methods the
+compiled pool calls as C functions): the pool's work is per-block loops over numpy arrays, which
 mypyc cannot speed up (every numpy element it touches is a boxed Python object).  Cython compiles
 the same plain-Python file with the C types declared beside it in `sim/block_pool.pxd` (an
 "augmenting" .pxd), so its loops index the arrays' memory directly.  Integers only: no float
@@ -37,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_lanes", "scheduler_loads", "waiting_queue", "scheduler_spec", "scheduler_quiet", "cost_model", "quiet", "kv_offload", "lru_tier", "metrics", "pipeline", "run_ahead", "spec_runtime", "decode_set", "pipe_loop", "horizon", "replica", "scheduler_running"]
-CYTHON_MODULES = ["block_pool", "block_hash"]
+CYTHON_MODULES = ["block_hash_map", "block_pool", "block_hash"]
 STAMP = ROOT / "sim" / "_native.sha256"
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "initializedcheck": False,
                      "annotation_typing": False, "binding": False}

@@ -3,21 +3,18 @@
 # public attributes (the KV-cache manager and tests read them), the memoryviews are private
 # aliases of the same buffers.
 cimport cython
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t
+
+from sim.block_hash_map cimport BlockHashMap
 
 cdef int64_t NO_HASH     # a C constant in the loops (0)
-cdef uint64_t _M64, _FIB
-
-cdef inline Py_ssize_t _home(int64_t h, int shift) noexcept
 
 
 cdef class BlockPool:
     cdef public Py_ssize_t num_blocks
     cdef public bint enable_caching
-    cdef public object ref, hash_of, public, stack, fifo, where, slots
-    cdef public dict multi
-    cdef public int shift
-    cdef public Py_ssize_t mask, num_hashes
+    cdef public object ref, hash_of, public, stack, fifo, where
+    cdef public BlockHashMap map
     cdef public Py_ssize_t top, head, tail, num_stale, nfree, num_cached_free, num_evictions
     cdef int32_t[::1] _ref
     cdef int64_t[::1] _hash
@@ -25,18 +22,11 @@ cdef class BlockPool:
     cdef Py_ssize_t[::1] _stack
     cdef Py_ssize_t[::1] _fifo
     cdef int64_t[::1] _where
-    cdef int64_t[::1] _slots
 
     cdef _views(self)
 
     @cython.locals(o=Py_ssize_t[::1], n=Py_ssize_t, m=Py_ssize_t, b=int64_t, hv=int64_t[::1])
     cpdef longest_hit(self, hashes, Py_ssize_t limit=*)
-
-    @cython.locals(s=Py_ssize_t)
-    cdef Py_ssize_t _find(self, int64_t h) noexcept
-
-    @cython.locals(mask=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t)
-    cdef void _delete_slot(self, Py_ssize_t s) noexcept
 
     @cython.locals(o=Py_ssize_t[::1], i=Py_ssize_t)
     cpdef get_new_blocks(self, Py_ssize_t n)
@@ -46,9 +36,6 @@ cdef class BlockPool:
 
     @cython.locals(b=Py_ssize_t, pos=Py_ssize_t)
     cdef Py_ssize_t _pop(self) except -1
-
-    @cython.locals(s=Py_ssize_t, blocks=dict, first=object)
-    cdef _unregister(self, Py_ssize_t b, int64_t bh)
 
     @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], i=Py_ssize_t, n=Py_ssize_t)
     cpdef Py_ssize_t count_free(self, blocks) except -1
@@ -73,7 +60,6 @@ cdef class BlockPool:
     @cython.locals(h=int64_t[::1], base=int64_t, k=Py_ssize_t, b=Py_ssize_t)
     cpdef set_private_hashes(self, const Py_ssize_t[:] blocks, Py_ssize_t start, int64_t key, bint fresh)
 
-    @cython.locals(s=Py_ssize_t, first=int64_t)
     cpdef cache_public(self, Py_ssize_t block, int64_t block_hash)
 
     @cython.locals(bv=Py_ssize_t[:], i=Py_ssize_t, hv=int64_t[::1])

@@ -24,15 +24,8 @@ front of the queue is a stack (`stack[top-1]` is the head); behind it a FIFO arr
 the middle (a prefix hit on a cached-free block) is lazy: `where[b]` names the FIFO position of a
 block's live entry.
 
-The hash map (vLLM's `BlockHashToBlockMap`: public hash -> the blocks carrying it) is an
-open-addressing table in one int64 array, `slots[2 s]` the hash and `slots[2 s + 1]` the block of
-slot s (0, the null block, marks an empty slot), probed linearly from a Fibonacci-hashed home slot
-and deleted by backward shift (no tombstones).  It holds at most one entry per block, so a table of
-at least twice the blocks never fills past half and never grows.  A hash that several blocks carry
-(two requests computed the same block before either registered it) keeps its first block in the
-table, whose lookup returns, and all of them, in registration order, in `multi`.  Compared with a
-dict of Python ints, a probe reads one cache line and allocates nothing: a multi-turn run
-registers, looks up and evicts millions of public hashes.
+The hash map (vLLM's `BlockHashToBlockMap`: public hash -> the blocks carrying it) is its own
+module, `sim.block_hash_map` (an open-addressing table of int64 pairs); the pool holds one (`map`).
 
 Speed: the operations are plain per-block loops over those arrays, written so that Cython can
 compile this very file (`setup_native.py`; the C types are declared beside it in
@@ -53,15 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from sim.block_hash_map import BlockHashMap
+
 ID = np.intp      # block ids
 NO_HASH = 0
-_M64 = 0xFFFFFFFFFFFFFFFF
-_FIB = 11400714819323198485     # 2**64 / golden ratio: Fibonacci hashing of a hash to its home slot
-
-
-def _home(h: int, shift: int) -> int:
-    """Home slot of hash `h` in a table of 2**(64 - shift) slots."""
-    return (((h & _M64) * _FIB) & _M64) >> shift
 
 
 def _view(a: Any) -> memoryview:
@@ -86,11 +74,7 @@ class BlockPool:
         self.ref = np.zeros(n, dtype=np.int32)
         self.hash_of = np.zeros(n, dtype=np.int64)     # NO_HASH = none
         self.public = np.zeros(n, dtype=bool)
-        bits = max(4, (2 * n - 1).bit_length()) if enable_caching else 1
-        self.shift = 64 - bits
-        self.mask = (1 << bits) - 1
-        self.slots = np.zeros(2 << bits, dtype=np.int64)   # the hash map: (hash, block) pairs
-        self.num_hashes = 0                                 # distinct public hashes in the map
+        self.map = BlockHashMap(n, enable_caching)      # public hash -> blocks (vLLM's BlockHashToBlockMap)
         self.stack = np.empty(n, dtype=ID)            # queue front; stack[top-1] is the head
         self.top = 0
         self.fifo = np.empty(max(2 * n, 1024), dtype=ID)
@@ -103,7 +87,6 @@ class BlockPool:
         self.nfree = n - 1
         self.num_cached_free = 0
         self.num_evictions = 0
-        self.multi: dict[int, dict[int, None]] = {}    # hash -> its blocks (several), first registered first
         self._views()
 
     def _views(self) -> None:
@@ -115,7 +98,6 @@ class BlockPool:
         self._stack = _view(self.stack)
         self._fifo = _view(self.fifo)
         self._where = _view(self.where)
-        self._slots = _view(self.slots)
 
     # --- queries -----------------------------------------------------------------------------
     @property
@@ -129,7 +111,7 @@ class BlockPool:
 
     def lookup(self, block_hash: int) -> int | None:
         """A block registered under public `block_hash` (the first registered), or None."""
-        b = self._slots[2 * self._find(block_hash) + 1]
+        b = self.map.get(block_hash)
         return int(b) if b else None
 
     def longest_hit(self, hashes: Sequence[int], limit: int = -1) -> np.ndarray:
@@ -143,7 +125,7 @@ class BlockPool:
         o = out
         n = 0
         while n < m:
-            b = self._slots[2 * self._find(hv[n]) + 1]
+            b = self.map.get(hv[n])
             if b == 0:
                 break
             o[n] = b
@@ -152,44 +134,8 @@ class BlockPool:
 
     @property
     def cached(self) -> dict[int, Any]:
-        """The hash map as a dict (tests, invariants): hash -> block, or -> {block: None, ...} in
-        registration order for a hash several blocks carry; in table order."""
-        out: dict[int, Any] = {}
-        for s in range(self.mask + 1):
-            b = int(self._slots[2 * s + 1])
-            if b:
-                h = int(self._slots[2 * s])
-                out[h] = dict(self.multi[h]) if h in self.multi else b
-        return out
-
-    # --- the hash map's table ----------------------------------------------------------------------
-    def _find(self, h: int) -> int:
-        """The slot holding hash `h`, or the empty slot that ends its probe.  (The per-call
-        helpers index `self._slots` itself: compiled, a local memoryview costs an atomic
-        acquire and release per call.)"""
-        s = _home(h, self.shift)
-        while self._slots[2 * s + 1] != 0 and self._slots[2 * s] != h:
-            s = (s + 1) & self.mask
-        return s
-
-    def _delete_slot(self, s: int) -> None:
-        """Empty slot `s`, shifting back the entries after it whose probe passed it."""
-        mask = self.mask
-        i = s
-        j = s
-        while True:
-            j = (j + 1) & mask
-            if self._slots[2 * j + 1] == 0:
-                break
-            k = _home(self._slots[2 * j], self.shift)
-            if (k - i - 1) & mask < (j - i) & mask:    # home in (i, j]: the entry stays
-                continue
-            self._slots[2 * i] = self._slots[2 * j]
-            self._slots[2 * i + 1] = self._slots[2 * j + 1]
-            i = j
-        self._slots[2 * i] = 0
-        self._slots[2 * i + 1] = 0
-        self.num_hashes -= 1
+        """The hash map as a dict (tests, invariants): `BlockHashMap.as_dict`."""
+        return self.map.as_dict()
 
     def free_queue(self) -> list[int]:
         """The free queue, head first (tests and debugging)."""
@@ -234,26 +180,13 @@ class BlockPool:
                 self.num_stale -= 1
             if self._hash[b] != NO_HASH:             # a cached-free block reused: its hash goes
                 if self._public[b]:
-                    self._unregister(b, self._hash[b])
+                    self.map.remove(self._hash[b], b)
                     self._public[b] = 0
                 self._hash[b] = NO_HASH
                 self.num_cached_free -= 1
                 self.num_evictions += 1
         self._ref[b] = 1
         return b
-
-    def _unregister(self, b: int, bh: int) -> None:
-        """Take block `b` out of the hash map entry `bh`."""
-        s = self._find(bh)
-        if self.multi and bh in self.multi:
-            blocks = self.multi[bh]
-            del blocks[b]
-            first = next(iter(blocks))
-            self._slots[2 * s + 1] = first
-            if len(blocks) == 1:
-                del self.multi[bh]
-        else:
-            self._delete_slot(s)
 
     def count_free(self, blocks: np.ndarray) -> int:
         """How many of `blocks` are free (cached-free prefix hits: ref count 0)."""
@@ -365,16 +298,7 @@ class BlockPool:
             return
         self._hash[block] = block_hash
         self._public[block] = 1
-        s = self._find(block_hash)
-        first = self._slots[2 * s + 1]
-        if first == 0:
-            self._slots[2 * s] = block_hash
-            self._slots[2 * s + 1] = block
-            self.num_hashes += 1
-        elif block_hash in self.multi:
-            self.multi[block_hash][int(block)] = None
-        else:
-            self.multi[block_hash] = {int(first): None, int(block): None}
+        self.map.add(block_hash, block)
 
     def cache_public_run(self, table: np.ndarray, hashes: Sequence[int], start: int, end: int) -> None:
         """`cache_public` of table[i] under hashes[i] for start <= i < end, in order (a request's
@@ -395,8 +319,8 @@ class BlockPool:
         assert sum(1 for b in q if self.hash_of[b] != NO_HASH) == self.num_cached_free, "cached-free count drifted"
         assert all(self.hash_of[b] == NO_HASH for b in self.stack[: self.top].tolist()), "hashed block at the front"
         cached = self.cached
-        assert len(cached) == self.num_hashes, "hash count drifted"
-        assert all(len(v) > 1 and isinstance(cached.get(h), dict) for h, v in self.multi.items()), "multi entries drifted"
+        assert len(cached) == self.map.num_hashes, "hash count drifted"
+        assert all(len(v) > 1 and isinstance(cached.get(h), dict) for h, v in self.map.multi.items()), "multi entries drifted"
         for h, b in cached.items():
             assert self.lookup(h) == (b if isinstance(b, int) else next(iter(b))), f"hash {h} not found where it lies"
         assert sum(1 if isinstance(e, int) else len(e) for e in cached.values()) == int(np.count_nonzero(self.public)), \

@@ -170,11 +170,11 @@ def test_bulk_request_operations_match_block_by_block_reference():
             live.append((table, nh))
         assert _pool_state(bulk) == _pool_state(ref)
         bulk.check_invariants()
-    assert bulk.multi and bulk.num_evictions > 0        # the walk did reach duplicates and evictions
+    assert bulk.map.multi and bulk.num_evictions > 0        # the walk did reach duplicates and evictions
 
 
 def _home_slot(h: int, table_bits: int) -> int:
-    """The pool's documented home slot: Fibonacci hashing of the hash (block_pool docstring)."""
+    """The map's documented home slot: Fibonacci hashing of the hash (block_hash_map docstring)."""
     m = (1 << 64) - 1
     return (((h & m) * 11400714819323198485) & m) >> (64 - table_bits)
 
@@ -186,7 +186,7 @@ def test_hash_map_matches_a_dict_through_collisions_wraparound_and_deletions():
     `lookup` of every hash ever used, `longest_hit`, `cached` and the invariants agree with it."""
     rng = np.random.default_rng(11)
     pool = BlockPool(14, enable_caching=True)           # 13 usable blocks
-    bits = pool.mask.bit_length()
+    bits = pool.map.mask.bit_length()
     assert bits == 5                                    # 32 slots for 14 blocks
     by_home: dict[int, list[int]] = {}
     h = 1
@@ -228,5 +228,5 @@ def test_hash_map_matches_a_dict_through_collisions_wraparound_and_deletions():
         assert pool.longest_hit(chain).tolist() == expect
         assert pool.cached == {k: (v[0] if len(v) == 1 else dict.fromkeys(v)) for k, v in model.items() if v}
         pool.check_invariants()
-        saw_multi += bool(pool.multi)
+        saw_multi += bool(pool.map.multi)
     assert pool.num_evictions > 100 and saw_multi > 100
