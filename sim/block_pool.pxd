@@ -25,11 +25,15 @@ cdef class BlockPool:
 
     cdef _views(self)
 
-    @cython.locals(o=Py_ssize_t[::1], n=Py_ssize_t, m=Py_ssize_t, b=int64_t, hv=int64_t[::1])
     cpdef longest_hit(self, hashes, Py_ssize_t limit=*)
 
-    @cython.locals(o=Py_ssize_t[::1], i=Py_ssize_t)
+    @cython.locals(tv=Py_ssize_t[:], n=Py_ssize_t, m=Py_ssize_t, b=int64_t, hv=int64_t[::1])
+    cpdef Py_ssize_t hit_into(self, table, hashes, Py_ssize_t limit=*) except -1
+
     cpdef get_new_blocks(self, Py_ssize_t n)
+
+    @cython.locals(tv=Py_ssize_t[:], i=Py_ssize_t)
+    cpdef get_new_blocks_into(self, table, Py_ssize_t start, Py_ssize_t n)
 
     @cython.locals(out=list)
     cpdef list pop_few(self, Py_ssize_t n)
@@ -37,16 +41,16 @@ cdef class BlockPool:
     @cython.locals(b=Py_ssize_t, pos=Py_ssize_t)
     cdef Py_ssize_t _pop(self) except -1
 
-    @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], i=Py_ssize_t, n=Py_ssize_t)
-    cpdef Py_ssize_t count_free(self, blocks) except -1
+    @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], i=Py_ssize_t, end=Py_ssize_t, k=Py_ssize_t)
+    cpdef Py_ssize_t count_free(self, blocks, Py_ssize_t start=*, Py_ssize_t n=*) except -1
 
     @cython.locals(bl=Py_ssize_t[:], i=Py_ssize_t)
     cpdef touch(self, blocks)
 
     cdef inline void _take(self, Py_ssize_t b) noexcept
 
-    @cython.locals(bl=Py_ssize_t[:], tv=Py_ssize_t[:], i=Py_ssize_t, b=Py_ssize_t)
-    cpdef adopt(self, table, Py_ssize_t start, blocks)
+    @cython.locals(tv=Py_ssize_t[:], i=Py_ssize_t)
+    cpdef adopt(self, table, Py_ssize_t start, Py_ssize_t n)
 
     cdef inline void _to_front(self, Py_ssize_t b) noexcept
     cdef _room(self, Py_ssize_t m)

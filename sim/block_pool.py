@@ -117,20 +117,26 @@ class BlockPool:
     def longest_hit(self, hashes: Sequence[int], limit: int = -1) -> np.ndarray:
         """Blocks registered under the leading public `hashes` (a chain, `sim.block_hash`, or a
         list; the first `limit` of them, all when negative: a caller's prefix without slicing
-        it), up to the first miss (`lookup` of each in turn), as block ids (an intp array: what a
-        block table takes, made here instead of from a list by the caller)."""
+        it), up to the first miss (`lookup` of each in turn), as block ids (an intp array)."""
+        out = np.empty(len(hashes) if limit < 0 else min(limit, len(hashes)), dtype=ID)
+        return out[: self.hit_into(out, hashes, limit)]
+
+    def hit_into(self, table: np.ndarray, hashes: Sequence[int], limit: int = -1) -> int:
+        """`longest_hit` written into the head of a block table (an intp array): table[i] = the
+        block under hashes[i] for each leading hit; how many.  The KV-cache manager looks a
+        waiting request's prefix up straight into its (empty) table, where `adopt` takes them:
+        no array of hits is made and handed on."""
         hv = _chain(hashes)
+        tv = table
         m = len(hashes) if limit < 0 else min(limit, len(hashes))
-        out = np.empty(m, dtype=ID)
-        o = out
         n = 0
         while n < m:
             b = self.map.get(hv[n])
             if b == 0:
                 break
-            o[n] = b
+            tv[n] = b
             n += 1
-        return out[:n]
+        return n
 
     @property
     def cached(self) -> dict[int, Any]:
@@ -146,14 +152,18 @@ class BlockPool:
     # --- taking blocks -------------------------------------------------------------------------
     def get_new_blocks(self, n: int) -> np.ndarray:
         """Pop `n` blocks from the front of the free queue (evicting their hashes)."""
+        out = np.empty(n, dtype=ID)
+        self.get_new_blocks_into(out, 0, n)
+        return out
+
+    def get_new_blocks_into(self, table: np.ndarray, start: int, n: int) -> None:
+        """`get_new_blocks(n)` written into table[start:start + n] (a request's block table)."""
         if n > self.nfree:
             raise ValueError(f"cannot get {n} free blocks from a pool with {self.nfree} free")
-        out = np.empty(n, dtype=ID)
-        o = out
-        for i in range(n):
-            o[i] = self._pop()
+        tv = table
+        for i in range(start, start + n):
+            tv[i] = self._pop()
         self.nfree -= n
-        return out
 
     def pop_few(self, n: int) -> list[int]:
         """`get_new_blocks` as a list (a decode step's new blocks)."""
@@ -188,15 +198,17 @@ class BlockPool:
         self._ref[b] = 1
         return b
 
-    def count_free(self, blocks: np.ndarray) -> int:
-        """How many of `blocks` are free (cached-free prefix hits: ref count 0)."""
-        bl = np.asarray(blocks, dtype=ID)
+    def count_free(self, blocks: np.ndarray, start: int = 0, n: int = -1) -> int:
+        """How many of blocks[start:start + n] (an intp array; to its end when `n` < 0) are free
+        (cached-free prefix hits: ref count 0)."""
+        bl = blocks
+        end = bl.shape[0] if n < 0 else start + n
         ref = self._ref
-        n = 0
-        for i in range(bl.shape[0]):
+        k = 0
+        for i in range(start, end):
             if ref[bl[i]] == 0:
-                n += 1
-        return n
+                k += 1
+        return k
 
     def touch(self, blocks: np.ndarray) -> None:
         """A prefix hit: take cached-free blocks out of the free queue, add one reference."""
@@ -214,15 +226,12 @@ class BlockPool:
             self.num_cached_free -= 1
         self._ref[b] += 1
 
-    def adopt(self, table: np.ndarray, start: int, blocks: np.ndarray) -> None:
-        """`touch(blocks)` and table[start:start + len(blocks)] = blocks in one pass (a prefix
-        hit entering a request's block table: no slice made, no numpy assignment)."""
-        bl = np.asarray(blocks, dtype=ID)
+    def adopt(self, table: np.ndarray, start: int, n: int) -> None:
+        """`touch` the `n` blocks table[start:start + n] (a prefix hit `hit_into` wrote into a
+        request's block table: taken where they lie, no array of them made)."""
         tv = table
-        for i in range(bl.shape[0]):
-            b = bl[i]
-            self._take(b)
-            tv[start + i] = b
+        for i in range(start, start + n):
+            self._take(tv[i])
 
     # --- returning blocks -----------------------------------------------------------------------
     def _to_front(self, b: int) -> None:

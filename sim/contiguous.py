@@ -84,14 +84,14 @@ class ContiguousKVManager:
         self.prefix_hits_tokens = 0
 
     # ------------------------------------------------------------------ the v1 surface
-    def get_computed_blocks(self, req: Request) -> tuple[None, int]:
-        return None, 0
+    def get_computed_blocks(self, req: Request) -> tuple[int, int]:
+        return 0, 0
 
     def record_prefix_stats(self, req: Request, num_hit_tokens: int) -> None:
         return None
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
-                       hits: object = None, full_sequence_must_fit: bool = False,
+                       num_hits: int = 0, full_sequence_must_fit: bool = False,
                        has_scheduled_reqs: bool = True) -> bool:
         """A running request always has room (its reservation covers its final length); a new one
         gets its region first-fit, or False (nothing changes) when no hole is large enough."""

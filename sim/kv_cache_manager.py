@@ -32,8 +32,6 @@ from sim.lru_tier import own_key_base
 from sim.request import Request, Status
 
 PRIVATE_SHIFT = 1 << 24
-NO_BLOCKS = np.empty(0, dtype=np.intp)     # an empty hit (concatenated onto, never written)
-NO_BLOCKS.flags.writeable = False
 
 
 def cdiv(a: int, b: int) -> int:
@@ -80,33 +78,33 @@ class KVCacheManager:
         return req.blocks
 
     # ------------------------------------------------------------------ prefix cache lookup
-    def get_computed_blocks(self, req: Request) -> tuple[np.ndarray | None, int]:
-        """Longest cached prefix of full blocks: (block ids, number of tokens)."""
+    def get_computed_blocks(self, req: Request) -> tuple[int, int]:
+        """Longest cached prefix of full blocks (vLLM `get_computed_blocks`): (number of blocks,
+        number of tokens).  The blocks are written into the head of the request's block table
+        (a request looked up is waiting and holds none), where `allocate_slots` adopts them."""
         if not self.enable_caching:
-            return None, 0
+            return 0, 0
         bs = self.block_size
         max_blocks = (req.num_prompt_tokens + req.num_output - 1) // bs
         n_pub = min(self._num_public(req), max_blocks)
-        chain = req.prefix_hashes
-        if n_pub <= 0:
-            hits: np.ndarray = NO_BLOCKS         # nothing shareable: no lookup (private blocks below)
-        elif chain is not None and len(chain) >= n_pub:
-            hits = self.pool.longest_hit(chain, n_pub)
-        else:
-            hits = self.pool.longest_hit([block_hash(req, i, bs) for i in range(n_pub)], n_pub)
-        if hits.size == n_pub:
-            # the sequence's own private blocks, still cached after a preemption
+        k = 0                                    # nothing shareable: no lookup (private blocks below)
+        if n_pub > 0:
+            table = self._ensure_table(req)
+            chain = req.prefix_hashes
+            if chain is not None and len(chain) >= n_pub:
+                k = self.pool.hit_into(table, chain, n_pub)
+            else:
+                k = self.pool.hit_into(table, [block_hash(req, i, bs) for i in range(n_pub)], n_pub)
+        if k == n_pub:
+            # the sequence's own private blocks, still cached after a preemption: already in
+            # its table where they go, from its previous life
             m = min(max_blocks, req.prev_nblocks)
             if m > n_pub and req.blocks is not None:
                 old = req.blocks[n_pub:m]
                 want = -((req.req_id + 1) * PRIVATE_SHIFT + np.arange(n_pub, m, dtype=np.int64))
                 ok = self.pool.hash_of[old] == want
-                k = int(np.argmin(ok)) if np.count_nonzero(ok) < ok.size else int(ok.size)
-                if k:
-                    hits = np.concatenate((hits, old[:k]))
-        if not hits.size:
-            return None, 0
-        return hits, int(hits.size) * bs
+                k += int(np.argmin(ok)) if np.count_nonzero(ok) < ok.size else int(ok.size)
+        return k, k * bs
 
     def _prompt_keys(self, req: Request, start: int, end: int) -> list[int]:
         """Offload keys of full prompt blocks start <= i < end: the chained hash of a block of
@@ -149,11 +147,12 @@ class KVCacheManager:
         return max(cdiv(num_tokens, self.block_size) - num_hits - req.nblocks, 0) + num_hits_free
 
     def allocate_slots(self, req: Request, num_new_tokens: int, num_new_computed_tokens: int = 0,
-                       hits: np.ndarray | None = None, full_sequence_must_fit: bool = False,
+                       num_hits: int = 0, full_sequence_must_fit: bool = False,
                        has_scheduled_reqs: bool = True, num_lookahead_tokens: int = 0,
                        delay_cache_blocks: bool = False) -> bool:
-        """Give `req` slots for `num_new_tokens` more tokens (after adopting the `hits` blocks),
-        plus `num_lookahead_tokens` (spec decode: the drafter's KV), as vLLM's `allocate_slots`.
+        """Give `req` slots for `num_new_tokens` more tokens (after adopting the `num_hits` hit
+        blocks `get_computed_blocks` wrote into its table), plus `num_lookahead_tokens` (spec
+        decode: the drafter's KV), as vLLM's `allocate_slots`.
         Returns False, changing nothing, when the pool cannot supply them.  `delay_cache_blocks`:
         the new tokens are being loaded from the offload tiers; their blocks are registered when
         the load is done (vLLM's delay_cache_blocks)."""
@@ -164,8 +163,8 @@ class KVCacheManager:
         if has_scheduled_reqs and req.status in (Status.WAITING, Status.PREEMPTED):
             watermark = self.watermark_blocks
         free = pool.nfree
-        nh = 0 if hits is None else int(hits.size)
-        nh_free = 0 if hits is None else pool.count_free(hits)
+        nh = num_hits
+        nh_free = pool.count_free(req.blocks, req.nblocks, nh) if nh else 0  # type: ignore[arg-type]
         if full_sequence_must_fit:
             if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), nh, nh_free) + watermark > free:
                 return False
@@ -173,19 +172,19 @@ class KVCacheManager:
         if self._blocks_to_allocate(req, need_slot, nh, nh_free) + watermark > free:
             return False
         table = self._ensure_table(req)
-        if hits is not None:
+        if nh:
             req.cached_on_admit = True
-            pool.adopt(table, req.nblocks, hits)     # touched, and written into the table
-            req.nblocks += int(hits.size)
+            pool.adopt(table, req.nblocks, nh)      # touched where they lie in the table
+            req.nblocks += nh
             req.num_cached_blocks = req.nblocks
-            self.num_blocks_held += int(hits.size)
+            self.num_blocks_held += nh
             off = self.offload
             if off is not None and not delay_cache_blocks and req.num_preemptions == 0:
                 # vLLM offers a request's GPU-hit blocks for storing too
-                off.store_many(self._prompt_keys(req, 0, int(hits.size)))
+                off.store_many(self._prompt_keys(req, 0, nh))
         n_new = cdiv(need_slot, self.block_size) - req.nblocks
         if n_new > 0:
-            table[req.nblocks: req.nblocks + n_new] = pool.get_new_blocks(n_new)
+            pool.get_new_blocks_into(table, req.nblocks, n_new)
             req.nblocks += n_new
             self.num_blocks_held += n_new
         if self.enable_caching and not delay_cache_blocks:
@@ -202,8 +201,7 @@ class KVCacheManager:
 
     def append_blocks_n(self, req: Request, k: int) -> None:
         """`k` more blocks for one running request (its table never needs prefix hits here)."""
-        table = self._ensure_table(req)
-        table[req.nblocks: req.nblocks + k] = self.pool.get_new_blocks(k)
+        self.pool.get_new_blocks_into(self._ensure_table(req), req.nblocks, k)
         req.nblocks += k
         self.num_blocks_held += k
 

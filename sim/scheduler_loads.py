@@ -10,15 +10,13 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from sim.request import Request
 
 if TYPE_CHECKING:
     from sim.scheduler_v1 import SchedulerV1
 
 
-def start_load(s: SchedulerV1, req: Request, hits: np.ndarray | None, hit_tokens: int, keys: list[int],
+def start_load(s: SchedulerV1, req: Request, hits: int, hit_tokens: int, keys: list[int],
                 n_cpu: int, n_disk: int) -> bool:
     """Admit `req` to wait for its offloaded blocks (vLLM: allocate the local + external hit,
     status WAITING_FOR_REMOTE_KVS, skip it this step).  False: its blocks do not fit."""

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from sim.batch import StepBatch
 from sim.decode_set import extend, leave, take
 from sim.kv_cache_manager import KVCacheManager, cdiv
@@ -130,7 +128,7 @@ def schedule_running_literal(s: SchedulerV1, batch: StepBatch, budget: int, thr:
     return out
 
 
-def allocate_lookahead(s: SchedulerV1, r: Request, n: int, hit_tokens: int = 0, hits: np.ndarray | None = None,
+def allocate_lookahead(s: SchedulerV1, r: Request, n: int, hit_tokens: int = 0, hits: int = 0,
                         full_sequence_must_fit: bool = False) -> bool:
     """`allocate_slots` with the drafter's lookahead slots (spec decode: paged allocator only)."""
     kv = s.kv

@@ -258,7 +258,7 @@ class SchedulerV1:
             req = waiting[0]
             if lim.pipeline_parallel_size > 1 and self._stale_in_flight(req):
                 break      # vLLM: a preempted request's token still in flight drains first
-            hits = None
+            hits = 0                       # prefix-hit blocks, written into req's table
             hit_tokens = 0
             if req.num_computed == 0:
                 hits, hit_tokens = kv.get_computed_blocks(req)

@@ -104,7 +104,7 @@ class LiteralSchedulerV1:
             if len(self.running) >= lim.max_num_seqs:
                 break
             req = waiting[0]
-            hit_blocks = None
+            hit_blocks = 0
             hit_tokens = 0
             if req.num_computed == 0:
                 hit_blocks, hit_tokens = kv.get_computed_blocks(req)

@@ -127,9 +127,10 @@ def _pool_state(pool: BlockPool) -> tuple[object, ...]:
 
 
 def test_bulk_request_operations_match_block_by_block_reference():
-    """The per-request bulk paths (`longest_hit` and `cache_public_run` over a chain array or a
-    list, `adopt` of the hits into a block table, freeing a table through a reversed strided
-    view, stale-skipping `get_new_blocks`) against vLLM's block-by-block operations (`lookup`
+    """The per-request bulk paths (`longest_hit`, `hit_into` a table's head and `cache_public_run`
+    over a chain array or a list, `count_free` and `adopt` of the hits where they lie in a block
+    table, freeing a table through a reversed strided view, stale-skipping `get_new_blocks`, also
+    into a table) against vLLM's block-by-block operations (`lookup`
     until the first miss, `touch`, `cache_public` per block, `free_blocks` of a reversed list) on
     two pools driven alike: same hits,
     same blocks handed out, same free queue, hash map (duplicates included), ref counts, counters."""
@@ -153,14 +154,25 @@ def test_bulk_request_operations_match_block_by_block_reference():
                     break
                 expect.append(b)
             assert hits == expect
+            into = np.full(len(chain) + 1, -1, dtype=np.intp)     # the same hits, into a table's head
+            assert bulk.hit_into(into, given, limit) == len(hits)
+            assert into.tolist() == hits + [-1] * (len(chain) + 1 - len(hits))
             hits = hits[: int(rng.integers(len(hits) + 1))]  # sometimes recompute cached blocks: duplicates
             adopted = np.full(len(hits) + 2, -1, dtype=np.intp)
+            adopted[1: 1 + len(hits)] = hits
+            assert bulk.count_free(adopted, 1, len(hits)) == sum(1 for b in hits if ref.ref[b] == 0)
             if hits:
-                bulk.adopt(adopted, 1, np.asarray(hits, dtype=np.intp))
+                bulk.adopt(adopted, 1, len(hits))
                 ref.touch(np.asarray(hits, dtype=np.intp))
-            assert adopted.tolist() == [-1, *hits, -1]
+            assert adopted.tolist() == [-1, *hits, -1]          # taken where they lie
             n_new = int(rng.integers(0, 6))
-            new = bulk.get_new_blocks(n_new).tolist()
+            if rng.random() < 0.5:
+                new = bulk.get_new_blocks(n_new).tolist()
+            else:                                           # straight into a table, past a head
+                t = np.full(n_new + 3, -1, dtype=np.intp)
+                bulk.get_new_blocks_into(t, 2, n_new)
+                assert t[:2].tolist() == [-1, -1] and t[-1] == -1
+                new = t[2: 2 + n_new].tolist()
             assert new == ref.get_new_blocks(n_new).tolist()
             table = hits + new
             nh = len(hits) + min(len(chain) - len(hits), int(rng.integers(0, n_new + 1)))
