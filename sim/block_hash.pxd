@@ -7,7 +7,9 @@ from libc.stdint cimport int64_t, uint64_t
 cdef uint64_t _M64, _TWO63, _XX1, _XX2, _XX5, _LEN_SALT, _MINUS_ONE_HASH
 cdef int64_t _P61
 
-@cython.locals(u=int64_t, r=int64_t)
+@cython.locals(r=int64_t)
+cdef inline int64_t _mod_p61(int64_t u) noexcept
+@cython.locals(u=int64_t, r=int64_t, m=int64_t)
 cdef inline uint64_t _int_lane(int64_t v) noexcept
 cdef inline uint64_t _mix(uint64_t acc, uint64_t lane) noexcept
 cdef inline uint64_t _close(uint64_t acc, uint64_t n) noexcept

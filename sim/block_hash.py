@@ -48,12 +48,19 @@ _LEN_SALT = _XX5 ^ 3527539
 _MINUS_ONE_HASH = 1546275796         # what tuplehash returns instead of -1
 
 
+def _mod_p61(u: int) -> int:
+    """u % (2**61 - 1) for 0 <= u < 2**63 without a division (a Mersenne prime: 2**61 = 1)."""
+    r = (u & _P61) + (u >> 61)
+    return r - _P61 if r >= _P61 else r
+
+
 def _int_lane(v: int) -> int:
     """hash(v) of an int in [-2**63, 2**63), as an unsigned 64-bit value."""
     if v >= 0:
-        return v % _P61
+        return _mod_p61(v)
     u = -(v + 1)                     # |v| - 1: no overflow at -2**63
-    r = -((u % _P61 + 1) % _P61)
+    m = _mod_p61(u) + 1              # -((u % P + 1) % P), m in [1, P]
+    r = -m if m < _P61 else 0
     if r == -1:
         r = -2
     return r & _M64
@@ -96,6 +103,7 @@ def _run_block(parent: int, seg: int, start: int, end: int) -> int:
 
 def _self_check() -> bool:
     cases = ((0, 1, 0, 16), (-1, 7, 16, 32), (-(1 << 63), (1 << 42) + 3, 4080, 4096),
+             (_P61, _P61 - 1, 2 * _P61, -_P61), (-_P61 - 1, 3 * _P61 + 2, (1 << 63) - 1, -2),
              ((1 << 63) - 1, 5, 1 << 40, (1 << 40) + 16), (123456789123456789, 0, 2, 18))
     spans = ((0, [(1, 0, 5), (2, 0, 11)]), (-7, [(3, 4, 9), (1 << 42, 0, 2), (5, 0, 5)]),
              ((1 << 63) - 1, [((1 << 41) + 7, 100, 116)]))
