@@ -60,9 +60,9 @@ class Recorder:
         m = num_requests
         # Per-request columns as views of two row-major tables (a request's times share one
         # cache line, its counts another): a request is touched at its send, admission, first
-        # token and finish, and under a closed loop the rows in flight lie all over the table
-        # (sessions' rows are user by user), where one array per column cost a cache miss per
-        # column per touch.
+        # token and finish, and under a closed loop the rows in flight lie apart in the table
+        # (sessions' rows are in an estimated send order), where one array per column cost a
+        # cache miss per column per touch.
         times = np.full((m, 4), np.nan)
         counts = np.zeros((m, 6), dtype=np.int64)
         self.send_s = times[:, 0]

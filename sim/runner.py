@@ -191,7 +191,7 @@ def _run_scenario(sc: Scenario, table: RequestTable | None, step_times_s: Sequen
                      admission=admission, autoscaler=scaler, quiet_stretches=step_times_s is None,
                      prefill=prefill)
     measured = np.ones(len(table), dtype=bool)
-    if "session" in table.extra:      # rows are user by user: the first N *sent* are the warm-up
+    if "session" in table.extra:      # rows in estimated send order: the first N *sent* are the warm-up
         measured[np.argsort(rec.send_s, kind="stable")[: sc.run.warmup_requests]] = False
     else:
         measured[: sc.run.warmup_requests] = False

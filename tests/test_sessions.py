@@ -19,7 +19,9 @@ from sim.sessions import (
     ThinkTimeConfig,
     TurnsConfig,
     end_long_sessions,
+    follow_up_rows,
     generate_sessions,
+    send_order,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -235,10 +237,28 @@ def test_workload_has_session_columns(tmp_path: Path) -> None:
     t = make_workload(load_scenario(_scenario(tmp_path, "num_users: 2, turns: 3")))
     assert set(t.extra) >= {"session", "turn", "user", "think_s"}
     user = t.extra["user"]
-    assert np.count_nonzero(np.diff(user)) == 1                   # each user's rows are contiguous
+    for u in (0, 1):                                              # each user's rows in turn order
+        assert t.extra["turn"][user == u].tolist() == [0, 1, 2] * (int(np.sum(user == u)) // 3)
     opener = np.isfinite(t.arrival_s)
     assert opener.sum() == 2 and np.all(np.diff(t.arrival_s[opener]) >= 0)   # one timed opener per user, in time order
-    assert t.extra["turn"].tolist() == [0, 1, 2] * (len(t) // 3)
+    t.check()
+    assert follow_up_rows(t)[int(np.flatnonzero(opener)[0])] == int(np.flatnonzero(user == user[opener][0])[1])
+
+
+def test_rows_come_in_estimated_send_order(tmp_path: Path) -> None:
+    # think times of 1 s: both users open at 1 s (the stagger is one think time), then each
+    # turn is sent an estimated 1 s after the user's previous one (answer times left out): the
+    # users' turns interleave, user 0 first at each tie (the order the rows were made in)
+    t = make_workload(load_scenario(_scenario(tmp_path, "num_users: 2, turns: 3, think_time_s: 1.0")))
+    assert t.extra["user"].tolist() == [0, 1] * 6
+    assert t.extra["turn"].tolist() == [0, 0, 1, 1, 2, 2] * 2
+    assert t.extra["session"].tolist()[:6] == [0, 1, 0, 1, 0, 1]
+    # by hand: user 0 opens at 0 s and thinks 1 s, then 1.5 s (estimates 0, 1, 2.5); user 1
+    # opens at 1.5 s and thinks 0.5 s twice (1.5, 2, 2.5): the tie at 2.5 s goes to the earlier row
+    arrival = np.array([0.0, np.nan, np.nan, 1.5, np.nan, np.nan])
+    think = np.array([0.0, 1.0, 1.5, 0.0, 0.5, 0.5])
+    user = np.array([0, 0, 0, 1, 1, 1])
+    assert send_order(arrival, think, user).tolist() == [0, 1, 3, 4, 2, 5]
 
 
 @pytest.mark.parametrize("async_, blocks, replicas, seed", [
@@ -279,7 +299,7 @@ def test_report_section_only_with_sessions() -> None:
 
 
 def test_warmup_counts_the_first_turns_sent(tmp_path: Path) -> None:
-    # rows are user by user; the warm-up is the first N turns in send order, not the first N rows
+    # rows are in an estimated send order; the warm-up is the first N turns actually sent
     p = _scenario(tmp_path, "num_users: 3, turns: 4, think_time_s: 1.0, user_message: {dist: fixed, value: 20}",
                   run="num_requests: 12, warmup_requests: 3")
     df = run_scenario(load_scenario(p)).requests
