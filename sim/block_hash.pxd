@@ -24,6 +24,11 @@ cpdef int64_t _key_arith(int64_t n, int64_t seg, int64_t length, int64_t block_s
 cdef bint FAST
 cdef inline int64_t _run_block(int64_t parent, int64_t seg, int64_t start, int64_t end) except? -1
 
+cdef object _ZEROS
+cdef list _NO_PIECES
+@cython.locals(k=Py_ssize_t)
+cdef object _zeros(Py_ssize_t k)
+
 @cython.locals(parent=int64_t, seg_idx=Py_ssize_t, seg_off=int64_t, remaining=Py_ssize_t, seg_id=object,
                seg_len=int64_t, k=int64_t, off=int64_t, need=int64_t, take=int64_t, pieces=list,
                done=Py_ssize_t, i=Py_ssize_t, hv=int64_t[::1], hashes=object, acc=uint64_t, count=uint64_t,

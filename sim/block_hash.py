@@ -221,6 +221,19 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
     return hashes
 
 
+_ZEROS: Chain = array("q", bytes(8 * 1024))       # a stock of zero hashes (`_zeros`)
+_NO_PIECES: list[tuple[int, int, int]] = []       # never appended to (compiled, hashed by arithmetic)
+
+
+def _zeros(k: int) -> Chain:
+    """A chain of `k` zeros: a slice of a shared stock, grown when too short (one allocation,
+    where bytes() and frombytes() took two and a method call)."""
+    global _ZEROS
+    if k > len(_ZEROS):
+        _ZEROS = array("q", bytes(16 * k))
+    return _ZEROS[:k]
+
+
 def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, num_blocks: int,
                   base_n: int = 0, base_total: int = 0) -> Chain:
     """`head` followed by the hashes of blocks len(head) .. num_blocks-1, as a new chain (`head`
@@ -228,8 +241,7 @@ def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, n
     (parent, (segment_id, start, end)); a block spanning runs (parent, piece, piece, ...).
     `head` is the chain of segments[:base_n], which hold `base_total` tokens (0, 0: none)."""
     done = len(head)
-    hashes = head[:]                                # a copy (memcpy), then room for the new hashes
-    hashes.frombytes(bytes(8 * (num_blocks - done)))
+    hashes = head + _zeros(num_blocks - done)       # the head copied, then room for the new hashes
     hv = hashes                                     # compiled: a typed view of its memory
     parent = hv[done - 1] if done else 0            # (no negative index: compiled without wraparound)
     i = done
@@ -258,8 +270,8 @@ def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, n
             if not remaining:
                 break
         need = bs                                   # a block reaching (or crossing) the run's end:
-        pieces: list[tuple[int, int, int]] = []     # hash((parent, *pieces)), by `_span_arith`'s
-        acc = _mix(_XX5, _int_lane(parent))         # arithmetic piece by piece when compiled
+        pieces: list[tuple[int, int, int]] = [] if not FAST else _NO_PIECES   # hash((parent, *pieces)), by
+        acc = _mix(_XX5, _int_lane(parent))         # `_span_arith`'s arithmetic piece by piece when compiled
         count = 1
         while need:
             seg_id, seg_len = segments[seg_idx]
