@@ -264,7 +264,13 @@ def send_order(arrival_s: np.ndarray, think_s: np.ndarray, user: np.ndarray) -> 
     base = np.where(timed, arrival_s[idx], 0.0)
     est = np.empty(m)
     est[idx] = base[first] + (acc - acc[first])
-    return np.lexsort((np.arange(m), est))
+    order = np.lexsort((np.arange(m), est))
+    # a user whose later session is timed before its earlier one's estimated end (no generator
+    # makes one: a user's first row is its only timed one) keeps the places its rows got, filled
+    # in its own order: a follow-up must come after the row it follows
+    fixed = np.empty(m, dtype=np.int64)
+    fixed[np.lexsort((np.arange(m), user[order]))] = idx
+    return fixed
 
 
 def _reordered(t: RequestTable) -> RequestTable:

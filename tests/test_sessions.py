@@ -259,6 +259,12 @@ def test_rows_come_in_estimated_send_order(tmp_path: Path) -> None:
     think = np.array([0.0, 1.0, 1.5, 0.0, 0.5, 0.5])
     user = np.array([0, 0, 0, 1, 1, 1])
     assert send_order(arrival, think, user).tolist() == [0, 1, 3, 4, 2, 5]
+    # user 0 with a second timed session at 1.2 s, before its first one's last turn is due
+    # (2.5 s): estimates 0, 1, 2.5, 1.2, 1.7 and user 1 at 1.5 sort as rows 0 1 3 5 4 2; user
+    # 0's places (0 1 2 4 5) are filled with its rows in order, so no turn comes before its predecessor
+    arrival2 = np.array([0.0, np.nan, np.nan, 1.2, np.nan, 1.5])
+    user2 = np.array([0, 0, 0, 0, 0, 1])
+    assert send_order(arrival2, think, user2).tolist() == [0, 1, 2, 5, 3, 4]
 
 
 @pytest.mark.parametrize("async_, blocks, replicas, seed", [
