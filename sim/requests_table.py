@@ -68,3 +68,14 @@ class RequestTable:
             for i, segs in enumerate(self.segments):
                 if sum(map(itemgetter(1), segs)) > total[i]:
                     raise ValueError(f"request {i}: segments are longer than its prompt and output")
+
+
+def take(table: RequestTable, idx: np.ndarray) -> RequestTable:
+    """The rows ``idx`` of ``table`` (any order, repeats allowed), arrivals included as they are."""
+    return RequestTable(
+        table.arrival_s[idx], table.prompt_tokens[idx], table.output_tokens[idx],
+        n=None if table.n is None else table.n[idx],
+        segments=None if table.segments is None else [table.segments[i] for i in idx],
+        max_concurrency=table.max_concurrency, source=table.source,
+        extra={k: v[idx] for k, v in table.extra.items()},
+    )

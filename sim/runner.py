@@ -19,10 +19,10 @@ from sim.engine import simulate
 from sim.errors import ScenarioError
 from sim.gc_batch import batched_gc
 from sim.metrics import Recorder
-from sim.requests_table import RequestTable
+from sim.requests_table import RequestTable, take
 from sim.router import Router
 from sim.schema import Ctx
-from sim.sessions import end_long_sessions
+from sim.session_table import end_long_sessions
 from sim.spec_decode import spec_summary
 from sim.summary import (
     class_summary,
@@ -63,7 +63,6 @@ def fit_lengths(sc: Scenario, dep: Deployment, table: RequestTable) -> tuple[Req
     if not k:
         return table, 0
     if sc.run.on_too_long == "drop":
-        from sim.trace_replay import take
         return take(table, np.flatnonzero(~over)), k
     out = np.minimum(table.output_tokens, limit - 1)
     prompt = np.minimum(table.prompt_tokens, limit - out)

@@ -21,13 +21,15 @@ sessions/s, each session its own user) or as ``num_users`` concurrent users who 
 session after another, a think time apart.  A session trace (``trace``) gives the turns instead of
 the distributions (schema in `sim.traces.read_session_trace`).
 
-Rows of the table are in the order they will roughly be sent (`send_order`), each user's in turn
-order; a row whose ``arrival_s`` is NaN is a follow-up, sent ``think_s`` after the user's previous
-row finishes.  Extra columns: ``session``, ``turn`` (0-based), ``user``, ``think_s``.
+Rows of the table are in the order they will roughly be sent, each user's in turn order; a row
+whose ``arrival_s`` is NaN is a follow-up, sent ``think_s`` after the user's previous row finishes
+(`sim.session_table`: the order, the follow-up links, sessions ended early).  Extra columns:
+``session``, ``turn`` (0-based), ``user``, ``think_s``.
 
 max_model_len: a chat front-end cannot send a context longer than the model takes; like ChatGPT-
 style UIs ("this conversation is too long, start a new chat") the session *ends* at the first turn
-whose prompt + answer would not fit, and later turns are dropped (`end_long_sessions`, counted).
+whose prompt + answer would not fit, and later turns are dropped (`sim.session_table.end_long_sessions`,
+counted).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 from sim.lengths import LengthConfig, sample_lengths
 from sim.requests_table import RequestTable, Segments
 from sim.schema import Ctx, positive
+from sim.session_table import in_send_order
 
 SYSTEM_PROMPT_ID = 1 << 41          # = the workload's shared prefix 0 (sim.workload.SHARED_PREFIX_ID_BASE)
 SESSION_ID_BASE = 1 << 42           # segment ids of session s, turn j: base + (s << 20) + 2 j (+1: answer)
@@ -205,7 +208,7 @@ def generate_sessions(cfg: SessionsConfig, first: LengthConfig, later: LengthCon
 
 def build_table(conv: Conversations, system_tokens: int, source: str) -> RequestTable:
     """The rows, made user by user (users in order of their first start), each user's sessions
-    in order, turns in order, then put in `send_order` (see the module docstring)."""
+    in order, turns in order, then put in send order (`sim.session_table.send_order`)."""
     i64 = np.int64
     turns = conv.turns.astype(i64)
     users = conv.user.astype(i64)
@@ -239,93 +242,8 @@ def build_table(conv: Conversations, system_tokens: int, source: str) -> Request
             r += 1
     extra = {"session": sess.astype(i64), "turn": turn, "user": users[sess],
              "think_s": conv.think_s.astype(float)[k]}
-    return _reordered(RequestTable(arrival.astype(float), prompt.astype(i64), answers, segments=segments,
-                                   source=source, extra=extra))
-
-
-def send_order(arrival_s: np.ndarray, think_s: np.ndarray, user: np.ndarray) -> np.ndarray:
-    """The rows (each user's in turn order) in the order they will roughly be sent: by an
-    estimated send time, a timed row's arrival, else its user's previous row's estimate plus its
-    think time (the turns' own durations left out: every user's take time alike, so the users'
-    order holds); stable, so each user's rows keep their order (think times are >= 0) and timed
-    rows stay sorted.  A closed loop touches the rows in flight (their segments, the recorder's
-    rows) as they are sent: near one another in the table, they lie near one another in memory,
-    where a table user by user scattered them over all of it (~0.15 s of a 100k-turn run)."""
-    m = arrival_s.shape[0]
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    idx = np.lexsort((np.arange(m), user))                # grouped by user, each user's rows in order
-    timed = np.isfinite(arrival_s[idx])
-    start = timed.copy()
-    start[0] = True
-    start[1:] |= user[idx][1:] != user[idx][:-1]          # a user's first row starts a run of estimates
-    first = np.maximum.accumulate(np.where(start, np.arange(m), 0))
-    acc = np.cumsum(think_s[idx])
-    base = np.where(timed, arrival_s[idx], 0.0)
-    est = np.empty(m)
-    est[idx] = base[first] + (acc - acc[first])
-    order = np.lexsort((np.arange(m), est))
-    # a user whose later session is timed before its earlier one's estimated end (no generator
-    # makes one: a user's first row is its only timed one) keeps the places its rows got, filled
-    # in its own order: a follow-up must come after the row it follows
-    fixed = np.empty(m, dtype=np.int64)
-    fixed[np.lexsort((np.arange(m), user[order]))] = idx
-    return fixed
-
-
-def _reordered(t: RequestTable) -> RequestTable:
-    """`t` with its rows in `send_order`."""
-    order = send_order(t.arrival_s, t.extra["think_s"], t.extra["user"])
-    segments = None if t.segments is None else [t.segments[i] for i in order.tolist()]
-    return RequestTable(t.arrival_s[order], t.prompt_tokens[order], t.output_tokens[order],
-                        n=None if t.n is None else t.n[order], segments=segments,
-                        max_concurrency=t.max_concurrency, source=t.source,
-                        extra={k: v[order] for k, v in t.extra.items()})
-
-
-def follow_up_rows(table: RequestTable) -> list[int]:
-    """For each row, the row sent `think_s` after it finishes (-1: none): the user's next row,
-    when the engine decides its arrival."""
-    user = table.extra["user"]
-    m = len(table)
-    nxt = np.full(m, -1, dtype=np.int64)
-    if m > 1:
-        idx = np.lexsort((np.arange(m), user))            # grouped by user, each user's rows in order
-        after = (user[idx][1:] == user[idx][:-1]) & np.isnan(table.arrival_s[idx][1:])
-        nxt[idx[:-1][after]] = idx[1:][after]
-    return nxt.tolist()
-
-
-def end_long_sessions(table: RequestTable, limit_tokens: int) -> tuple[RequestTable, int]:
-    """Drop each session's turns from the first whose prompt + answer exceeds `limit_tokens` on
-    (the session ends there); (table, number of sessions ended early).  A session ended at its
-    first turn is dropped whole; if it opened a user's chain, the user's next session opens it."""
-    if "session" not in table.extra or len(table) == 0:
-        return table, 0
-    sess = table.extra["session"]
-    over = table.prompt_tokens + table.output_tokens > limit_tokens
-    if not over.any():
-        return table, 0
-    ended = np.unique(sess[over])
-    first_over = {int(s): int(np.flatnonzero(over & (sess == s))[0]) for s in ended.tolist()}
-    keep = np.ones(len(table), dtype=bool)
-    for s, row in first_over.items():
-        keep[row:][sess[row:] == s] = False
-    arrival = table.arrival_s.copy()
-    user = table.extra["user"]
-    handed = False
-    for row in first_over.values():    # a dropped timed opener hands its start to the user's next row
-        if table.extra["turn"][row] == 0 and not math.isnan(arrival[row]):
-            later = np.flatnonzero(keep & (user == user[row]) & (np.arange(len(table)) > row))
-            if later.size:
-                arrival[later[0]] = arrival[row]
-                handed = True
-    idx = np.flatnonzero(keep)
-    kept = RequestTable(arrival[idx], table.prompt_tokens[idx], table.output_tokens[idx], n=None,
-                        segments=None if table.segments is None else [table.segments[i] for i in idx],
-                        max_concurrency=table.max_concurrency, source=table.source,
-                        extra={k: v[idx] for k, v in table.extra.items()})
-    return (_reordered(kept) if handed else kept), int(ended.size)   # a handed start moves its row up
+    return in_send_order(RequestTable(arrival.astype(float), prompt.astype(i64), answers, segments=segments,
+                                      source=source, extra=extra))
 
 
 def _turn_counts(cfg: SessionsConfig, num_requests: int | None, duration_s: float | None,

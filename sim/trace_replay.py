@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from sim.requests_table import RequestTable
+from sim.requests_table import RequestTable, take
 from sim.schema import Ctx, positive
 from sim.traces import read_trace, resolve_path
 
@@ -67,17 +67,6 @@ def load_window(cfg: TraceConfig, ctx: Ctx) -> RequestTable:
         raise ctx.at("start_s").error(f"no request of {cfg.path} arrives after start_s", cfg.start_s)
     out = take(table, keep)
     return replace(out, arrival_s=out.arrival_s - out.arrival_s[0])
-
-
-def take(table: RequestTable, idx: np.ndarray) -> RequestTable:
-    """The rows ``idx`` of ``table`` (any order, repeats allowed), arrivals included as they are."""
-    return RequestTable(
-        table.arrival_s[idx], table.prompt_tokens[idx], table.output_tokens[idx],
-        n=None if table.n is None else table.n[idx],
-        segments=None if table.segments is None else [table.segments[i] for i in idx],
-        max_concurrency=table.max_concurrency, source=table.source,
-        extra={k: v[idx] for k, v in table.extra.items()},
-    )
 
 
 def select_rows(window: RequestTable, cfg: TraceConfig, count: int, rng: np.random.Generator,

@@ -25,10 +25,10 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from sim.lengths import LengthsConfig, sample_lengths
-from sim.requests_table import RequestTable, Segments
+from sim.requests_table import RequestTable, Segments, take
 from sim.schema import Ctx, positive
 from sim.sessions import SessionsConfig, generate_sessions
-from sim.trace_replay import TraceConfig, load_window, replay, select_rows, take
+from sim.trace_replay import TraceConfig, load_window, replay, select_rows
 
 SHARED_PREFIX_ID_BASE = 1 << 41    # shared prefix k has segment id SHARED_PREFIX_ID_BASE + k
 

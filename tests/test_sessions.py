@@ -12,16 +12,14 @@ from sim.errors import ScenarioError
 from sim.lengths import LengthConfig
 from sim.runner import make_workload, run_scenario
 from sim.schema import Ctx, build
+from sim.session_table import end_long_sessions, follow_up_rows
 from sim.sessions import (
     SESSION_ID_BASE,
     SYSTEM_PROMPT_ID,
     SessionsConfig,
     ThinkTimeConfig,
     TurnsConfig,
-    end_long_sessions,
-    follow_up_rows,
     generate_sessions,
-    send_order,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -253,18 +251,6 @@ def test_rows_come_in_estimated_send_order(tmp_path: Path) -> None:
     assert t.extra["user"].tolist() == [0, 1] * 6
     assert t.extra["turn"].tolist() == [0, 0, 1, 1, 2, 2] * 2
     assert t.extra["session"].tolist()[:6] == [0, 1, 0, 1, 0, 1]
-    # by hand: user 0 opens at 0 s and thinks 1 s, then 1.5 s (estimates 0, 1, 2.5); user 1
-    # opens at 1.5 s and thinks 0.5 s twice (1.5, 2, 2.5): the tie at 2.5 s goes to the earlier row
-    arrival = np.array([0.0, np.nan, np.nan, 1.5, np.nan, np.nan])
-    think = np.array([0.0, 1.0, 1.5, 0.0, 0.5, 0.5])
-    user = np.array([0, 0, 0, 1, 1, 1])
-    assert send_order(arrival, think, user).tolist() == [0, 1, 3, 4, 2, 5]
-    # user 0 with a second timed session at 1.2 s, before its first one's last turn is due
-    # (2.5 s): estimates 0, 1, 2.5, 1.2, 1.7 and user 1 at 1.5 sort as rows 0 1 3 5 4 2; user
-    # 0's places (0 1 2 4 5) are filled with its rows in order, so no turn comes before its predecessor
-    arrival2 = np.array([0.0, np.nan, np.nan, 1.2, np.nan, 1.5])
-    user2 = np.array([0, 0, 0, 0, 0, 1])
-    assert send_order(arrival2, think, user2).tolist() == [0, 1, 2, 5, 3, 4]
 
 
 @pytest.mark.parametrize("async_, blocks, replicas, seed", [

@@ -22,7 +22,7 @@ from sim.request import Request
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.run_ahead import Inbox
-from sim.sessions import follow_up_rows
+from sim.session_table import follow_up_rows
 
 
 def autoscale_process(env: simpy.Environment, scaler: Autoscaler, replicas: list[Replica],
