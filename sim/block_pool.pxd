@@ -25,8 +25,6 @@ cdef class BlockPool:
 
     cdef _views(self)
 
-    cpdef longest_hit(self, hashes, Py_ssize_t limit=*)
-
     @cython.locals(tv=Py_ssize_t[:], n=Py_ssize_t, m=Py_ssize_t, b=int64_t, hv=int64_t[::1])
     cpdef Py_ssize_t hit_into(self, table, hashes, Py_ssize_t limit=*) except -1
 

@@ -114,18 +114,12 @@ class BlockPool:
         b = self.map.get(block_hash)
         return int(b) if b else None
 
-    def longest_hit(self, hashes: Sequence[int], limit: int = -1) -> np.ndarray:
-        """Blocks registered under the leading public `hashes` (a chain, `sim.block_hash`, or a
-        list; the first `limit` of them, all when negative: a caller's prefix without slicing
-        it), up to the first miss (`lookup` of each in turn), as block ids (an intp array)."""
-        out = np.empty(len(hashes) if limit < 0 else min(limit, len(hashes)), dtype=ID)
-        return out[: self.hit_into(out, hashes, limit)]
-
     def hit_into(self, table: np.ndarray, hashes: Sequence[int], limit: int = -1) -> int:
-        """`longest_hit` written into the head of a block table (an intp array): table[i] = the
-        block under hashes[i] for each leading hit; how many.  The KV-cache manager looks a
-        waiting request's prefix up straight into its (empty) table, where `adopt` takes them:
-        no array of hits is made and handed on."""
+        """vLLM's longest cache hit, written into the head of a block table (an intp array):
+        table[i] = the block registered under public hashes[i] (a chain, `sim.block_hash`, or a
+        list; the first `limit` of them, all when negative) up to the first miss (`lookup` of
+        each in turn); how many.  The KV-cache manager looks a waiting request's prefix up
+        straight into its (empty) table, where `adopt` takes them: no array of hits is made."""
         hv = _chain(hashes)
         tv = table
         m = len(hashes) if limit < 0 else min(limit, len(hashes))

@@ -164,7 +164,7 @@ class KVCacheManager:
             watermark = self.watermark_blocks
         free = pool.nfree
         nh = num_hits
-        nh_free = pool.count_free(req.blocks, req.nblocks, nh) if nh else 0  # type: ignore[arg-type]
+        nh_free = pool.count_free(self._ensure_table(req), req.nblocks, nh) if nh else 0
         if full_sequence_must_fit:
             if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), nh, nh_free) + watermark > free:
                 return False

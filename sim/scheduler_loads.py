@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from sim.scheduler_v1 import SchedulerV1
 
 
-def start_load(s: SchedulerV1, req: Request, hits: int, hit_tokens: int, keys: list[int],
+def start_load(s: SchedulerV1, req: Request, num_hits: int, hit_tokens: int, keys: list[int],
                 n_cpu: int, n_disk: int) -> bool:
     """Admit `req` to wait for its offloaded blocks (vLLM: allocate the local + external hit,
     status WAITING_FOR_REMOTE_KVS, skip it this step).  False: its blocks do not fit."""
@@ -24,7 +24,7 @@ def start_load(s: SchedulerV1, req: Request, hits: int, hit_tokens: int, keys: l
     off = s.offload
     assert off is not None
     ext = (n_cpu + n_disk) * kv.block_size
-    if not kv.allocate_slots(req, ext, hit_tokens, hits,  # type: ignore[call-arg]
+    if not kv.allocate_slots(req, ext, hit_tokens, num_hits,  # type: ignore[call-arg]
                              full_sequence_must_fit=s.limits.scheduler_reserve_full_isl,
                              has_scheduled_reqs=bool(s.running_map), delay_cache_blocks=True):
         return False

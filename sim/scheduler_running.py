@@ -128,12 +128,12 @@ def schedule_running_literal(s: SchedulerV1, batch: StepBatch, budget: int, thr:
     return out
 
 
-def allocate_lookahead(s: SchedulerV1, r: Request, n: int, hit_tokens: int = 0, hits: int = 0,
+def allocate_lookahead(s: SchedulerV1, r: Request, n: int, hit_tokens: int = 0, num_hits: int = 0,
                         full_sequence_must_fit: bool = False) -> bool:
     """`allocate_slots` with the drafter's lookahead slots (spec decode: paged allocator only)."""
     kv = s.kv
     assert isinstance(kv, KVCacheManager)
-    return kv.allocate_slots(r, n, hit_tokens, hits, full_sequence_must_fit=full_sequence_must_fit,
+    return kv.allocate_slots(r, n, hit_tokens, num_hits, full_sequence_must_fit=full_sequence_must_fit,
                              has_scheduled_reqs=bool(s.running_map), num_lookahead_tokens=s.lookahead)
 
 

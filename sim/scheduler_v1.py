@@ -258,14 +258,14 @@ class SchedulerV1:
             req = waiting[0]
             if lim.pipeline_parallel_size > 1 and self._stale_in_flight(req):
                 break      # vLLM: a preempted request's token still in flight drains first
-            hits = 0                       # prefix-hit blocks, written into req's table
+            num_hits = 0                   # prefix-hit blocks, written into req's table
             hit_tokens = 0
             if req.num_computed == 0:
-                hits, hit_tokens = kv.get_computed_blocks(req)
+                num_hits, hit_tokens = kv.get_computed_blocks(req)
                 if self.offload is not None:
                     keys, n_cpu, n_disk = kv.offload_lookup(req, hit_tokens)  # type: ignore[union-attr]
                     if n_cpu + n_disk:
-                        if not start_load(self, req, hits, hit_tokens, keys, n_cpu, n_disk):
+                        if not start_load(self, req, num_hits, hit_tokens, keys, n_cpu, n_disk):
                             break
                         continue
             n = req.num_prompt_tokens + req.num_output - hit_tokens - req.num_computed
@@ -275,9 +275,9 @@ class SchedulerV1:
                 break
             n = min(n, budget)
             if self.lookahead:
-                ok = allocate_lookahead(self, req, n, hit_tokens, hits, lim.scheduler_reserve_full_isl)
+                ok = allocate_lookahead(self, req, n, hit_tokens, num_hits, lim.scheduler_reserve_full_isl)
             else:
-                ok = kv.allocate_slots(req, n, hit_tokens, hits, full_sequence_must_fit=lim.scheduler_reserve_full_isl,
+                ok = kv.allocate_slots(req, n, hit_tokens, num_hits, full_sequence_must_fit=lim.scheduler_reserve_full_isl,
                                        has_scheduled_reqs=bool(self.running_map))
             if not ok:
                 break

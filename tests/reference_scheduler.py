@@ -104,17 +104,17 @@ class LiteralSchedulerV1:
             if len(self.running) >= lim.max_num_seqs:
                 break
             req = waiting[0]
-            hit_blocks = 0
+            num_hits = 0
             hit_tokens = 0
             if req.num_computed == 0:
-                hit_blocks, hit_tokens = kv.get_computed_blocks(req)
+                num_hits, hit_tokens = kv.get_computed_blocks(req)
             n = req.num_prompt_tokens + req.num_output - hit_tokens - req.num_computed
             if 0 < threshold < n:
                 n = threshold
             if not lim.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
-            if not kv.allocate_slots(req, n, hit_tokens, hit_blocks,
+            if not kv.allocate_slots(req, n, hit_tokens, num_hits,
                                      full_sequence_must_fit=lim.scheduler_reserve_full_isl,
                                      has_scheduled_reqs=bool(self.running)):
                 break

@@ -127,7 +127,7 @@ def _pool_state(pool: BlockPool) -> tuple[object, ...]:
 
 
 def test_bulk_request_operations_match_block_by_block_reference():
-    """The per-request bulk paths (`longest_hit`, `hit_into` a table's head and `cache_public_run`
+    """The per-request bulk paths (`hit_into` a table's head and `cache_public_run`
     over a chain array or a list, `count_free` and `adopt` of the hits where they lie in a block
     table, freeing a table through a reversed strided view, stale-skipping `get_new_blocks`, also
     into a table) against vLLM's block-by-block operations (`lookup`
@@ -146,17 +146,16 @@ def test_bulk_request_operations_match_block_by_block_reference():
             chain = [int(rng.integers(4)) * 1000 + i + 1 for i in range(int(rng.integers(1, 8)))]
             given = array("q", chain) if rng.random() < 0.5 else chain   # a chain (sim.block_hash) or a list
             limit = int(rng.integers(-1, len(chain) + 1))      # all (-1), or the first `limit`
-            hits = bulk.longest_hit(given, limit).tolist()
             expect: list[int] = []
             for h in chain if limit < 0 else chain[:limit]:
                 b = ref.lookup(h)
                 if b is None:
                     break
                 expect.append(b)
-            assert hits == expect
-            into = np.full(len(chain) + 1, -1, dtype=np.intp)     # the same hits, into a table's head
-            assert bulk.hit_into(into, given, limit) == len(hits)
-            assert into.tolist() == hits + [-1] * (len(chain) + 1 - len(hits))
+            into = np.full(len(chain) + 1, -1, dtype=np.intp)     # the hits, into a table's head
+            assert bulk.hit_into(into, given, limit) == len(expect)
+            assert into.tolist() == expect + [-1] * (len(chain) + 1 - len(expect))   # nothing past them
+            hits = expect
             hits = hits[: int(rng.integers(len(hits) + 1))]  # sometimes recompute cached blocks: duplicates
             adopted = np.full(len(hits) + 2, -1, dtype=np.intp)
             adopted[1: 1 + len(hits)] = hits
@@ -195,7 +194,7 @@ def test_hash_map_matches_a_dict_through_collisions_wraparound_and_deletions():
     """The open-addressing hash map against a plain model (hash -> its blocks in registration
     order): hashes chosen to pile onto a few home slots, including the last one (probes wrap to
     slot 0), registered, looked up, duplicated and evicted in random order; after every operation
-    `lookup` of every hash ever used, `longest_hit`, `cached` and the invariants agree with it."""
+    `lookup` of every hash ever used, `hit_into`, `cached` and the invariants agree with it."""
     rng = np.random.default_rng(11)
     pool = BlockPool(14, enable_caching=True)           # 13 usable blocks
     bits = pool.map.mask.bit_length()
@@ -237,7 +236,8 @@ def test_hash_map_matches_a_dict_through_collisions_wraparound_and_deletions():
             if not model.get(hh):
                 break
             expect.append(model[hh][0])
-        assert pool.longest_hit(chain).tolist() == expect
+        into = np.zeros(len(chain), dtype=np.intp)
+        assert pool.hit_into(into, chain) == len(expect) and into[: len(expect)].tolist() == expect
         assert pool.cached == {k: (v[0] if len(v) == 1 else dict.fromkeys(v)) for k, v in model.items() if v}
         pool.check_invariants()
         saw_multi += bool(pool.map.multi)
