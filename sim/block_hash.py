@@ -270,8 +270,9 @@ def _extend_chain(head: Chain, segments: tuple[tuple[int, int], ...], bs: int, n
             if not remaining:
                 break
         need = bs                                   # a block reaching (or crossing) the run's end:
-        pieces: list[tuple[int, int, int]] = [] if not FAST else _NO_PIECES   # hash((parent, *pieces)), by
-        acc = _mix(_XX5, _int_lane(parent))         # `_span_arith`'s arithmetic piece by piece when compiled
+        # hash((parent, *pieces)): compiled, by `_span_arith`'s arithmetic piece by piece (no list)
+        pieces: list[tuple[int, int, int]] = _NO_PIECES if FAST else []
+        acc = _mix(_XX5, _int_lane(parent))
         count = 1
         while need:
             seg_id, seg_len = segments[seg_idx]
