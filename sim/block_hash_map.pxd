@@ -5,6 +5,10 @@ cimport cython
 from libc.stdint cimport int64_t, uint64_t
 
 cdef uint64_t _M64, _FIB
+cdef bint COMPILED
+
+cdef extern from *:
+    void _prefetch "__builtin_prefetch" (const void *p) noexcept nogil
 
 cdef inline Py_ssize_t _home(int64_t h, int shift) noexcept
 
@@ -18,6 +22,8 @@ cdef class BlockHashMap:
     cdef int64_t[::1] _slots
 
     cpdef Py_ssize_t get(self, int64_t h) noexcept
+
+    cdef inline void prefetch(self, int64_t h) noexcept
 
     @cython.locals(s=Py_ssize_t, first=int64_t)
     cpdef add(self, int64_t h, Py_ssize_t block)

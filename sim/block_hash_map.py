@@ -22,6 +22,12 @@ from typing import Any
 
 import numpy as np
 
+try:                     # Cython compiles this file (setup_native.py, C types in block_hash_map.pxd)
+    import cython
+    COMPILED: bool = cython.compiled
+except ImportError:      # no Cython at run time: plain Python
+    COMPILED = False
+
 _M64 = 0xFFFFFFFFFFFFFFFF
 _FIB = 11400714819323198485     # 2**64 / golden ratio: Fibonacci hashing of a hash to its home slot
 
@@ -52,6 +58,12 @@ class BlockHashMap:
     def get(self, h: int) -> int:
         """The block registered first under `h`, or 0 (none)."""
         return self._slots[2 * self._find(h) + 1]
+
+    def prefetch(self, h: int) -> None:
+        """Compiled: ask the CPU to bring the home slot of `h` into its cache (a hint: nothing
+        read or written); plain Python: nothing."""
+        if COMPILED:
+            _prefetch(cython.address(self._slots[2 * _home(h, self.shift)]))  # type: ignore[name-defined]  # noqa: F821
 
     def add(self, h: int, block: int) -> None:
         """Register `block` under `h` (after any blocks already carrying it)."""

@@ -5,7 +5,9 @@
 cimport cython
 from libc.stdint cimport int32_t, int64_t
 
-from sim.block_hash_map cimport BlockHashMap
+from sim.block_hash_map cimport BlockHashMap, _prefetch
+
+cdef bint COMPILED
 
 cdef int64_t NO_HASH     # a C constant in the loops (0)
 
@@ -25,7 +27,7 @@ cdef class BlockPool:
 
     cdef _views(self)
 
-    @cython.locals(tv=Py_ssize_t[:], n=Py_ssize_t, m=Py_ssize_t, b=int64_t, hv=int64_t[::1])
+    @cython.locals(tv=Py_ssize_t[:], n=Py_ssize_t, m=Py_ssize_t, b=int64_t, hv=int64_t[::1], i=Py_ssize_t)
     cpdef Py_ssize_t hit_into(self, table, hashes, Py_ssize_t limit=*) except -1
 
     cpdef get_new_blocks(self, Py_ssize_t n)
@@ -38,6 +40,9 @@ cdef class BlockPool:
 
     @cython.locals(b=Py_ssize_t, pos=Py_ssize_t)
     cdef Py_ssize_t _pop(self) except -1
+
+    @cython.locals(far=Py_ssize_t, near=Py_ssize_t, b=Py_ssize_t)
+    cdef inline void _prefetch_next(self, Py_ssize_t pos) noexcept
 
     @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], i=Py_ssize_t, end=Py_ssize_t, k=Py_ssize_t)
     cpdef Py_ssize_t count_free(self, blocks, Py_ssize_t start=*, Py_ssize_t n=*) except -1
