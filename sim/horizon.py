@@ -1,8 +1,9 @@
 """When the next request reaches a replica: the horizon a quiet stretch (`sim.quiet`) must stop
 before.  Plain state, read by the engine's replica processes and written by its arrival process
-(`sim.engine`), which sets `s` and `row` before each arrival and pushes decided session follow-ups
-onto `later`.  Compiled with mypyc (`setup_native.py`): the PP batch-queue loop (`sim.pipe_loop`)
-asks it for the horizon at every batch."""
+(`sim.engine`), which sets `s` and `row` before each arrival, and by the sessions' follow-ups
+(`sim.engine.arrivals.FollowUps`), which keep `later_s` at the earliest next turn decided.
+Compiled with mypyc (`setup_native.py`): the PP batch-queue loop (`sim.pipe_loop`) asks it for
+the horizon at every batch."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ class NextArrival:
       arrival lands on them, each arrival raises only one of them, and its own count stays put (a
       stretch has no finishes) — so its horizon is the (c+1)-th arrival from now.
 
-    Otherwise every replica stops at the next arrival anywhere.  Session follow-ups (`later`: the
-    send times already decided, a heap) count as arrivals too."""
+    Otherwise every replica stops at the next arrival anywhere.  Session follow-ups (`later_s`: the
+    earliest send time already decided, inf: none) count as arrivals too."""
 
-    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n", "later", "blocked")
+    __slots__ = ("s", "count", "row", "rr", "lot", "arrival", "n", "later_s", "blocked")
 
     def __init__(self) -> None:
         self.s = float("inf")
@@ -38,12 +39,12 @@ class NextArrival:
         self.lot: list[Any] | None = None   # the replicas under least outstanding tokens
         self.arrival: Any = None
         self.n = 1
-        self.later: list[float] = []
+        self.later_s = float("inf")   # the earliest session follow-up decided (inf: none)
         self.blocked = False      # closed loop: the next arrival waits for a request to finish
 
     def for_replica(self, i: int) -> float:
-        if self.later:
-            return min(self.s, self.later[0])
+        if self.later_s != float("inf"):
+            return min(self.s, self.later_s)
         if self.s == float("inf"):
             return self.s
         rr = self.rr
@@ -65,7 +66,7 @@ class NextArrival:
         before an arrival routed elsewhere meanwhile would read it, so those stop at the next
         arrival anywhere.  (Round robin reads no replica state.)"""
         if self.lot is not None:
-            return min(self.s, self.later[0]) if self.later else self.s
+            return min(self.s, self.later_s)
         return self.for_replica(i)
 
     def look_past(self, router: Router, replicas: list[Replica], arrival_s: Any) -> None:

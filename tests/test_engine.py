@@ -131,7 +131,7 @@ def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
     env.process(other(0))
     env.process(other(1))
     env.run(until=0.3)
-    assert not usable or not fu.rows or len(nxt.later) == sum(len(v) for v in fu.rows.values())
+    assert nxt.later_s == (min(fu.pending)[0] if fu.pending else float("inf"))
     return seen
 
 

@@ -53,7 +53,7 @@ def test_decided_follow_ups_and_single_replicas_use_the_next_arrival() -> None:
     nxt.look_past(router, [SimpleNamespace(outstanding_tokens=0)], ARRIVALS)  # type: ignore[list-item]
     assert nxt.rr is None                  # one replica: nothing to look past
     _at(nxt, 3)
-    nxt.later = [2.5]
+    nxt.later_s = 2.5
     assert nxt.for_replica(0) == 2.5
 
 
@@ -65,7 +65,7 @@ def test_steps_ahead_of_the_clock_look_past_only_under_round_robin() -> None:
     lot.look_past(Router("least-outstanding-tokens", 3, 16, 1 << 10), reps, ARRIVALS)  # type: ignore[arg-type]
     _at(lot, 0)
     assert [lot.ahead_for_replica(i) for i in range(3)] == [1.0, 1.0, 1.0]
-    lot.later = [0.5]
+    lot.later_s = 0.5
     assert lot.ahead_for_replica(2) == 0.5
     router = Router("round-robin", 3, 16, 1 << 10)
     rr = NextArrival()
