@@ -16,9 +16,10 @@ Segment ids are plain ints so block hashes never depend on Python's string-hash 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 import numpy as np
+
+from sim.block_hash import tokens_covered
 
 Segments = tuple[tuple[int, int], ...]
 
@@ -64,10 +65,10 @@ class RequestTable:
         if self.segments is not None:
             if len(self.segments) != m:
                 raise ValueError("segments must have one entry per request")
-            total = (self.prompt_tokens + self.output_tokens).tolist()
-            for i, segs in enumerate(self.segments):
-                if sum(map(itemgetter(1), segs)) > total[i]:
-                    raise ValueError(f"request {i}: segments are longer than its prompt and output")
+            over = np.flatnonzero(np.array(tokens_covered(self.segments), dtype=np.int64)
+                                  > self.prompt_tokens + self.output_tokens)
+            if over.size:
+                raise ValueError(f"request {int(over[0])}: segments are longer than its prompt and output")
 
 
 def take(table: RequestTable, idx: np.ndarray) -> RequestTable:
@@ -75,7 +76,7 @@ def take(table: RequestTable, idx: np.ndarray) -> RequestTable:
     return RequestTable(
         table.arrival_s[idx], table.prompt_tokens[idx], table.output_tokens[idx],
         n=None if table.n is None else table.n[idx],
-        segments=None if table.segments is None else [table.segments[i] for i in idx],
+        segments=None if table.segments is None else list(map(table.segments.__getitem__, np.asarray(idx).tolist())),
         max_concurrency=table.max_concurrency, source=table.source,
         extra={k: v[idx] for k, v in table.extra.items()},
     )

@@ -146,3 +146,8 @@ def test_memoised_chains_are_used_only_for_their_own_segments() -> None:
         context = ((2, 40), (5, 40), *tail)
         assert bh.shared_prefix_hashes(context, 16).tolist() == _reference_chain(context, 16)
     bh.clear_chain_memo()
+
+
+def test_tokens_covered_sums_each_lists_runs() -> None:
+    # a system prompt of 300, a message of 40 and an answer of 200; an empty list; one run
+    assert bh.tokens_covered([((7, 300), (8, 40), (9, 200)), (), ((1 << 42, 5),)]) == [540, 0, 5]

@@ -208,3 +208,12 @@ def test_unbounded_workload_is_an_error() -> None:
         run({"arrival": {"rate": 1.0}})
     with pytest.raises(ScenarioError, match="workload.arrival.rate"):
         run({"arrival": {"rate": "inf"}}, duration_s=10.0)
+
+
+def test_a_table_whose_segments_outrun_a_request_is_refused() -> None:
+    # request 1 holds 10 + 3 tokens; its runs name 8 + 6 = 14
+    t = RequestTable(np.array([0.0, 1.0]), np.array([5, 10]), np.array([1, 3]),
+                     segments=[((1, 6),), ((1, 8), (2, 6))])
+    with pytest.raises(ValueError, match="request 1: segments are longer"):
+        t.check()
+    RequestTable(t.arrival_s, t.prompt_tokens, t.output_tokens, segments=[((1, 6),), ((1, 8), (2, 5))]).check()
