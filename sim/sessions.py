@@ -41,9 +41,9 @@ from typing import Literal
 import numpy as np
 
 from sim.lengths import LengthConfig, sample_lengths
-from sim.requests_table import RequestTable, Segments
+from sim.requests_table import RequestTable, Segments, take
 from sim.schema import Ctx, positive
-from sim.session_table import in_send_order
+from sim.session_table import send_order
 
 SYSTEM_PROMPT_ID = 1 << 41          # = the workload's shared prefix 0 (sim.workload.SHARED_PREFIX_ID_BASE)
 SESSION_ID_BASE = 1 << 42           # segment ids of session s, turn j: base + (s << 20) + 2 j (+1: answer)
@@ -207,8 +207,11 @@ def generate_sessions(cfg: SessionsConfig, first: LengthConfig, later: LengthCon
 
 
 def build_table(conv: Conversations, system_tokens: int, source: str) -> RequestTable:
-    """The rows, made user by user (users in order of their first start), each user's sessions
-    in order, turns in order, then put in send order (`sim.session_table.send_order`)."""
+    """The rows, laid out user by user (users in order of their first start), each user's sessions
+    in order, turns in order, then put in send order (`sim.session_table.send_order`).  The
+    segment tuples are made in send order (a turn's from its previous turn's, made before it: the
+    send order keeps each user's turns in order), so that the objects the engine reads as it
+    sends a turn lie beside those of the turns sent around it, not a user's length of table away."""
     i64 = np.int64
     turns = conv.turns.astype(i64)
     users = conv.user.astype(i64)
@@ -230,20 +233,18 @@ def build_table(conv: Conversations, system_tokens: int, source: str) -> Request
     arrival = np.where(turn == 0, starts[sess], np.nan)
     # the segments: the growing conversation as tuples (Python lists in the loop, not numpy scalars)
     head: Segments = ((SYSTEM_PROMPT_ID, system_tokens),) if system_tokens else ()
-    segments: list[Segments] = []
-    m_list, a_list = msgs.tolist(), answers.tolist()
-    r = 0
-    for sid, n in zip(order.tolist(), lens.tolist(), strict=True):
-        context: Segments = head
-        base = SESSION_ID_BASE + (sid << 20)
-        for j in range(n):
-            context = (*context, (base + 2 * j, m_list[r]), (base + 2 * j + 1, a_list[r]))
-            segments.append(context)
-            r += 1
     extra = {"session": sess.astype(i64), "turn": turn, "user": users[sess],
              "think_s": conv.think_s.astype(float)[k]}
-    return in_send_order(RequestTable(arrival.astype(float), prompt.astype(i64), answers, segments=segments,
-                                      source=source, extra=extra))
+    perm = send_order(arrival, extra["think_s"], extra["user"])
+    m_list, a_list = msgs.tolist(), answers.tolist()
+    sess_l, turn_l = sess.tolist(), turn.tolist()
+    segments: list[Segments] = [()] * sess.size
+    for r in perm.tolist():          # row r - 1 is the turn before r when r's turn is not the first
+        j = turn_l[r]
+        base = SESSION_ID_BASE + (sess_l[r] << 20) + 2 * j
+        segments[r] = (*(segments[r - 1] if j else head), (base, m_list[r]), (base + 1, a_list[r]))
+    return take(RequestTable(arrival.astype(float), prompt.astype(i64), answers, segments=segments,
+                             source=source, extra=extra), perm)
 
 
 def _turn_counts(cfg: SessionsConfig, num_requests: int | None, duration_s: float | None,
