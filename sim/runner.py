@@ -156,14 +156,15 @@ def run_scenario(sc: Scenario, table: RequestTable | None = None,
     """`step_times_s`: price the k-th step at the k-th of these seconds instead of the profile (a
     measured engine's steps replayed, `sim.validate.replay`); sync, one replica, every step an event.
     The garbage collector is batched meanwhile (`sim.gc_batch`)."""
-    with batched_gc():
+    with batched_gc() as gcb:
+        if table is None:
+            with gcb.acyclic():
+                table = make_workload(sc)
         return _run_scenario(sc, table, step_times_s)
 
 
-def _run_scenario(sc: Scenario, table: RequestTable | None, step_times_s: Sequence[float] | None) -> RunResult:
+def _run_scenario(sc: Scenario, table: RequestTable, step_times_s: Sequence[float] | None) -> RunResult:
     dep = build_deployment(sc)
-    if table is None:
-        table = make_workload(sc)
     table, sessions_ended = end_long_sessions(   # a chat UI ends a conversation that no longer fits
         table, min(dep.max_model_len, dep.capacity.num_usable_gpu_blocks * sc.engine.block_size))
     table, num_too_long = fit_lengths(sc, dep, table)

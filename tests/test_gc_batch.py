@@ -55,3 +55,24 @@ def test_cycles_made_during_the_run_are_still_collected_without_being_asked():
         churn = [[] for _ in range(2 * YOUNG_GC_THRESHOLD)]
         assert gone() is None
         del churn
+
+
+def test_a_workload_is_made_without_collections_and_frozen_with_the_heap():
+    runs = []
+
+    def count(phase, info):
+        if phase == "start":
+            runs.append(info["generation"])
+
+    frozen_before = gc.get_freeze_count()
+    gc.callbacks.append(count)
+    try:
+        with batched_gc() as gcb:
+            with gcb.acyclic():
+                table = [(i, (i, i)) for i in range(3 * YOUNG_GC_THRESHOLD)]   # would collect 3+ times
+            assert runs == []
+            assert gc.isenabled()
+            assert gc.get_freeze_count() >= frozen_before + len(table)
+        assert gc.get_freeze_count() == frozen_before          # unfrozen with the run's heap
+    finally:
+        gc.callbacks.remove(count)
