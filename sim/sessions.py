@@ -236,13 +236,12 @@ def build_table(conv: Conversations, system_tokens: int, source: str) -> Request
     extra = {"session": sess.astype(i64), "turn": turn, "user": users[sess],
              "think_s": conv.think_s.astype(float)[k]}
     perm = send_order(arrival, extra["think_s"], extra["user"])
-    m_list, a_list = msgs.tolist(), answers.tolist()
-    sess_l, turn_l = sess.tolist(), turn.tolist()
+    ids = SESSION_ID_BASE + (sess[perm] << 20) + 2 * turn[perm]     # per row sent: its message's run id
     segments: list[Segments] = [()] * sess.size
-    for r in perm.tolist():          # row r - 1 is the turn before r when r's turn is not the first
-        j = turn_l[r]
-        base = SESSION_ID_BASE + (sess_l[r] << 20) + 2 * j
-        segments[r] = (*(segments[r - 1] if j else head), (base, m_list[r]), (base + 1, a_list[r]))
+    for r, j, base, m, a in zip(perm.tolist(), turn[perm].tolist(), ids.tolist(), msgs[perm].tolist(),
+                                answers[perm].tolist(), strict=True):
+        # row r - 1 is the turn before r when r's turn is not the first
+        segments[r] = (*(segments[r - 1] if j else head), (base, m), (base + 1, a))
     return take(RequestTable(arrival.astype(float), prompt.astype(i64), answers, segments=segments,
                              source=source, extra=extra), perm)
 
