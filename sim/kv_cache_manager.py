@@ -163,25 +163,24 @@ class KVCacheManager:
         if has_scheduled_reqs and req.status in (Status.WAITING, Status.PREEMPTED):
             watermark = self.watermark_blocks
         free = pool.nfree
-        nh = num_hits
-        nh_free = pool.count_free(self._ensure_table(req), req.nblocks, nh) if nh else 0
+        table = self._ensure_table(req)
+        nh_free = pool.count_free(table, req.nblocks, num_hits) if num_hits else 0
         if full_sequence_must_fit:
-            if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), nh, nh_free) + watermark > free:
+            if self._blocks_to_allocate(req, min(num_tokens, self.max_model_len), num_hits, nh_free) + watermark > free:
                 return False
         need_slot = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
-        if self._blocks_to_allocate(req, need_slot, nh, nh_free) + watermark > free:
+        if self._blocks_to_allocate(req, need_slot, num_hits, nh_free) + watermark > free:
             return False
-        table = self._ensure_table(req)
-        if nh:
+        if num_hits:
             req.cached_on_admit = True
-            pool.adopt(table, req.nblocks, nh)      # touched where they lie in the table
-            req.nblocks += nh
+            pool.adopt(table, req.nblocks, num_hits)   # touched where they lie in the table
+            req.nblocks += num_hits
             req.num_cached_blocks = req.nblocks
-            self.num_blocks_held += nh
+            self.num_blocks_held += num_hits
             off = self.offload
             if off is not None and not delay_cache_blocks and req.num_preemptions == 0:
                 # vLLM offers a request's GPU-hit blocks for storing too
-                off.store_many(self._prompt_keys(req, 0, nh))
+                off.store_many(self._prompt_keys(req, 0, num_hits))
         n_new = cdiv(need_slot, self.block_size) - req.nblocks
         if n_new > 0:
             pool.get_new_blocks_into(table, req.nblocks, n_new)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from sim.admission import Admission
 from sim.autoscaler import Autoscaler, AutoscalingConfig
+from sim.block_hash import tokens_covered
 from sim.config import Scenario
 from sim.cost_model import StepCoster
 from sim.deployment import Deployment, build_deployment, build_replicas
@@ -68,8 +69,8 @@ def fit_lengths(sc: Scenario, dep: Deployment, table: RequestTable) -> tuple[Req
     prompt = np.minimum(table.prompt_tokens, limit - out)
     segs = None
     if table.segments is not None:   # a truncated prompt keeps only what still fits of its segments
-        segs = [s if p >= sum(n for _, n in s) else () for s, p in zip(table.segments, prompt.tolist(), strict=True)]
-    from dataclasses import replace
+        covered = tokens_covered(table.segments)
+        segs = [s if p >= c else () for s, p, c in zip(table.segments, prompt.tolist(), covered, strict=True)]
     return replace(table, prompt_tokens=prompt, output_tokens=out, segments=segs), k
 
 
