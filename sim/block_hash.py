@@ -159,8 +159,9 @@ def _memo_key(segments: tuple[tuple[int, int], ...], n: int, block_size: int) ->
 
 
 def clear_chain_memo() -> None:
-    """Forget every memoised chain (tests; compiled, the memo is a C global)."""
+    """Forget every memoised chain (tests; compiled, the memo is a C global), lent ones too."""
     _CHAINS.clear()
+    _LENT.clear()
 
 
 def _trim() -> None:
@@ -308,11 +309,63 @@ def tokens_covered(segment_lists: list[tuple[tuple[int, int], ...]]) -> list[int
     return out
 
 
+# Chains lent from a session's turn to its next (`request_chain`): content key of the lender ->
+# (segments, hashes, their tokens, block size).  Each entry is taken by the one request that
+# names its lender (`Request.head_key`); a turn whose successor never comes (the run ended, it
+# was rejected) leaves its entry, so past _CHAINS_MAX entries the older half goes (`_trim_lent`).
+# An entry is used only if its block size and segments match (another run's may be left over).
+_LENT: dict[int, tuple[tuple[tuple[int, int], ...], Chain, int, int]] = {}
+
+
+def _trim_lent() -> None:
+    items = list(_LENT.items())
+    _LENT.clear()
+    _LENT.update(items[len(items) // 2:])
+
+
+def _turn_chain(req: Request, block_size: int) -> Chain:
+    """The chain of a session's turn (`req.head_key`: its previous turn, whose segments head its
+    own; `req.lends_chain`: a next turn will resume from it): resumed from the chain the previous
+    turn lent, found by its content key, where `shared_prefix_hashes` finds it by content (reading
+    the conversation's newest runs, cold by then, to make a key, then probing a large memo).
+    A previous turn that lent nothing (never scheduled) or whose segments do not head this turn's
+    leaves the whole chain to be hashed; the hashes are the same either way."""
+    segments = req.segments
+    n = len(segments)
+    hashes: Chain = EMPTY_CHAIN
+    base_n = 0
+    total = 0
+    if req.head_key >= 0:
+        head = _LENT.pop(req.head_key, None)
+        if (head is not None and head[3] == block_size and len(head[0]) <= n
+                and _same_head(head[0], segments, len(head[0]))):
+            hashes = head[1]
+            base_n = len(head[0])
+            total = head[2]
+    base_total = total
+    for i in range(base_n, n):
+        total += segments[i][1]
+    num_blocks = total // block_size
+    if num_blocks > len(hashes):
+        hashes = _extend_chain(hashes, segments, block_size, num_blocks, base_n, base_total)
+    if req.lends_chain:
+        if len(_LENT) >= _CHAINS_MAX:
+            _trim_lent()
+        _LENT[req.content_key] = (segments, hashes, total, block_size)
+    return hashes
+
+
 def request_chain(req: Request, block_size: int) -> Chain:
     """The hashes of the request's blocks of shared segments, made once and kept on it."""
     chain = req.prefix_hashes
     if chain is None:
-        chain = req.prefix_hashes = shared_prefix_hashes(req.segments, block_size) if req.segments else EMPTY_CHAIN
+        if not req.segments:
+            chain = EMPTY_CHAIN
+        elif req.head_key >= 0 or req.lends_chain:
+            chain = _turn_chain(req, block_size)
+        else:
+            chain = shared_prefix_hashes(req.segments, block_size)
+        req.prefix_hashes = chain
     return chain
 
 

@@ -29,7 +29,7 @@ class Request:
 
     __slots__ = (
         "req_id", "parent_id", "arrival_s", "num_prompt_tokens", "max_tokens", "segments",
-        "content_key", "output_key", "priority",
+        "content_key", "output_key", "priority", "head_key", "lends_chain",
         "status", "num_computed", "num_output", "admit_seq",
         "blocks", "nblocks", "prev_nblocks", "num_public_blocks", "num_cached_blocks", "prefix_hashes",
         "ph", "in_decode_set", "version", "base_computed", "base_clock", "base_output", "base_upd", "join_clock", "leave_clock", "cached_on_admit",
@@ -41,7 +41,7 @@ class Request:
 
     def __init__(self, req_id: int, arrival_s: float, num_prompt_tokens: int, max_tokens: int,
                  segments: tuple[tuple[int, int], ...] = (), content_key: int = -1,
-                 parent_id: int = -1, priority: int = 0):
+                 parent_id: int = -1, priority: int = 0, head_key: int = -1, lends_chain: bool = False):
         self.req_id = req_id                    # unique id in the run (children of n>1 get their own)
         self.parent_id = parent_id if parent_id >= 0 else req_id
         self.arrival_s = arrival_s              # when the request reached the engine
@@ -51,6 +51,8 @@ class Request:
         self.content_key = content_key if content_key >= 0 else self.parent_id  # prompt identity
         self.output_key = req_id                # generated tokens are unique to this sequence
         self.priority = priority
+        self.head_key = head_key                # sessions: the previous turn's content key (its segments head ours)
+        self.lends_chain = lends_chain          # sessions: a next turn resumes from our hash chain (sim.block_hash)
         self.status = Status.WAITING
         self.num_computed = 0                   # vLLM num_computed_tokens
         self.num_output = 0                     # generated tokens so far (num_tokens = prompt + output)

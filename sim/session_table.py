@@ -5,7 +5,7 @@ sessions a chat front-end ends when a turn would no longer fit the model."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +58,31 @@ def follow_up_rows(table: RequestTable) -> list[int]:
         after = (user[idx][1:] == user[idx][:-1]) & np.isnan(table.arrival_s[idx][1:])
         nxt[idx[:-1][after]] = idx[1:][after]
     return nxt.tolist()
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLinks:
+    """Per row, the row of its session's previous turn (-1: its first turn), and whether its
+    session has a next turn: the engine hands a turn's block-hash chain on to the next one
+    (`sim.block_hash.request_chain`), whose segments it heads."""
+
+    previous: list[int]
+    has_next: list[bool]
+
+
+def turn_links(table: RequestTable) -> TurnLinks:
+    """The `TurnLinks` of a sessions table (rows in any order)."""
+    sess = table.extra["session"]
+    turn = table.extra["turn"]
+    m = len(table)
+    prev = np.full(m, -1, dtype=np.int64)
+    has_next = np.zeros(m, dtype=bool)
+    if m > 1:
+        idx = np.lexsort((turn, sess))                    # grouped by session, turns in order
+        link = (sess[idx][1:] == sess[idx][:-1]) & (turn[idx][1:] == turn[idx][:-1] + 1)
+        prev[idx[1:][link]] = idx[:-1][link]
+        has_next[idx[:-1][link]] = True
+    return TurnLinks(prev.tolist(), has_next.tolist())
 
 
 def end_long_sessions(table: RequestTable, limit_tokens: int) -> tuple[RequestTable, int]:

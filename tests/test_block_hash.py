@@ -8,6 +8,7 @@ import random
 import pytest
 
 from sim import block_hash as bh
+from sim.request import Request
 
 
 def _reference_chain(segments: tuple[tuple[int, int], ...], bs: int) -> list[int]:
@@ -121,6 +122,53 @@ def test_a_chain_handed_out_never_changes() -> None:
     assert first.tolist() == kept and second is not first
     assert second.tolist()[: len(kept)] == kept and len(second) == (40 + 50 + 30 + 70 + 20) // 16
     assert bh.shared_prefix_hashes(nxt, 16) is second          # memoised: the same chain again
+    bh.clear_chain_memo()
+
+
+def _turn(key: int, segments: tuple[tuple[int, int], ...], head: int, lends: bool) -> Request:
+    return Request(key, 0.0, sum(n for _, n in segments[:-1]), segments[-1][1], segments, content_key=key,
+                   head_key=head, lends_chain=lends)
+
+
+def test_a_sessions_turns_hand_their_chains_on() -> None:
+    """A session's turns (`Request.head_key`: the previous turn's content key; `lends_chain`: a
+    next turn follows) get the reference chain, each resumed from its predecessor's (whose hashes
+    it starts with, unchanged), for two block sizes and conversations hashed side by side."""
+    rng = random.Random(5)
+    for bs in (16, 5):
+        bh.clear_chain_memo()
+        convs = [((1, 30),) for _ in range(20)]
+        last: list[Request | None] = [None] * 20
+        for turn in range(6):
+            for c in range(20):
+                convs[c] = (*convs[c], ((1 << 42) + (c << 20) + 2 * turn, rng.randrange(0, 40)),
+                            ((1 << 42) + (c << 20) + 2 * turn + 1, rng.randrange(1, 3 * bs)))
+                key = 1000 * turn + c
+                prev = last[c]
+                req = _turn(key, convs[c], prev.content_key if prev is not None else -1, turn < 5)
+                before = prev.prefix_hashes.tolist() if prev is not None else []
+                chain = bh.request_chain(req, bs)
+                assert chain.tolist() == _reference_chain(convs[c], bs)
+                assert chain.tolist()[: len(before)] == before
+                if prev is not None:
+                    assert prev.prefix_hashes.tolist() == before           # the lender's chain is its own still
+                last[c] = req
+    bh.clear_chain_memo()
+
+
+def test_a_lent_chain_is_used_only_for_its_own_head() -> None:
+    """The entry lent under a content key is taken once, and only by a turn whose segments it
+    heads at the same block size: a second taker, a turn with other segments, another block size
+    (a later run's rows reuse the keys) all hash their chains afresh, and get the reference."""
+    bh.clear_chain_memo()
+    ctx = ((7, 40), ((1 << 42), 50), ((1 << 42) + 1, 30))
+    nxt = (*ctx, ((1 << 42) + 2, 70), ((1 << 42) + 3, 20))
+    other = ((7, 40), ((1 << 42), 51), ((1 << 42) + 1, 30), ((1 << 42) + 2, 70), ((1 << 42) + 3, 20))
+    for bs_lend, bs_take, taker in ((16, 16, other), (16, 8, nxt), (16, 16, nxt)):
+        bh.clear_chain_memo()
+        bh.request_chain(_turn(1, ctx, -1, True), bs_lend)
+        assert bh.request_chain(_turn(2, taker, 1, False), bs_take).tolist() == _reference_chain(taker, bs_take)
+        assert bh.request_chain(_turn(3, taker, 1, False), bs_take).tolist() == _reference_chain(taker, bs_take)
     bh.clear_chain_memo()
 
 

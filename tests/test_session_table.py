@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.requests_table import RequestTable
-from sim.session_table import end_long_sessions, follow_up_rows, send_order
+from sim.session_table import end_long_sessions, follow_up_rows, send_order, turn_links
 
 NAN = float("nan")
 
@@ -40,6 +40,19 @@ def test_follow_ups_are_each_users_next_untimed_row_wherever_it_lies() -> None:
     t = _table([0.0, 0.5, NAN, NAN, 9.0, NAN], [5] * 6, [0, 0, 1, 1, 0, 1],
                [0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 2, 2], [0, 0, 1, 1, 0, 1])
     assert follow_up_rows(t) == [2, 3, -1, -1, 5, -1]
+
+
+def test_turn_links_join_each_sessions_turns_not_a_users_sessions() -> None:
+    # the same rows: each session's turn 1 is headed by its turn 0; user 0's session 2 (rows 4, 5)
+    # comes after session 0 (rows 0, 2) but resends none of it: only a session's own turns link
+    t = _table([0.0, 0.5, NAN, NAN, 9.0, NAN], [5] * 6, [0, 0, 1, 1, 0, 1],
+               [0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 2, 2], [0, 0, 1, 1, 0, 1])
+    links = turn_links(t)
+    assert links.previous == [-1, -1, 0, 1, -1, 4]
+    assert links.has_next == [True, True, False, False, True, False]
+    # a session whose turn 1 was dropped: turn 2 has no previous turn to resume from
+    gap = _table([0.0, NAN, NAN], [5] * 3, [0, 1, 1], [0, 0, 0], [0, 0, 0], [0, 2, 3])
+    assert turn_links(gap).previous == [-1, -1, 1] and turn_links(gap).has_next == [False, True, False]
 
 
 def test_a_dropped_opener_hands_its_start_on_and_the_row_moves_up() -> None:

@@ -138,7 +138,9 @@ def test_one_turn_sessions_equal_an_open_loop_workload(tmp_path: Path) -> None:
 def test_sessions_equal_an_open_loop_replay_of_their_sends(tmp_path: Path, engine: str) -> None:
     # the closed loop only decides *when* each turn is sent: replaying the same turns (same
     # segments, so the same prefix hits) open-loop at the times the closed loop sent them must
-    # give every turn the same first token, finish and hit, with and without evictions
+    # give every turn the same first token, finish and hit, with and without evictions.  (The
+    # replay has no session columns: its hash chains come from the memo by content; the closed
+    # loop's are handed from each turn to the next, `sim.block_hash.request_chain`)
     from sim.requests_table import RequestTable
     lengths = "{input: {dist: uniform, low: 50, high: 400}, output: {dist: uniform, low: 5, high: 120}}"
     sess = _scenario(tmp_path, "num_users: 6, turns: {dist: uniform, low: 2, high: 5}, "

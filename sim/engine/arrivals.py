@@ -19,6 +19,7 @@ from sim.metrics import Recorder
 from sim.replica import Replica
 from sim.request import Request
 from sim.requests_table import RequestTable
+from sim.session_table import TurnLinks
 
 
 def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[Replica],
@@ -26,7 +27,8 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
                     slots: simpy.Resource | None, nxt: NextArrival,
                     slot_tokens: list[Any] | None = None, admission: Admission | None = None,
                     on_request_done: Callable[[int], None] | None = None,
-                    prefill: PrefillPool | None = None, ids: list[int] | None = None) -> Generator[Any, Any, None]:
+                    prefill: PrefillPool | None = None, ids: list[int] | None = None,
+                    links: TurnLinks | None = None) -> Generator[Any, Any, None]:
     """Send each request at its arrival time (or when a closed-loop slot frees) to a replica,
     unless the gateway's admission control rejects it.  Rows without an arrival time are session
     follow-ups, sent by `follow_up`.  `ids`: the next parallel sample's request id, shared with
@@ -56,7 +58,8 @@ def arrival_process(env: simpy.Environment, table: RequestTable, replicas: list[
             yield token
             nxt.blocked = False
             slot_tokens[row] = token  # type: ignore[index]
-        send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, prefill)
+        send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, prefill,
+                     links=links)
         row += 1
     nxt.s = float("inf")
     nxt.row = n
@@ -144,9 +147,10 @@ class FollowUps:
 def send_request(env: simpy.Environment, table: RequestTable, row: int, replicas: list[Replica],
           route: Callable[[list[Replica], Request], Replica], recorder: Recorder, nxt: NextArrival,
           ids: list[int], admission: Admission | None, on_request_done: Callable[[int], None] | None,
-          prefill: PrefillPool | None, now_s: float = -1.0) -> None:
+          prefill: PrefillPool | None, now_s: float = -1.0, links: TurnLinks | None = None) -> None:
     """Hand row `row` (and its parallel samples, ids from `ids[0]` on) to a replica now, or at
-    `now_s` (a replica loop running ahead of the clock sends it, `sim.run_ahead.Inbox`)."""
+    `now_s` (a replica loop running ahead of the clock sends it, `sim.run_ahead.Inbox`).
+    `links`: a sessions table's turns, whose block-hash chains are handed from turn to turn."""
     prompt = int(table.prompt_tokens[row])
     n = table.n_of(row)
     now = env.now if now_s < 0.0 else now_s
@@ -159,13 +163,14 @@ def send_request(env: simpy.Environment, table: RequestTable, row: int, replicas
     priority = table.extra.get("priority")
     prio = 0 if priority is None else int(priority[row])
     segs = table.segments_of(row)
+    head, lends = (links.previous[row], links.has_next[row]) if links is not None else (-1, False)
     children = []
     for k in range(n):
         rid = row if k == 0 else ids[0]
         if k:
             ids[0] += 1
         children.append(Request(rid, now, prompt, int(table.output_tokens[row]), segs,
-                                content_key=row, parent_id=row, priority=prio))
+                                content_key=row, parent_id=row, priority=prio, head_key=head, lends_chain=lends))
     rep = route(replicas, children[0])
     if prefill is not None and goes_to_prefill_pool(prefill.setup.cfg, prompt):
         prefill.send(children[0], rep)

@@ -22,7 +22,7 @@ from sim.request import Request
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.run_ahead import Inbox
-from sim.session_table import follow_up_rows
+from sim.session_table import follow_up_rows, turn_links
 
 
 def autoscale_process(env: simpy.Environment, scaler: Autoscaler, replicas: list[Replica],
@@ -60,10 +60,12 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
     follow = follow_up_rows(table) if "think_s" in table.extra else None   # multi-turn sessions
     think_s = table.extra["think_s"].tolist() if follow is not None else None
+    links = turn_links(table) if "session" in table.extra and "turn" in table.extra else None
     ids = [len(table)]
 
     def send(row: int) -> None:
-        send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool)
+        send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool,
+                     links=links)
 
     follow_ups = FollowUps(env, send, nxt) if follow is not None else None
 
@@ -83,7 +85,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
             and prefill is None and slots is None):
         nxt.look_past(router, replicas, table.arrival_s)
     env.process(arrival_process(env, table, replicas, route, recorder, slots, nxt, slot_tokens, admission,
-                                on_request_done, pool, ids))
+                                on_request_done, pool, ids, links))
     scraping = scrape is not None and scrape_interval_s > 0
     if scraping:
         env.process(scrape_process(env, scrape_interval_s, scrape))  # type: ignore[arg-type]
@@ -113,7 +115,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
 
     # an open loop on one replica: a loop running ahead sends the arrivals it passes itself
     inbox = (Inbox(table.arrival_s.tolist(), nxt, lambda row, t: send_request(
-                 env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool, t))
+                 env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool, t, links))
              if run_ahead and len(replicas) == 1 and slots is None and follow is None and admission is None
              else None)
     for rep in replicas:
