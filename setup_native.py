@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_lanes", "scheduler_loads", "waiting_queue", "scheduler_spec", "scheduler_quiet", "cost_model", "quiet", "kv_offload", "lru_tier", "metrics", "pipeline", "run_ahead", "spec_runtime", "decode_set", "pipe_loop", "horizon", "replica", "scheduler_running"]
+MODULES = ["request", "batch", "kv_cache_manager", "scheduler_v1", "scheduler_lanes", "scheduler_loads", "waiting_queue", "scheduler_spec", "scheduler_quiet", "cost_model", "quiet", "kv_offload", "lru_tier", "metrics", "pipeline", "run_ahead", "spec_runtime", "decode_set", "pipe_loop", "horizon", "replica", "scheduler_running", "follow_ups"]
 CYTHON_MODULES = ["block_hash_map", "block_pool", "block_hash"]
 STAMP = ROOT / "sim" / "_native.sha256"
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "initializedcheck": False,

@@ -1,7 +1,7 @@
 """When the next request reaches a replica: the horizon a quiet stretch (`sim.quiet`) must stop
 before.  Plain state, read by the engine's replica processes and written by its arrival process
 (`sim.engine`), which sets `s` and `row` before each arrival, and by the sessions' follow-ups
-(`sim.engine.arrivals.FollowUps`), which keep `later_s` at the earliest next turn decided.
+(`sim.follow_ups.FollowUps`), which keep `later_s` at the earliest next turn decided.
 Compiled with mypyc (`setup_native.py`): the PP batch-queue loop (`sim.pipe_loop`) asks it for
 the horizon at every batch."""
 

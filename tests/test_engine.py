@@ -104,13 +104,13 @@ def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
 
     import simpy
 
-    from sim.engine.arrivals import FollowUps
+    from sim.follow_ups import FollowUps
     from sim.horizon import NextArrival
 
     env = simpy.Environment()
     seen: list[tuple[float, str]] = []
     nxt = NextArrival()
-    fu = FollowUps(env, lambda row: seen.append((env.now, f"turn {row}")), nxt)
+    fu = FollowUps(env, lambda row: seen.append((env.now, f"turn {row}")), nxt, [], [])
     fu.usable = usable
     rng = random.Random(seed)
 
@@ -133,6 +133,28 @@ def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
     env.run(until=0.3)
     assert nxt.later_s == (min(fu.pending)[0] if fu.pending else float("inf"))
     return seen
+
+
+def test_follow_ups_arm_events_as_simpy_schedules_timeouts() -> None:
+    """The armed event goes into SimPy's queue with a timeout's priority, and a finished row
+    hands its next turn (by the follow links) its think time, nothing for a row without one."""
+    import simpy
+    from simpy.events import NORMAL
+
+    from sim import follow_ups
+    from sim.horizon import NextArrival
+
+    assert follow_ups.NORMAL == NORMAL
+    env = simpy.Environment()
+    sent: list[tuple[float, int]] = []
+    nxt = NextArrival()
+    fu = follow_ups.FollowUps(env, lambda row: sent.append((env.now, row)), nxt, [2, -1, -1], [0.0, 0.0, 1.5])
+    fu.done(1)
+    assert not fu.pending and nxt.later_s == float("inf")
+    fu.done(0)
+    assert nxt.later_s == 1.5
+    env.run()
+    assert sent == [(1.5, 2)] and nxt.later_s == float("inf")
 
 
 def test_follow_ups_keep_simpys_order_of_a_timeout_per_turn() -> None:

@@ -11,10 +11,11 @@ import simpy
 from sim.admission import Admission
 from sim.autoscaler import Autoscaler
 from sim.disaggregation import PrefillPoolSetup
-from sim.engine.arrivals import FollowUps, arrival_process, send_request
+from sim.engine.arrivals import arrival_process, send_request
 from sim.engine.disagg import PrefillPool
 from sim.engine.pipeline_loop import serve_pipeline
 from sim.engine.replica_loop import serve_replica
+from sim.follow_ups import FollowUps
 from sim.horizon import NextArrival
 from sim.metrics import Recorder
 from sim.replica import Replica
@@ -67,7 +68,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool,
                      links=links)
 
-    follow_ups = FollowUps(env, send, nxt) if follow is not None else None
+    follow_ups = FollowUps(env, send, nxt, follow, think_s) if follow is not None and think_s is not None else None
 
     def on_request_done(row: int) -> None:
         if slots is not None:
@@ -77,8 +78,8 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         remaining[0] -= 1
         if remaining[0] == 0 and not done.triggered:
             done.succeed()
-        if follow is not None and follow[row] >= 0:
-            follow_ups.add(follow[row], think_s[follow[row]])  # type: ignore[index, union-attr]
+        if follow_ups is not None:
+            follow_ups.done(row)
 
     router = getattr(route, "__self__", None)
     if (isinstance(router, Router) and follow is None and admission is None and autoscaler is None

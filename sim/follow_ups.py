@@ -1,0 +1,104 @@
+"""Sessions' next turns, each sent `think_s` after its previous turn finished: the pending turns
+and the one SimPy event that waits for the earliest of them.
+
+Part of the engine (`sim.engine.run` makes one per sessions run, `sim.engine.arrivals` sends the
+turns), kept in a module of its own so that mypyc compiles it (`setup_native.py`): it runs once
+per turn in a 100k-turn run.  It yields nothing; it places an event in SimPy's queue the way
+`Environment.schedule` does.
+
+Hundreds of users think at once; one SimPy timeout per pending turn would keep them all in
+SimPy's event queue, whose every push and pop (each replica step's too) then compares tuples down a
+heap of that depth.  Here the pending turns wait in a heap of their own, (send time, event id,
+row), with only the earliest one armed in SimPy's queue, and `nxt.later_s` (which the replicas'
+horizons read) is its time.  The armed event carries the time and event id a timeout made at the
+finish would have had (`env.now + think_s`; an id taken from SimPy's counter then), so it lands in
+SimPy's order exactly where that timeout would: same-instant ties with other events break as
+before, and results are identical.  (SimPy 4's `Environment` keeps its queue as a heap of (time,
+priority, id, event) and its ids in a counter, `_queue` and `_eid`; `FollowUps.usable` checks
+they are there, else each turn gets its own timeout.)
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+from sim.horizon import NextArrival
+
+NORMAL = 1           # SimPy's priority of a timeout (simpy.events.NORMAL; `sim.engine` checks it)
+
+
+class Armed:
+    """The one event of `FollowUps` in SimPy's queue: what `Environment.step` reads of an event it
+    pops (`callbacks`, which it sets to None, then `_ok`), with no `Event.__init__` to run; a
+    triggered, successful event, as a Timeout is."""
+
+    def __init__(self, callbacks: list[Callable[[object], None]]) -> None:
+        self.callbacks: list[Callable[[object], None]] | None = callbacks
+        self._ok = True
+
+
+class FollowUps:
+    """The pending next turns of a sessions run: `follow[row]` is the row sent `think_s[that
+    row]` after `row` finishes (-1: none), `send(row)` sends one."""
+
+    def __init__(self, env: Any, send: Callable[[int], None], nxt: NextArrival, follow: list[int],
+                 think_s: list[float]) -> None:
+        self.env = env
+        self.send = send
+        self.nxt = nxt
+        self.follow = follow
+        self.think_s = think_s
+        self.pending: list[tuple[float, int, int]] = []      # heap of (send time, event id, row)
+        self.armed: set[int] = set()                         # event ids in SimPy's queue
+        self.usable = isinstance(getattr(env, "_queue", None), list) and hasattr(env, "_eid")
+        self._callbacks: list[Callable[[object], None]] = [self._due]   # every armed event's (SimPy only reads it)
+
+    def done(self, row: int) -> None:
+        """Row `row` finished now: its user's next turn, if any, waits its think time."""
+        nxt_row = self.follow[row]
+        if nxt_row >= 0:
+            self.add(nxt_row, self.think_s[nxt_row])
+
+    def add(self, row: int, think_s: float) -> None:
+        """Row `row` is sent `think_s` from now.  Its time counts in `nxt.later_s` at once: a
+        replica planning a quiet stretch at this same instant must already see it."""
+        env = self.env
+        t: float = env.now + think_s           # as Environment.schedule computes a timeout's time
+        if not self.usable:
+            heapq.heappush(self.pending, (t, 0, row))
+            self.nxt.later_s = self.pending[0][0]
+            env.timeout(think_s).callbacks.append(lambda _: self._due_plain(row))
+            return
+        eid: int = next(env._eid)
+        heapq.heappush(self.pending, (t, eid, row))
+        if t < self.nxt.later_s:               # the earliest now (a tie goes to the older id, armed)
+            self.nxt.later_s = t
+            self._arm(t, eid)
+
+    def _arm(self, t: float, eid: int) -> None:
+        heapq.heappush(self.env._queue, (t, NORMAL, eid, Armed(self._callbacks)))
+        self.armed.add(eid)
+
+    def _due(self, _: object) -> None:
+        """The earliest pending turn's time (now) has come (SimPy fires armed events in its
+        order, and the earliest pending turn is always armed, so the one firing is the earliest):
+        send it, and arm the next earliest unless it is armed already."""
+        pending = self.pending
+        _, eid, row = heapq.heappop(pending)
+        self.armed.discard(eid)
+        if pending:
+            t2, eid2, _ = pending[0]
+            self.nxt.later_s = t2
+            if eid2 not in self.armed:
+                self._arm(t2, eid2)
+        else:
+            self.nxt.later_s = float("inf")
+        self.send(row)
+
+    def _due_plain(self, row: int) -> None:
+        pending = self.pending
+        heapq.heappop(pending)
+        self.nxt.later_s = pending[0][0] if pending else float("inf")
+        self.send(row)
