@@ -18,12 +18,12 @@ cdef class BlockPool:
     cdef public object ref, hash_of, public, stack, fifo, where
     cdef public BlockHashMap map
     cdef public Py_ssize_t top, head, tail, num_stale, nfree, num_cached_free, num_evictions
-    cdef int32_t[::1] _ref
-    cdef int64_t[::1] _hash
+    cdef int32_t[:] _ref                # _ref, _hash, _where: fields of one record per block (STATE)
+    cdef int64_t[:] _hash
     cdef unsigned char[::1] _public
     cdef Py_ssize_t[::1] _stack
     cdef Py_ssize_t[::1] _fifo
-    cdef int64_t[::1] _where
+    cdef int32_t[:] _where
 
     cdef _views(self)
 
@@ -44,7 +44,7 @@ cdef class BlockPool:
     @cython.locals(far=Py_ssize_t, near=Py_ssize_t, b=Py_ssize_t)
     cdef inline void _prefetch_next(self, Py_ssize_t pos) noexcept
 
-    @cython.locals(bl=Py_ssize_t[:], ref=int32_t[::1], i=Py_ssize_t, end=Py_ssize_t, k=Py_ssize_t)
+    @cython.locals(bl=Py_ssize_t[:], ref=int32_t[:], i=Py_ssize_t, end=Py_ssize_t, k=Py_ssize_t)
     cpdef Py_ssize_t count_free(self, blocks, Py_ssize_t start=*, Py_ssize_t n=*) except -1
 
     @cython.locals(bl=Py_ssize_t[:], i=Py_ssize_t)
@@ -60,11 +60,11 @@ cdef class BlockPool:
     @cython.locals(t=Py_ssize_t)
     cdef inline void _to_back(self, Py_ssize_t b) noexcept
 
-    @cython.locals(bl=Py_ssize_t[:], n=Py_ssize_t, ref=int32_t[::1], i=Py_ssize_t, b=Py_ssize_t,
+    @cython.locals(bl=Py_ssize_t[:], n=Py_ssize_t, ref=int32_t[:], i=Py_ssize_t, b=Py_ssize_t,
                    m=Py_ssize_t, z=Py_ssize_t)
     cpdef free_blocks(self, ordered)
 
-    @cython.locals(h=int64_t[::1], base=int64_t, k=Py_ssize_t, b=Py_ssize_t)
+    @cython.locals(h=int64_t[:], base=int64_t, k=Py_ssize_t, b=Py_ssize_t)
     cpdef set_private_hashes(self, const Py_ssize_t[:] blocks, Py_ssize_t start, int64_t key, bint fresh)
 
     cpdef cache_public(self, Py_ssize_t block, int64_t block_hash)

@@ -19,7 +19,8 @@ vllm/v1/core/block_pool.py of vLLM 0.32 (`BlockPool`, `FreeKVCacheBlockQueue`,
   operation per block.
 
 Representation, for speed (a 100k-request run allocates ~10M blocks): per-block state lives in
-numpy arrays (`ref`, `hash_of`, `public`, read by the KV-cache manager and the tests).  The
+numpy arrays (`ref`, `hash_of`, `public`, `where`, read by the KV-cache manager and the tests),
+all but `public` the fields of one record per block (`STATE`: a block's state in one cache line).  The
 front of the queue is a stack (`stack[top-1]` is the head); behind it a FIFO array; removal from
 the middle (a prefix hit on a cached-free block) is lazy: `where[b]` names the FIFO position of a
 block's live entry.
@@ -62,6 +63,25 @@ ID = np.intp      # block ids
 NO_HASH = 0
 
 
+# A block's hash, FIFO position and ref count as one 16-byte record, its fields the pool's public
+# arrays (strided views): the operations on a block read and write several of them (a free: its
+# ref count, its hash, its FIFO position; an eviction: all three), and a run's blocks are touched
+# in no order at all (a prefix hit, an eviction reach blocks last touched hundreds of requests
+# earlier), so three arrays cost up to three cache misses where one record costs one.  (The
+# public flags, a byte a block, stay an array of their own: 32-byte records holding them too made
+# the records of a 28k-block pool outgrow the cache and the run slower.)
+STATE = np.dtype({"names": ["hash", "where", "ref"],
+                  "formats": [np.int64, np.int32, np.int32], "offsets": [0, 8, 12], "itemsize": 16})
+
+
+def _block_states(n: int) -> np.ndarray:
+    """`n` zeroed STATE records starting on a 64-byte boundary (none straddles a cache line)."""
+    size = n * STATE.itemsize
+    raw = np.zeros(size + 64, dtype=np.uint8)
+    off = -raw.ctypes.data % 64
+    return raw[off: off + size].view(STATE)
+
+
 def _view(a: Any) -> memoryview:
     return memoryview(a)
 
@@ -76,20 +96,22 @@ class BlockPool:
     """Physical KV blocks of one replica (GPU)."""
 
     def __init__(self, num_blocks: int, enable_caching: bool):
-        if num_blocks < 2:
-            raise ValueError("a block pool needs at least 2 blocks (one is the null block)")
+        if not 2 <= num_blocks < 1 << 30:      # FIFO positions are int32 (STATE)
+            raise ValueError(f"a block pool needs 2 to 2**30 - 1 blocks (one is the null block), not {num_blocks}")
         n = num_blocks
         self.num_blocks = n
         self.enable_caching = enable_caching
-        self.ref = np.zeros(n, dtype=np.int32)
-        self.hash_of = np.zeros(n, dtype=np.int64)     # NO_HASH = none
+        state = _block_states(n)                        # one 16-byte record a block (see STATE)
+        self.hash_of = state["hash"]                    # NO_HASH = none
         self.public = np.zeros(n, dtype=bool)
+        self.ref = state["ref"]
         self.map = BlockHashMap(n, enable_caching)      # public hash -> blocks (vLLM's BlockHashToBlockMap)
         self.stack = np.empty(n, dtype=ID)            # queue front; stack[top-1] is the head
         self.top = 0
         self.fifo = np.empty(max(2 * n, 1024), dtype=ID)
         self.fifo[: n - 1] = np.arange(1, n, dtype=ID)
-        self.where = np.full(n, -1, dtype=np.int64)
+        self.where = state["where"]
+        self.where[0] = -1
         self.where[1:] = np.arange(0, n - 1)
         self.head = 0
         self.tail = n - 1
@@ -211,15 +233,12 @@ class BlockPool:
 
     def _prefetch_next(self, pos: int) -> None:
         """Compiled: hints to the CPU (nothing read for results, nothing written) for the blocks
-        the FIFO evicts next, cold by now: the state of the one 8 places on, the hash-map slot of
-        the one 4 places on (whose state the hint 4 pops ago brought in)."""
+        the FIFO evicts next, cold by now: the state record of the one 8 places on, the hash-map
+        slot of the one 4 places on (whose record the hint 4 pops ago brought in)."""
         far = pos + 8
         if far < self.tail:
             b = self._fifo[far]
             _prefetch(cython.address(self._hash[b]))      # type: ignore[name-defined]  # noqa: F821
-            _prefetch(cython.address(self._where[b]))     # type: ignore[name-defined]  # noqa: F821
-            _prefetch(cython.address(self._public[b]))    # type: ignore[name-defined]  # noqa: F821
-            _prefetch(cython.address(self._ref[b]))       # type: ignore[name-defined]  # noqa: F821
         near = pos + 4
         if near < self.tail:
             b = self._fifo[near]

@@ -8,6 +8,7 @@ from array import array
 
 import hypothesis.strategies as st
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -242,3 +243,17 @@ def test_hash_map_matches_a_dict_through_collisions_wraparound_and_deletions():
         pool.check_invariants()
         saw_multi += bool(pool.map.multi)
     assert pool.num_evictions > 100 and saw_multi > 100
+
+
+def test_a_blocks_state_is_one_record_on_a_cache_line() -> None:
+    """Hash, FIFO position and ref count of a block lie in one 16-byte record (the public arrays
+    are strided views of the records), the records from a 64-byte boundary: one cache line."""
+    pool = BlockPool(1000, True)
+    assert pool.hash_of.strides == pool.where.strides == pool.ref.strides == (16,)
+    assert pool.hash_of.ctypes.data % 64 == 0
+    assert pool.where.ctypes.data - pool.hash_of.ctypes.data == 8 and pool.ref.ctypes.data - pool.hash_of.ctypes.data == 12
+    pool.get_new_blocks(3)
+    assert pool.ref[1:4].tolist() == [1, 1, 1] and pool.where[1:4].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="2 to 2\\*\\*30"):
+        BlockPool(1, True)
+
