@@ -21,6 +21,7 @@ they are there, else each turn gets its own timeout.)
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -40,11 +41,14 @@ class Armed:
 
 
 class FollowUps:
-    """The pending next turns of a sessions run: `follow[row]` is the row sent `think_s[that
-    row]` after `row` finishes (-1: none), `send(row)` sends one."""
+    """The pending next turns of a sessions run: `follow[row]` is the row sent `think_s[row]`
+    after `row` finishes (-1: none; `think_s[row]` is the think time *after* the row, its
+    follower's), `send(row)` sends one.  Typed arrays, both read at the finished row: a closed
+    loop finishes rows in no table order, where list items (boxed ints and floats) cost a cold
+    pointer each."""
 
-    def __init__(self, env: Any, send: Callable[[int], None], nxt: NextArrival, follow: list[int],
-                 think_s: list[float]) -> None:
+    def __init__(self, env: Any, send: Callable[[int], None], nxt: NextArrival, follow: array[int],
+                 think_s: array[float]) -> None:
         self.env = env
         self.send = send
         self.nxt = nxt
@@ -57,9 +61,9 @@ class FollowUps:
 
     def done(self, row: int) -> None:
         """Row `row` finished now: its user's next turn, if any, waits its think time."""
-        nxt_row = self.follow[row]
+        nxt_row: int = self.follow[row]
         if nxt_row >= 0:
-            self.add(nxt_row, self.think_s[nxt_row])
+            self.add(nxt_row, self.think_s[row])
 
     def add(self, row: int, think_s: float) -> None:
         """Row `row` is sent `think_s` from now.  Its time counts in `nxt.later_s` at once: a

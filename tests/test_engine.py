@@ -101,6 +101,7 @@ def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
     of whole milliseconds, several turns at one instant) among other processes' timeouts at the
     same instants; what happens in which order."""
     import random
+    from array import array
 
     import simpy
 
@@ -110,7 +111,7 @@ def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
     env = simpy.Environment()
     seen: list[tuple[float, str]] = []
     nxt = NextArrival()
-    fu = FollowUps(env, lambda row: seen.append((env.now, f"turn {row}")), nxt, [], [])
+    fu = FollowUps(env, lambda row: seen.append((env.now, f"turn {row}")), nxt, array("q"), array("d"))
     fu.usable = usable
     rng = random.Random(seed)
 
@@ -138,6 +139,8 @@ def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
 def test_follow_ups_arm_events_as_simpy_schedules_timeouts() -> None:
     """The armed event goes into SimPy's queue with a timeout's priority, and a finished row
     hands its next turn (by the follow links) its think time, nothing for a row without one."""
+    from array import array
+
     import simpy
     from simpy.events import NORMAL
 
@@ -148,7 +151,8 @@ def test_follow_ups_arm_events_as_simpy_schedules_timeouts() -> None:
     env = simpy.Environment()
     sent: list[tuple[float, int]] = []
     nxt = NextArrival()
-    fu = follow_ups.FollowUps(env, lambda row: sent.append((env.now, row)), nxt, [2, -1, -1], [0.0, 0.0, 1.5])
+    fu = follow_ups.FollowUps(env, lambda row: sent.append((env.now, row)), nxt, array("q", [2, -1, -1]),
+                              array("d", [1.5, 0.0, 0.0]))
     fu.done(1)
     assert not fu.pending and nxt.later_s == float("inf")
     fu.done(0)

@@ -3,9 +3,11 @@ the run to its end."""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Generator
 from typing import Any
 
+import numpy as np
 import simpy
 
 from sim.admission import Admission
@@ -60,7 +62,6 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     nxt = NextArrival()
     pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
     follow = follow_up_rows(table) if "think_s" in table.extra else None   # multi-turn sessions
-    think_s = table.extra["think_s"].tolist() if follow is not None else None
     links = turn_links(table) if "session" in table.extra and "turn" in table.extra else None
     ids = [len(table)]
 
@@ -68,7 +69,11 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool,
                      links=links)
 
-    follow_ups = FollowUps(env, send, nxt, follow, think_s) if follow is not None and think_s is not None else None
+    follow_ups = None
+    if follow is not None:
+        after = np.asarray(follow, dtype=np.int64)
+        think_after = np.where(after >= 0, table.extra["think_s"][np.maximum(after, 0)], 0.0)
+        follow_ups = FollowUps(env, send, nxt, array("q", after.tobytes()), array("d", think_after.tobytes()))
 
     def on_request_done(row: int) -> None:
         if slots is not None:
