@@ -193,7 +193,8 @@ def _run_scenario(sc: Scenario, table: RequestTable, step_times_s: Sequence[floa
                      prefill=prefill)
     measured = np.ones(len(table), dtype=bool)
     if "session" in table.extra:      # rows in estimated send order: the first N *sent* are the warm-up
-        measured[np.argsort(rec.send_s, kind="stable")[: sc.run.warmup_requests]] = False
+        if sc.run.warmup_requests:
+            measured[np.argsort(rec.send_s, kind="stable")[: sc.run.warmup_requests]] = False
     else:
         measured[: sc.run.warmup_requests] = False
     if sc.run.warmup_s > 0:
