@@ -14,8 +14,8 @@ horizons read) is its time.  The armed event carries the time and event id a tim
 finish would have had (`env.now + think_s`; an id taken from SimPy's counter then), so it lands in
 SimPy's order exactly where that timeout would: same-instant ties with other events break as
 before, and results are identical.  (SimPy 4's `Environment` keeps its queue as a heap of (time,
-priority, id, event) and its ids in a counter, `_queue` and `_eid`; `FollowUps.usable` checks
-they are there, else each turn gets its own timeout.)
+priority, id, event) in `_queue` and its ids in a counter, `_eid`, both made once, and its clock
+in `_now`; `FollowUps.usable` checks they are there, else each turn gets its own timeout.)
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ class FollowUps:
         self.think_s = think_s
         self.pending: list[tuple[float, int, int]] = []      # heap of (send time, event id, row)
         self.armed: set[int] = set()                         # event ids in SimPy's queue
-        self.usable = isinstance(getattr(env, "_queue", None), list) and hasattr(env, "_eid")
+        self.usable = (isinstance(getattr(env, "_queue", None), list) and hasattr(env, "_eid")
+                       and isinstance(getattr(env, "_now", None), float | int))
+        self.queue: list[Any] = env._queue if self.usable else []   # SimPy's (made once per environment)
+        self.eids: Any = env._eid if self.usable else None
         self._callbacks: list[Callable[[object], None]] = [self._due]   # every armed event's (SimPy only reads it)
 
     def done(self, row: int) -> None:
@@ -69,20 +72,20 @@ class FollowUps:
         """Row `row` is sent `think_s` from now.  Its time counts in `nxt.later_s` at once: a
         replica planning a quiet stretch at this same instant must already see it."""
         env = self.env
-        t: float = env.now + think_s           # as Environment.schedule computes a timeout's time
         if not self.usable:
-            heapq.heappush(self.pending, (t, 0, row))
+            heapq.heappush(self.pending, (env.now + think_s, 0, row))
             self.nxt.later_s = self.pending[0][0]
             env.timeout(think_s).callbacks.append(lambda _: self._due_plain(row))
             return
-        eid: int = next(env._eid)
+        t: float = env._now + think_s          # as Environment.schedule computes a timeout's time
+        eid: int = next(self.eids)
         heapq.heappush(self.pending, (t, eid, row))
         if t < self.nxt.later_s:               # the earliest now (a tie goes to the older id, armed)
             self.nxt.later_s = t
             self._arm(t, eid)
 
     def _arm(self, t: float, eid: int) -> None:
-        heapq.heappush(self.env._queue, (t, NORMAL, eid, Armed(self._callbacks)))
+        heapq.heappush(self.queue, (t, NORMAL, eid, Armed(self._callbacks)))
         self.armed.add(eid)
 
     def _due(self, _: object) -> None:
