@@ -89,8 +89,9 @@ def send_request(env: simpy.Environment, table: RequestTable, row: int, replicas
         rid = row if k == 0 else ids[0]
         if k:
             ids[0] += 1
-        children.append(Request(rid, now, prompt, int(table.output_tokens[row]), segs,
-                                content_key=row, parent_id=row, priority=prio, head_key=head, lends_chain=lends))
+        # (content key, parent id, priority, head key, lends chain) by position: a compiled
+        # __init__ parses keywords by name on every call
+        children.append(Request(rid, now, prompt, int(table.output_tokens[row]), segs, row, row, prio, head, lends))
     rep = route(replicas, children[0])
     if prefill is not None and goes_to_prefill_pool(prefill.setup.cfg, prompt):
         prefill.send(children[0], rep)
