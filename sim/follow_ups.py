@@ -9,8 +9,8 @@ per turn in a 100k-turn run.  It yields nothing; it places an event in SimPy's q
 Hundreds of users think at once; one SimPy timeout per pending turn would keep them all in
 SimPy's event queue, whose every push and pop (each replica step's too) then compares tuples down a
 heap of that depth.  Here the pending turns wait in a heap of their own, (send time, event id,
-row), with only the earliest one armed in SimPy's queue, and `nxt.later_s` (which the replicas'
-horizons read) is its time.  The armed event carries the time and event id a timeout made at the
+row, armed), and only a turn that is or was the earliest has its event in SimPy's queue (armed);
+`nxt.later_s` (which the replicas' horizons read) is the earliest's time.  The armed event carries the time and event id a timeout made at the
 finish would have had (`env.now + think_s`; an id taken from SimPy's counter then), so it lands in
 SimPy's order exactly where that timeout would: same-instant ties with other events break as
 before, and results are identical.  (SimPy 4's `Environment` keeps its queue as a heap of (time,
@@ -54,8 +54,9 @@ class FollowUps:
         self.nxt = nxt
         self.follow = follow
         self.think_s = think_s
-        self.pending: list[tuple[float, int, int]] = []      # heap of (send time, event id, row)
-        self.armed: set[int] = set()                         # event ids in SimPy's queue
+        # heap of (send time, event id, row, armed: its event is in SimPy's queue); an entry is
+        # armed when it is the earliest at its insertion or becomes the earliest after a send
+        self.pending: list[tuple[float, int, int, bool]] = []
         self.usable = (isinstance(getattr(env, "_queue", None), list) and hasattr(env, "_eid")
                        and isinstance(getattr(env, "_now", None), float | int))
         self.queue: list[Any] = env._queue if self.usable else []   # SimPy's (made once per environment)
@@ -73,32 +74,32 @@ class FollowUps:
         replica planning a quiet stretch at this same instant must already see it."""
         env = self.env
         if not self.usable:
-            heapq.heappush(self.pending, (env.now + think_s, 0, row))
+            heapq.heappush(self.pending, (env.now + think_s, 0, row, False))
             self.nxt.later_s = self.pending[0][0]
             env.timeout(think_s).callbacks.append(lambda _: self._due_plain(row))
             return
         t: float = env._now + think_s          # as Environment.schedule computes a timeout's time
         eid: int = next(self.eids)
-        heapq.heappush(self.pending, (t, eid, row))
-        if t < self.nxt.later_s:               # the earliest now (a tie goes to the older id, armed)
+        armed = t < self.nxt.later_s           # the earliest now (a tie goes to the older id, armed)
+        heapq.heappush(self.pending, (t, eid, row, armed))
+        if armed:
             self.nxt.later_s = t
             self._arm(t, eid)
 
     def _arm(self, t: float, eid: int) -> None:
         heapq.heappush(self.queue, (t, NORMAL, eid, Armed(self._callbacks)))
-        self.armed.add(eid)
 
     def _due(self, _: object) -> None:
         """The earliest pending turn's time (now) has come (SimPy fires armed events in its
         order, and the earliest pending turn is always armed, so the one firing is the earliest):
         send it, and arm the next earliest unless it is armed already."""
         pending = self.pending
-        _, eid, row = heapq.heappop(pending)
-        self.armed.discard(eid)
+        row = heapq.heappop(pending)[2]
         if pending:
-            t2, eid2, _ = pending[0]
+            t2, eid2, row2, armed = pending[0]
             self.nxt.later_s = t2
-            if eid2 not in self.armed:
+            if not armed:
+                pending[0] = (t2, eid2, row2, True)   # the root for one of equal key: still a heap
                 self._arm(t2, eid2)
         else:
             self.nxt.later_s = float("inf")

@@ -133,6 +133,11 @@ def _follow_up_order(usable: bool, seed: int) -> list[tuple[float, str]]:
     env.process(other(1))
     env.run(until=0.3)
     assert nxt.later_s == (min(fu.pending)[0] if fu.pending else float("inf"))
+    if usable:      # one event in SimPy's queue per entry marked armed, the earliest among them
+        from sim.follow_ups import Armed
+        events = sorted(e[2] for e in env._queue if isinstance(e[3], Armed))
+        assert events == sorted(e[1] for e in fu.pending if e[3])
+        assert not fu.pending or fu.pending[0][3]
     return seen
 
 
