@@ -43,9 +43,7 @@ class Armed:
 class FollowUps:
     """The pending next turns of a sessions run: `follow[row]` is the row sent `think_s[row]`
     after `row` finishes (-1: none; `think_s[row]` is the think time *after* the row, its
-    follower's), `send(row)` sends one.  Typed arrays, both read at the finished row: a closed
-    loop finishes rows in no table order, where list items (boxed ints and floats) cost a cold
-    pointer each."""
+    follower's: `sim.session_table.follow_up_links`), `send(row)` sends one."""
 
     def __init__(self, env: Any, send: Callable[[int], None], nxt: NextArrival, follow: array[int],
                  think_s: array[float]) -> None:

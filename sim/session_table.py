@@ -5,6 +5,7 @@ sessions a chat front-end ends when a turn would no longer fit the model."""
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -58,6 +59,16 @@ def follow_up_rows(table: RequestTable) -> list[int]:
         after = (user[idx][1:] == user[idx][:-1]) & np.isnan(table.arrival_s[idx][1:])
         nxt[idx[:-1][after]] = idx[1:][after]
     return nxt.tolist()
+
+
+def follow_up_links(table: RequestTable) -> tuple[array[int], array[float]]:
+    """Per row, the row sent after it finishes (`follow_up_rows`, -1: none) and the think time
+    before that send (0.0: none), as typed arrays: what `sim.follow_ups.FollowUps` reads at a
+    finished row (a closed loop finishes rows in no table order: an item of a list would be a
+    boxed int or float apart from the list, a cold object each)."""
+    after = np.asarray(follow_up_rows(table), dtype=np.int64)
+    think_after = np.where(after >= 0, table.extra["think_s"][np.maximum(after, 0)], 0.0).astype(np.float64)
+    return array("q", after.tobytes()), array("d", think_after.tobytes())
 
 
 @dataclass(frozen=True, slots=True)

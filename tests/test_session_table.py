@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.requests_table import RequestTable
-from sim.session_table import end_long_sessions, follow_up_rows, send_order, turn_links
+from sim.session_table import end_long_sessions, follow_up_links, follow_up_rows, send_order, turn_links
 
 NAN = float("nan")
 
@@ -40,6 +40,8 @@ def test_follow_ups_are_each_users_next_untimed_row_wherever_it_lies() -> None:
     t = _table([0.0, 0.5, NAN, NAN, 9.0, NAN], [5] * 6, [0, 0, 1, 1, 0, 1],
                [0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 2, 2], [0, 0, 1, 1, 0, 1])
     assert follow_up_rows(t) == [2, 3, -1, -1, 5, -1]
+    after, think = follow_up_links(t)      # each row's follower, and the think time before it
+    assert after.tolist() == [2, 3, -1, -1, 5, -1] and think.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
 
 
 def test_turn_links_join_each_sessions_turns_not_a_users_sessions() -> None:

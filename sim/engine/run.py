@@ -3,11 +3,9 @@ the run to its end."""
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Callable, Generator
 from typing import Any
 
-import numpy as np
 import simpy
 
 from sim.admission import Admission
@@ -25,7 +23,7 @@ from sim.request import Request
 from sim.requests_table import RequestTable
 from sim.router import Router
 from sim.run_ahead import Inbox
-from sim.session_table import follow_up_rows, turn_links
+from sim.session_table import follow_up_links, turn_links
 
 
 def autoscale_process(env: simpy.Environment, scaler: Autoscaler, replicas: list[Replica],
@@ -61,7 +59,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
     done = env.event()
     nxt = NextArrival()
     pool = PrefillPool(env, prefill, replicas) if prefill is not None else None
-    follow = follow_up_rows(table) if "think_s" in table.extra else None   # multi-turn sessions
+    follow = follow_up_links(table) if "think_s" in table.extra else None   # multi-turn sessions
     links = turn_links(table) if "session" in table.extra and "turn" in table.extra else None
     ids = [len(table)]
 
@@ -69,11 +67,7 @@ def simulate(table: RequestTable, replicas: list[Replica], route: Callable[[list
         send_request(env, table, row, replicas, route, recorder, nxt, ids, admission, on_request_done, pool,
                      links=links)
 
-    follow_ups = None
-    if follow is not None:
-        after = np.asarray(follow, dtype=np.int64)
-        think_after = np.where(after >= 0, table.extra["think_s"][np.maximum(after, 0)], 0.0)
-        follow_ups = FollowUps(env, send, nxt, array("q", after.tobytes()), array("d", think_after.tobytes()))
+    follow_ups = FollowUps(env, send, nxt, *follow) if follow is not None else None
 
     def on_request_done(row: int) -> None:
         if slots is not None:
