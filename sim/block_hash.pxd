@@ -46,15 +46,17 @@ cdef _trim()
 @cython.locals(i=Py_ssize_t, a=object, b=object)
 cdef bint _same_head(tuple stored, tuple segments, Py_ssize_t n) except -1
 
-@cython.locals(n=Py_ssize_t, i=Py_ssize_t, total=int64_t, num_blocks=Py_ssize_t, hashes=object, hit=object, head=object, key=object,
-               head_key=object, drop=Py_ssize_t, base_n=Py_ssize_t, base_total=int64_t)
+@cython.locals(total=int64_t, i=Py_ssize_t, num_blocks=Py_ssize_t)
+cdef tuple _resume(object hashes, tuple segments, Py_ssize_t block_size, Py_ssize_t base_n, int64_t base_total)
+
+@cython.locals(n=Py_ssize_t, total=int64_t, hashes=object, hit=object, head=object, key=object,
+               head_key=object, drop=Py_ssize_t, base_n=Py_ssize_t)
 cpdef object shared_prefix_hashes(tuple segments, Py_ssize_t block_size)
 
 cdef dict _LENT
 @cython.locals(items=list)
 cdef _trim_lent()
-@cython.locals(segments=tuple, n=Py_ssize_t, i=Py_ssize_t, total=int64_t, base_n=Py_ssize_t, base_total=int64_t,
-               num_blocks=Py_ssize_t, hashes=object, head=object)
+@cython.locals(segments=tuple, n=Py_ssize_t, total=int64_t, base_n=Py_ssize_t, hashes=object, head=object)
 cdef object _turn_chain(object req, Py_ssize_t block_size)
 
 @cython.locals(out=list, segs=tuple, run=tuple, total=int64_t)

@@ -207,12 +207,7 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
                 total = head[2]
                 del _CHAINS[head_key]     # superseded: the conversation has moved on
                 break
-    base_total = total
-    for i in range(base_n, n):
-        total += segments[i][1]
-    num_blocks = total // block_size
-    if num_blocks > len(hashes):
-        hashes = _extend_chain(hashes, segments, block_size, num_blocks, base_n, base_total)
+    hashes, total = _resume(hashes, segments, block_size, base_n, total)
     if n > 1:                        # a lone segment (a system prompt, one trace block) is cheap to redo
         if key in _CHAINS:
             del _CHAINS[key]
@@ -220,6 +215,19 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
             _trim()
         _CHAINS[key] = (segments, hashes, total)
     return hashes
+
+
+def _resume(hashes: Chain, segments: tuple[tuple[int, int], ...], block_size: int, base_n: int,
+            base_total: int) -> tuple[Chain, int]:
+    """`hashes`, the chain of segments[:base_n] (which hold `base_total` tokens), extended over
+    the rest of `segments` (only their runs are read); and the tokens all the segments hold."""
+    total = base_total
+    for i in range(base_n, len(segments)):
+        total += segments[i][1]
+    num_blocks = total // block_size
+    if num_blocks > len(hashes):
+        hashes = _extend_chain(hashes, segments, block_size, num_blocks, base_n, base_total)
+    return hashes, total
 
 
 _ZEROS: Chain = array("q", bytes(8 * 1024))       # a stock of zero hashes (`_zeros`)
@@ -342,12 +350,7 @@ def _turn_chain(req: Request, block_size: int) -> Chain:
             hashes = head[1]
             base_n = len(head[0])
             total = head[2]
-    base_total = total
-    for i in range(base_n, n):
-        total += segments[i][1]
-    num_blocks = total // block_size
-    if num_blocks > len(hashes):
-        hashes = _extend_chain(hashes, segments, block_size, num_blocks, base_n, base_total)
+    hashes, total = _resume(hashes, segments, block_size, base_n, total)
     if req.lends_chain:
         if len(_LENT) >= _CHAINS_MAX:
             _trim_lent()
