@@ -41,7 +41,7 @@ cdef Py_ssize_t _CHAINS_MAX
 @cython.locals(last=tuple)
 cdef object _memo_key(tuple segments, Py_ssize_t n, Py_ssize_t block_size)
 @cython.locals(items=list)
-cdef _trim()
+cdef _trim(dict memo)
 
 @cython.locals(i=Py_ssize_t, a=object, b=object)
 cdef bint _same_head(tuple stored, tuple segments, Py_ssize_t n) except -1
@@ -54,8 +54,6 @@ cdef tuple _resume(object hashes, tuple segments, Py_ssize_t block_size, Py_ssiz
 cpdef object shared_prefix_hashes(tuple segments, Py_ssize_t block_size)
 
 cdef dict _LENT
-@cython.locals(items=list)
-cdef _trim_lent()
 @cython.locals(segments=tuple, n=Py_ssize_t, total=int64_t, base_n=Py_ssize_t, hashes=object, head=object)
 cdef object _turn_chain(object req, Py_ssize_t block_size)
 

@@ -24,6 +24,7 @@ conversion per hash.
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 from sim.request import Request
 
@@ -164,11 +165,11 @@ def clear_chain_memo() -> None:
     _LENT.clear()
 
 
-def _trim() -> None:
-    """Keep the newer half of the memo (insertion order: the most recently stored last)."""
-    items = list(_CHAINS.items())
-    _CHAINS.clear()
-    _CHAINS.update(items[len(items) // 2:])
+def _trim(memo: dict[int, Any]) -> None:
+    """Keep the newer half of `memo` (insertion order: the most recently stored last)."""
+    items = list(memo.items())
+    memo.clear()
+    memo.update(items[len(items) // 2:])
 
 
 def _same_head(stored: tuple[tuple[int, int], ...], segments: tuple[tuple[int, int], ...], n: int) -> bool:
@@ -212,7 +213,7 @@ def shared_prefix_hashes(segments: tuple[tuple[int, int], ...], block_size: int)
         if key in _CHAINS:
             del _CHAINS[key]
         elif len(_CHAINS) >= _CHAINS_MAX:
-            _trim()
+            _trim(_CHAINS)
         _CHAINS[key] = (segments, hashes, total)
     return hashes
 
@@ -320,15 +321,9 @@ def tokens_covered(segment_lists: list[tuple[tuple[int, int], ...]]) -> list[int
 # Chains lent from a session's turn to its next (`request_chain`): content key of the lender ->
 # (segments, hashes, their tokens, block size).  Each entry is taken by the one request that
 # names its lender (`Request.head_key`); a turn whose successor never comes (the run ended, it
-# was rejected) leaves its entry, so past _CHAINS_MAX entries the older half goes (`_trim_lent`).
+# was rejected) leaves its entry, so past _CHAINS_MAX entries the older half goes (`_trim`).
 # An entry is used only if its block size and segments match (another run's may be left over).
 _LENT: dict[int, tuple[tuple[tuple[int, int], ...], Chain, int, int]] = {}
-
-
-def _trim_lent() -> None:
-    items = list(_LENT.items())
-    _LENT.clear()
-    _LENT.update(items[len(items) // 2:])
 
 
 def _turn_chain(req: Request, block_size: int) -> Chain:
@@ -353,7 +348,7 @@ def _turn_chain(req: Request, block_size: int) -> Chain:
     hashes, total = _resume(hashes, segments, block_size, base_n, total)
     if req.lends_chain:
         if len(_LENT) >= _CHAINS_MAX:
-            _trim_lent()
+            _trim(_LENT)
         _LENT[req.content_key] = (segments, hashes, total, block_size)
     return hashes
 

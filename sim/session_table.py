@@ -48,9 +48,8 @@ def in_send_order(t: RequestTable) -> RequestTable:
     return take(t, send_order(t.arrival_s, t.extra["think_s"], t.extra["user"]))
 
 
-def follow_up_rows(table: RequestTable) -> list[int]:
-    """For each row, the row sent `think_s` after it finishes (-1: none): the user's next row,
-    when the engine decides its arrival."""
+def _followers(table: RequestTable) -> np.ndarray:
+    """`follow_up_rows` as an int64 array."""
     user = table.extra["user"]
     m = len(table)
     nxt = np.full(m, -1, dtype=np.int64)
@@ -58,7 +57,13 @@ def follow_up_rows(table: RequestTable) -> list[int]:
         idx = np.lexsort((np.arange(m), user))            # grouped by user, each user's rows in order
         after = (user[idx][1:] == user[idx][:-1]) & np.isnan(table.arrival_s[idx][1:])
         nxt[idx[:-1][after]] = idx[1:][after]
-    return nxt.tolist()
+    return nxt
+
+
+def follow_up_rows(table: RequestTable) -> list[int]:
+    """For each row, the row sent `think_s` after it finishes (-1: none): the user's next row,
+    when the engine decides its arrival."""
+    return _followers(table).tolist()
 
 
 def follow_up_links(table: RequestTable) -> tuple[array[int], array[float]]:
@@ -66,7 +71,7 @@ def follow_up_links(table: RequestTable) -> tuple[array[int], array[float]]:
     before that send (0.0: none), as typed arrays: what `sim.follow_ups.FollowUps` reads at a
     finished row (a closed loop finishes rows in no table order: an item of a list would be a
     boxed int or float apart from the list, a cold object each)."""
-    after = np.asarray(follow_up_rows(table), dtype=np.int64)
+    after = _followers(table)
     think_after = np.where(after >= 0, table.extra["think_s"][np.maximum(after, 0)], 0.0).astype(np.float64)
     return array("q", after.tobytes()), array("d", think_after.tobytes())
 

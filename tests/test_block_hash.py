@@ -156,6 +156,20 @@ def test_a_sessions_turns_hand_their_chains_on() -> None:
     bh.clear_chain_memo()
 
 
+def test_lent_chains_stay_right_past_the_lending_limit() -> None:
+    """More turns lend chains than are kept (9,000 lenders whose next turns come only after all of
+    them: the older half of the lent chains is dropped): every next turn gets the reference chain,
+    resumed or hashed afresh."""
+    bh.clear_chain_memo()
+    firsts = [((7, 20), ((1 << 42) + (c << 8), 9 + c % 30)) for c in range(9000)]
+    for c, ctx in enumerate(firsts):
+        assert bh.request_chain(_turn(c, ctx, -1, True), 16).tolist() == _reference_chain(ctx, 16)
+    for c, ctx in enumerate(firsts):
+        nxt = (*ctx, ((1 << 42) + (c << 8) + 1, 17), ((1 << 42) + (c << 8) + 2, 5 + c % 7))
+        assert bh.request_chain(_turn(10_000 + c, nxt, c, False), 16).tolist() == _reference_chain(nxt, 16)
+    bh.clear_chain_memo()
+
+
 def test_a_lent_chain_is_used_only_for_its_own_head() -> None:
     """The entry lent under a content key is taken once, and only by a turn whose segments it
     heads at the same block size: a second taker, a turn with other segments, another block size
